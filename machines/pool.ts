@@ -1,0 +1,369 @@
+import { assign, enqueueActions, fromPromise, raise, setup } from 'xstate';
+import type { ActorRefFrom } from 'xstate';
+import { CRASH_KINDS } from './types.js';
+import type { Outcome, WorkerReport } from './types.js';
+import { workerMachine } from './worker.js';
+import type { WorkerCommand, WorkerInput, WorkerToPoolEvent } from './worker.js';
+
+/**
+ * The pool machine: starting → running ⇄ paused → draining → stopped.
+ *
+ * It owns the worker machines (spawned on demand, reaped on `xstate.done.actor.worker.*`), a
+ * backlog of delivery ids bounded by the source's prefetch, and the crash breaker. Deliveries,
+ * settlements and intake control are named slots filled by `src/`.
+ */
+
+export interface PoolInput {
+  /** Most live workers (processes) at once. */
+  maxWorkers: number;
+  /** Warm single-use workers kept ready while running. */
+  spares: number;
+  /** Tasks a worker serves before it retires. */
+  maxTasksPerWorker: number;
+  /** The breaker trips on the crash after this many within `crashWindow`. */
+  maxCrashes: number;
+}
+
+/** A live worker as the pool sees it. */
+export interface WorkerSlot {
+  /**
+   * `starting`: spawned, not yet ready; `ready`: idle and assignable; `busy`: running a task;
+   * `leaving`: reported its outcome or was retired, and is on its way to being reaped.
+   */
+  status: 'starting' | 'ready' | 'busy' | 'leaving';
+  deliveryId: string | null;
+}
+
+export interface PoolContext extends PoolInput {
+  /** Monotonic: child ids must be unique or XState orphans the earlier child. */
+  seq: number;
+  workers: Record<string, WorkerSlot>;
+  /** Delivery ids received and not yet handed to a worker, oldest first. */
+  backlog: string[];
+  /** Crashes within the sliding window. */
+  crashes: number;
+  pausedBy: 'user' | 'breaker' | null;
+  /** The source has closed intake and holds nothing more to deliver. */
+  sourceDrained: boolean;
+}
+
+export type PoolEvent =
+  | { type: 'delivery'; deliveryId: string }
+  | { type: 'pause' }
+  | { type: 'resume' }
+  | { type: 'drain' }
+  | { type: 'stop' }
+  | { type: 'source.drained' }
+  | { type: 'crash.expired' }
+  | WorkerToPoolEvent
+  | { type: `xstate.done.actor.${string}`; actorId: string; output: WorkerReport }
+  | { type: `xstate.error.actor.${string}`; actorId: string; error: unknown };
+
+export interface PoolOutput {
+  /** Set when the pool could not start. */
+  error?: unknown;
+}
+
+const WORKER_PREFIX = 'worker.';
+
+const liveCount = (context: PoolContext) => Object.keys(context.workers).length;
+
+const idleCount = (context: PoolContext) =>
+  Object.values(context.workers).filter(
+    (w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'),
+  ).length;
+
+type WorkerEventOf<T extends PoolEvent['type']> = Extract<PoolEvent, { type: T }>;
+
+/*
+ * Params of the slots. The slots declare `unknown` params because XState's inference of
+ * `enqueueActions` breaks when any action in the same setup() has typed params; these
+ * interfaces are the contract the implementations in src/ cast to.
+ */
+export interface SettleParams {
+  deliveryId: string;
+  outcome: Outcome;
+}
+export interface ReleaseParams {
+  deliveryIds: string[];
+}
+export interface ReapedParams {
+  report: WorkerReport;
+}
+export interface BreakerParams {
+  crashes: number;
+}
+
+/** Params of the `settle` slot for a `worker.outcome` event. */
+const settleParams = ({ event }: { event: PoolEvent }): SettleParams => {
+  const { deliveryId, outcome } = event as WorkerEventOf<'worker.outcome'>;
+  return { deliveryId, outcome };
+};
+
+/** Params of the `reaped` slot for an `xstate.done.actor.worker.*` (or error) event. */
+const reapedParams = ({ event }: { event: PoolEvent }): ReapedParams => {
+  const { actorId, output } = event as { actorId: string; output?: WorkerReport };
+  return {
+    report: output ?? { workerId: actorId, pid: null, exitCode: null, signal: null, served: 0, last: null },
+  };
+};
+
+/** A worker reaped while still holding a delivery (it never reported) gives it back. */
+const orphanParams = ({ context, event }: { context: PoolContext; event: PoolEvent }): ReleaseParams => {
+  const slot = context.workers[(event as { actorId: string }).actorId];
+  return { deliveryIds: slot && slot.deliveryId !== null ? [slot.deliveryId] : [] };
+};
+
+/** Everything held and not settled: the backlog and the deliveries on workers. */
+const heldParams = ({ context }: { context: PoolContext }): ReleaseParams => ({
+  deliveryIds: [
+    ...context.backlog,
+    ...Object.values(context.workers)
+      .map((w) => w.deliveryId)
+      .filter((d): d is string => d !== null),
+  ],
+});
+
+
+/** Runs after `workerReported`, so the count already includes this crash. */
+const breakerParams = ({ context }: { context: PoolContext }): BreakerParams => ({ crashes: context.crashes });
+
+const lateParams = ({ event }: { event: PoolEvent }): ReleaseParams => ({
+  deliveryIds: [(event as WorkerEventOf<'delivery'>).deliveryId],
+});
+
+export const poolMachine = setup({
+  types: {
+    context: {} as PoolContext,
+    events: {} as PoolEvent,
+    input: {} as PoolInput,
+    output: {} as PoolOutput,
+  },
+  actors: {
+    worker: workerMachine,
+    /** Slot: everything that must happen before intake opens (source connect, ledger sweep). */
+    startup: fromPromise<void>(async () => undefined),
+  },
+  delays: {
+    crashWindow: 60_000,
+    breakerCooldown: 5_000,
+  },
+  guards: {
+    breakerTrips: ({ context, event }) =>
+      event.type === 'worker.outcome' &&
+      event.outcome.status === 'failed' &&
+      CRASH_KINDS.includes(event.outcome.kind) &&
+      context.crashes + 1 > context.maxCrashes,
+    pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
+    finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && liveCount(context) === 0,
+  },
+  actions: {
+    // ---- slots filled by src/ (params typed by the *Params interfaces above) ----
+    /** Settle the delivery with the attempt's outcome (ack, retry or dead-letter). */
+    settle: (_: unknown, _params: unknown) => {},
+    /** Give deliveries back to the source unsettled (hard stop, orphaned deliveries). */
+    release: (_: unknown, _params: unknown) => {},
+    /** A worker machine reached `reaped`. */
+    reaped: (_: unknown, _params: unknown) => {},
+    pauseIntake: () => {},
+    resumeIntake: () => {},
+    /** Stop taking new work; the source sends `source.drained` once it has nothing left. */
+    closeIntake: () => {},
+    breakerTripped: (_: unknown, _params: unknown) => {},
+
+    // ---- pure bookkeeping ----
+    enqueueDelivery: assign({
+      backlog: ({ context, event }) => [...context.backlog, (event as { deliveryId: string }).deliveryId],
+    }),
+    workerReady: assign({
+      workers: ({ context, event }) => {
+        const { workerId } = event as Extract<PoolEvent, { type: 'worker.ready' }>;
+        const slot = context.workers[workerId];
+        if (!slot) return context.workers;
+        return { ...context.workers, [workerId]: { status: 'ready', deliveryId: null } };
+      },
+    }),
+    workerReported: enqueueActions(({ context, event, enqueue }) => {
+      const { workerId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
+      const slot = context.workers[workerId];
+      const crashed = outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);
+      enqueue.assign({
+        workers: slot ? { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } } : context.workers,
+        crashes: crashed ? context.crashes + 1 : context.crashes,
+      });
+      if (crashed) enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
+    }),
+    crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
+    reap: enqueueActions(({ context, event, enqueue }) => {
+      const { actorId } = event as { actorId: string };
+      const slot = context.workers[actorId];
+      enqueue.stopChild(actorId);
+      if (!slot) return;
+      const { [actorId]: _gone, ...workers } = context.workers;
+      enqueue.assign({ workers });
+    }),
+    /**
+     * Hand backlog deliveries to idle workers, spawn workers just in time up to `maxWorkers`,
+     * then top up warm spares (draining sets `spares` to 0).
+     */
+    dispatch: enqueueActions(({ context, enqueue }) => {
+      const workers = { ...context.workers };
+      const backlog = [...context.backlog];
+      let seq = context.seq;
+      const spawn = (deliveryId: string | null) => {
+        const id = `${WORKER_PREFIX}${++seq}`;
+        workers[id] = { status: 'starting', deliveryId };
+        enqueue.spawnChild('worker', {
+          id,
+          input: { workerId: id, deliveryId, maxTasks: context.maxTasksPerWorker } satisfies WorkerInput,
+        });
+      };
+      while (backlog.length > 0) {
+        const idle =
+          Object.keys(workers).find((id) => workers[id].status === 'ready') ??
+          Object.keys(workers).find((id) => workers[id].status === 'starting' && workers[id].deliveryId === null);
+        const deliveryId = backlog[0];
+        if (idle !== undefined) {
+          workers[idle] = { status: workers[idle].status === 'ready' ? 'busy' : 'starting', deliveryId };
+          enqueue.sendTo(idle, { type: 'task.assign', deliveryId } satisfies WorkerCommand);
+        } else if (Object.keys(workers).length < context.maxWorkers) {
+          spawn(deliveryId);
+        } else {
+          break;
+        }
+        backlog.shift();
+      }
+      {
+        const idle = () =>
+          Object.values(workers).filter((w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'))
+            .length;
+        while (idle() < context.spares && Object.keys(workers).length < context.maxWorkers) spawn(null);
+      }
+      enqueue.assign({ workers, backlog, seq });
+    }),
+    /** Retire idle workers: draining keeps no spares. */
+    retireIdle: enqueueActions(({ context, enqueue }) => {
+      const workers = { ...context.workers };
+      for (const [id, slot] of Object.entries(context.workers)) {
+        if (slot.deliveryId !== null || (slot.status !== 'ready' && slot.status !== 'starting')) continue;
+        workers[id] = { status: 'leaving', deliveryId: null };
+        enqueue.sendTo(id, { type: 'worker.retire' } satisfies WorkerCommand);
+      }
+      enqueue.assign({ workers });
+    }),
+    /** Hard stop: kill every worker, release every delivery not yet settled. */
+    killAll: enqueueActions(({ context, enqueue }) => {
+      const workers: Record<string, WorkerSlot> = {};
+      for (const id of Object.keys(context.workers)) {
+        workers[id] = { status: 'leaving', deliveryId: null };
+        enqueue.sendTo(id, { type: 'worker.kill' } satisfies WorkerCommand);
+      }
+      enqueue.assign({ workers, backlog: [], sourceDrained: true });
+    }),
+  },
+}).createMachine({
+  id: 'pool',
+  context: ({ input }) => ({
+    ...input,
+    seq: 0,
+    workers: {},
+    backlog: [],
+    crashes: 0,
+    pausedBy: null,
+    sourceDrained: false,
+  }),
+  on: {
+    'worker.ready': { actions: 'workerReady' },
+    'worker.outcome': { actions: [{ type: 'settle', params: settleParams }, 'workerReported'] },
+    'crash.expired': { actions: 'crashExpired' },
+    'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap'] },
+    'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap'] },
+    'source.drained': { actions: assign({ sourceDrained: true }) },
+  },
+  initial: 'starting',
+  states: {
+    starting: {
+      invoke: {
+        src: 'startup',
+        onDone: 'running',
+        onError: { target: 'stopped', actions: assign({ sourceDrained: true }) },
+      },
+      on: {
+        delivery: { actions: 'enqueueDelivery' },
+        stop: 'stopping',
+      },
+    },
+    running: {
+      entry: 'dispatch',
+      on: {
+        delivery: { actions: ['enqueueDelivery', 'dispatch'] },
+        'worker.ready': { actions: ['workerReady', 'dispatch'] },
+        'worker.outcome': [
+          {
+            guard: 'breakerTrips',
+            target: 'paused',
+            actions: [
+              { type: 'settle', params: settleParams }, 'workerReported',
+              assign({ pausedBy: 'breaker' }),
+              { type: 'breakerTripped', params: breakerParams },
+            ],
+          },
+          { actions: [{ type: 'settle', params: settleParams }, 'workerReported'] },
+        ],
+        'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        pause: { target: 'paused', actions: assign({ pausedBy: 'user' }) },
+        drain: 'draining',
+        stop: 'stopping',
+      },
+    },
+    paused: {
+      entry: 'pauseIntake',
+      after: {
+        breakerCooldown: {
+          guard: 'pausedByBreaker',
+          target: 'running',
+          actions: ['resumeIntake', assign({ pausedBy: null })],
+        },
+      },
+      on: {
+        // Deliveries already in flight wait in the backlog; none are dispatched while paused.
+        delivery: { actions: 'enqueueDelivery' },
+        resume: { target: 'running', actions: ['resumeIntake', assign({ pausedBy: null })] },
+        drain: { target: 'draining', actions: assign({ pausedBy: null }) },
+        stop: 'stopping',
+      },
+    },
+    draining: {
+      entry: [assign({ spares: 0 }), 'closeIntake', 'dispatch', 'retireIdle'],
+      always: { guard: 'finished', target: 'stopped' },
+      on: {
+        delivery: { actions: ['enqueueDelivery', 'dispatch'] },
+        'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
+        stop: 'stopping',
+      },
+    },
+    stopping: {
+      // Intake pauses first, so released deliveries are not delivered straight back.
+      entry: ['pauseIntake', 'closeIntake', { type: 'release', params: heldParams }, 'killAll'],
+      always: { guard: 'finished', target: 'stopped' },
+      on: {
+        // Every delivery still held was released by killAll, so a late outcome is dropped
+        // rather than settled twice.
+        'worker.outcome': {},
+        // Late deliveries go straight back.
+        delivery: {
+          actions: { type: 'release', params: lateParams },
+        },
+      },
+    },
+    stopped: {
+      type: 'final',
+    },
+  },
+  output: () => ({}),
+});
+
+export type PoolActor = ActorRefFrom<typeof poolMachine>;

@@ -1,0 +1,56 @@
+/**
+ * Vocabulary shared by the machines, the process driver and the sources.
+ * Pure types: nothing here may import anything but other types.
+ */
+
+/** Why an attempt failed. `malformed` is decided before any worker is involved. */
+export type FailureKind = 'error' | 'timeout' | 'crash' | 'memory' | 'spawn' | 'malformed';
+
+/** Failure kinds that count toward the crash breaker: the process itself could not do its job. */
+export const CRASH_KINDS: readonly FailureKind[] = ['crash', 'memory', 'spawn'];
+
+/** An error as it crosses a process boundary: plain JSON. */
+export interface ErrorInfo {
+  name?: string;
+  message: string;
+  code?: string;
+  stack?: string;
+}
+
+/** How one attempt ended: exactly one per attempt. */
+export type Outcome =
+  | { status: 'resolved'; result: unknown }
+  | {
+      status: 'failed';
+      kind: FailureKind;
+      message: string;
+      /** false when the handler said "do not retry" or the kind is never retried. */
+      retryable: boolean;
+      error?: ErrorInfo;
+      exitCode?: number | null;
+      signal?: string | null;
+    };
+
+export type FailedOutcome = Extract<Outcome, { status: 'failed' }>;
+
+/** How a worker's process ended. */
+export interface ProcessExit {
+  code: number | null;
+  signal: string | null;
+  /** The driver saw the process exceed its memory cap (watchdog or V8 heap limit). */
+  memory?: boolean;
+  /** The tail of the process's stderr, for the failure message. */
+  detail?: string;
+}
+
+/** The output of a reaped worker machine. */
+export interface WorkerReport {
+  workerId: string;
+  pid: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  /** How many tasks the worker served. */
+  served: number;
+  /** The status or failure kind of its last attempt, if it ran one. */
+  last: Outcome['status'] | FailureKind | null;
+}

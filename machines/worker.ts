@@ -1,0 +1,310 @@
+import { assign, enqueueActions, fromCallback, sendParent, sendTo, setup } from 'xstate';
+import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';
+
+/**
+ * The worker machine: one per child process.
+ *
+ * spawning → ready → running → (resolved | failed) → terminating → reaped
+ *
+ * Every side effect goes through the `process` actor slot (invoked at the root, so it lives
+ * exactly as long as the machine and its cleanup always runs) and the named delays.
+ */
+
+/** Events the process actor sends back to its worker machine. */
+export type ProcessEvent =
+  | { type: 'proc.spawned'; pid: number }
+  | { type: 'proc.ready' }
+  | { type: 'proc.result'; result: unknown }
+  | { type: 'proc.failed'; error: ErrorInfo; retryable: boolean }
+  | { type: 'proc.spawnError'; error: ErrorInfo }
+  | ({ type: 'proc.exit' } & ProcessExit);
+
+/** Commands the worker machine sends to its process actor. */
+export type ProcessCommand =
+  | { type: 'proc.run'; deliveryId: string; last: boolean }
+  | { type: 'proc.terminate' }
+  | { type: 'proc.kill' };
+
+/** Events the pool sends to a worker. */
+export type WorkerCommand =
+  | { type: 'task.assign'; deliveryId: string }
+  | { type: 'worker.retire' }
+  | { type: 'worker.kill' };
+
+export type WorkerEvent = ProcessEvent | WorkerCommand;
+
+/** Events a worker sends to its parent (the pool). */
+export type WorkerToPoolEvent =
+  | { type: 'worker.ready'; workerId: string }
+  | { type: 'worker.outcome'; workerId: string; deliveryId: string; outcome: Outcome };
+
+export interface WorkerInput {
+  workerId: string;
+  /** Assigned at spawn time (just in time); absent for a warm spare. */
+  deliveryId?: string | null;
+  /** Tasks this worker may serve before it retires (1 = single use). */
+  maxTasks: number;
+}
+
+export interface ProcessInput {
+  workerId: string;
+}
+
+export interface WorkerContext {
+  workerId: string;
+  maxTasks: number;
+  pid: number | null;
+  deliveryId: string | null;
+  served: number;
+  last: WorkerReport['last'];
+  exit: ProcessExit | null;
+  /** The process was told its current task is its last; it exits by itself. */
+  expectExit: boolean;
+}
+
+const failure = (kind: FailureKind, message: string, extra: Partial<FailedOutcome> = {}): FailedOutcome => ({
+  status: 'failed',
+  kind,
+  message,
+  retryable: kind !== 'malformed',
+  ...extra,
+});
+
+const describeExit = (exit: ProcessExit): string =>
+  exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
+
+const withDetail = (message: string, exit: ProcessExit): string =>
+  exit.detail ? `${message}: ${exit.detail}` : message;
+
+/** Classify a process exit that happened while a task was running. */
+export function exitOutcome(exit: ProcessExit): FailedOutcome {
+  const extra = { exitCode: exit.code, signal: exit.signal };
+  if (exit.memory) {
+    return failure('memory', withDetail(`worker exceeded its memory cap (${describeExit(exit)})`, exit), extra);
+  }
+  return failure('crash', withDetail(`worker died during the task (${describeExit(exit)})`, exit), extra);
+}
+
+export const workerMachine = setup({
+  types: {
+    context: {} as WorkerContext,
+    events: {} as WorkerEvent,
+    input: {} as WorkerInput,
+    output: {} as WorkerReport,
+  },
+  actors: {
+    /** Slot: drives one OS process. Filled by the driver in `src/`, by fakes in tests. */
+    process: fromCallback<ProcessCommand, ProcessInput>(() => undefined),
+  },
+  delays: {
+    spawnTimeout: 10_000,
+    taskTimeout: 900_000,
+    killGrace: 5_000,
+    idleTimeout: 60_000,
+  },
+  guards: {
+    hasTask: ({ context }) => context.deliveryId !== null,
+    exited: ({ context }) => context.exit !== null,
+    expectsExit: ({ context }) => context.expectExit,
+    reusable: ({ context }) => context.exit === null && context.served < context.maxTasks,
+    hasServed: ({ context }) => context.served > 0,
+  },
+  actions: {
+    /**
+     * Report the attempt's outcome to the pool and detach the delivery. A worker without a
+     * delivery (a spare that failed to start) has nothing to report.
+     */
+    report: enqueueActions(({ context, enqueue }, params: { outcome: Outcome }) => {
+      if (context.deliveryId === null) return;
+      enqueue.sendParent({
+        type: 'worker.outcome',
+        workerId: context.workerId,
+        deliveryId: context.deliveryId,
+        outcome: params.outcome,
+      } satisfies WorkerToPoolEvent);
+      enqueue.assign({
+        deliveryId: null,
+        last: params.outcome.status === 'resolved' ? 'resolved' : params.outcome.kind,
+      });
+    }),
+    runTask: sendTo('process', ({ context }): ProcessCommand => ({
+      type: 'proc.run',
+      deliveryId: context.deliveryId!,
+      last: context.served + 1 >= context.maxTasks,
+    })),
+    markRunning: assign({
+      served: ({ context }) => context.served + 1,
+      expectExit: ({ context }) => context.served + 1 >= context.maxTasks,
+    }),
+    recordExit: assign({
+      exit: ({ event }) => {
+        const { type: _type, ...exit } = event as Extract<WorkerEvent, { type: 'proc.exit' }>;
+        return exit;
+      },
+    }),
+    /** The process will not exit by itself any more: it has to be signalled. */
+    unexpectExit: assign({ expectExit: false }),
+    /** Hard stop: the delivery is released by the pool, not settled. */
+    dropTask: assign({ deliveryId: null, expectExit: false }),
+    announceReady: sendParent(({ context }): WorkerToPoolEvent => ({ type: 'worker.ready', workerId: context.workerId })),
+    signalTerm: sendTo('process', { type: 'proc.terminate' } satisfies ProcessCommand),
+    signalKill: sendTo('process', { type: 'proc.kill' } satisfies ProcessCommand),
+  },
+}).createMachine({
+  id: 'worker',
+  context: ({ input }) => ({
+    workerId: input.workerId,
+    maxTasks: input.maxTasks,
+    pid: null,
+    deliveryId: input.deliveryId ?? null,
+    served: 0,
+    last: null,
+    exit: null,
+    expectExit: false,
+  }),
+  invoke: {
+    id: 'process',
+    src: 'process',
+    input: ({ context }) => ({ workerId: context.workerId }),
+  },
+  on: {
+    'proc.spawned': { actions: assign({ pid: ({ event }) => event.pid }) },
+    'proc.exit': { actions: 'recordExit' },
+  },
+  initial: 'spawning',
+  states: {
+    spawning: {
+      after: {
+        spawnTimeout: {
+          target: 'failed',
+          actions: { type: 'report', params: { outcome: failure('spawn', 'worker did not become ready in time') } },
+        },
+      },
+      on: {
+        'task.assign': { actions: assign({ deliveryId: ({ event }) => event.deliveryId }) },
+        'proc.ready': [{ guard: 'hasTask', target: 'running' }, { target: 'ready' }],
+        'proc.spawnError': {
+          target: 'failed',
+          actions: {
+            type: 'report',
+            params: ({ event }) => ({
+              outcome: failure('spawn', `could not start worker: ${event.error.message}`, { error: event.error }),
+            }),
+          },
+        },
+        'proc.exit': {
+          target: 'failed',
+          actions: [
+            'recordExit',
+            {
+              type: 'report',
+              params: ({ event }) => ({
+                outcome: failure('spawn', withDetail(`worker exited while starting (${describeExit(event)})`, event), {
+                  exitCode: event.code,
+                  signal: event.signal,
+                }),
+              }),
+            },
+          ],
+        },
+        'worker.retire': { target: 'terminating' },
+        'worker.kill': { target: 'terminating', actions: 'dropTask' },
+      },
+    },
+    ready: {
+      entry: 'announceReady',
+      after: {
+        // Only a worker that has served goes idle; a fresh spare waits as long as it is wanted.
+        idleTimeout: { guard: 'hasServed', target: 'terminating' },
+      },
+      on: {
+        'task.assign': {
+          target: 'running',
+          actions: assign({ deliveryId: ({ event }) => event.deliveryId }),
+        },
+        'proc.exit': { target: 'reaped', actions: 'recordExit' },
+        'worker.retire': { target: 'terminating' },
+        'worker.kill': { target: 'terminating' },
+      },
+    },
+    running: {
+      entry: ['runTask', 'markRunning'],
+      after: {
+        taskTimeout: {
+          target: 'failed',
+          actions: [
+            { type: 'report', params: { outcome: failure('timeout', 'task exceeded its timeout') } },
+            'unexpectExit',
+          ],
+        },
+      },
+      on: {
+        'proc.result': {
+          target: 'resolved',
+          actions: { type: 'report', params: ({ event }) => ({ outcome: { status: 'resolved', result: event.result } }) },
+        },
+        'proc.failed': {
+          target: 'failed',
+          actions: {
+            type: 'report',
+            params: ({ event }) => ({
+              outcome: failure('error', event.error.message, { retryable: event.retryable, error: event.error }),
+            }),
+          },
+        },
+        'proc.exit': {
+          target: 'failed',
+          actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
+        },
+        'worker.kill': { target: 'terminating', actions: 'dropTask' },
+      },
+    },
+    resolved: {
+      always: [{ guard: 'reusable', target: 'ready' }, { target: 'terminating' }],
+    },
+    failed: {
+      // A failed worker is never reused: its state is unknown.
+      always: 'terminating',
+    },
+    terminating: {
+      initial: 'choosing',
+      on: {
+        'proc.exit': { target: 'reaped', actions: 'recordExit' },
+      },
+      states: {
+        choosing: {
+          always: [
+            { guard: 'exited', target: '#worker.reaped' },
+            { guard: 'expectsExit', target: 'awaitingExit' },
+            { target: 'signalled' },
+          ],
+        },
+        /** The process was told its task was its last and exits by itself. */
+        awaitingExit: {
+          after: { killGrace: 'signalled' },
+          on: { 'worker.kill': 'signalled' },
+        },
+        /** SIGTERM sent to the process group; SIGKILL after the grace period. */
+        signalled: {
+          entry: 'signalTerm',
+          after: { killGrace: 'killed' },
+        },
+        /** SIGKILL sent to the process group; only the exit is awaited now. */
+        killed: {
+          entry: 'signalKill',
+        },
+      },
+    },
+    reaped: {
+      type: 'final',
+    },
+  },
+  output: ({ context }) => ({
+    workerId: context.workerId,
+    pid: context.pid,
+    exitCode: context.exit?.code ?? null,
+    signal: context.exit?.signal ?? null,
+    served: context.served,
+    last: context.last,
+  }),
+});

@@ -1,0 +1,125 @@
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { TidepoolError } from '../errors.js';
+import type { PoolOptions } from '../options.js';
+import { createPool } from '../pool.js';
+import type { TaskResult } from '../pool.js';
+
+/** Exit codes of the CLI. */
+export const EXIT_CODES = { OK: 0, FAILED: 1, USAGE: 2 } as const;
+
+/** Redraws of the progress line per second, at most. */
+const PROGRESS_HZ = 10;
+
+/**
+ * `tidepool run`: JSON Lines in, one JSON line per task out (completion order). A line that
+ * is not a JSON object fails as `malformed` with id `line:<n>`; a task without an id gets
+ * `line:<n>` too, so every output line can be matched to its input line.
+ */
+export async function runCommand(input: string, options: PoolOptions): Promise<number> {
+  const pool = createPool(options);
+  const stream = input === '-' ? process.stdin : createReadStream(input);
+  const opened = new Promise<void>((resolve, reject) => {
+    if (input === '-') return resolve();
+    stream.once('open', () => resolve());
+    stream.once('error', (err: Error) => reject(new TidepoolError('TIDEPOOL_ERR_INPUT', `cannot read ${input}: ${err.message}`)));
+  });
+  await opened;
+
+  const progress = process.stderr.isTTY ? new Progress() : null;
+  let failed = 0;
+  const write = (result: TaskResult) => {
+    if (stopping) return;
+    if (result.status === 'failed') failed++;
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    progress?.done(result.status === 'failed');
+  };
+
+  await pool.start();
+  let stopping: NodeJS.Signals | null = null;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = signal;
+    if (signal !== 'SIGPIPE') pool.logger.warn({ signal }, `${signal}: stopping; unfinished tasks are not reported`);
+    stream.destroy();
+    void pool.stop();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  // The reader went away (`| head`): nobody wants the rest.
+  const onStdoutError = (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') stop('SIGPIPE');
+    else throw err;
+  };
+  process.stdout.on('error', onStdoutError);
+
+  const runs: Promise<void>[] = [];
+  let lineNo = 0;
+  const lines = createInterface({ input: stream, crlfDelay: Infinity });
+  try {
+    for await (const line of lines) {
+      lineNo++;
+      if (line.trim() === '') continue;
+      const id = `line:${lineNo}`;
+      progress?.queued();
+      let value: unknown;
+      try {
+        value = JSON.parse(line);
+      } catch (err) {
+        write({
+          id,
+          status: 'failed',
+          error: { kind: 'malformed', message: `line ${lineNo} is not JSON: ${(err as Error).message}` },
+          attempts: 0,
+          durationMs: 0,
+        });
+        continue;
+      }
+      runs.push(
+        pool.run(value, { defaultId: id }).then(write, (err: unknown) => {
+          if (!stopping) throw err;
+        }),
+      );
+    }
+    await Promise.all(runs);
+  } finally {
+    if (!stopping) await pool.drain();
+    progress?.end();
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    process.stdout.off('error', onStdoutError);
+  }
+  if (stopping) return 128 + (stopping === 'SIGINT' ? 2 : stopping === 'SIGPIPE' ? 13 : 15);
+  return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;
+}
+
+/** A one-line progress display on a terminal's stderr. */
+class Progress {
+  #queued = 0;
+  #done = 0;
+  #failed = 0;
+  #last = 0;
+
+  queued(): void {
+    this.#queued++;
+    this.#draw();
+  }
+
+  done(failed: boolean): void {
+    this.#done++;
+    if (failed) this.#failed++;
+    this.#draw();
+  }
+
+  end(): void {
+    this.#draw(true);
+    process.stderr.write('\n');
+  }
+
+  #draw(force = false): void {
+    const now = Date.now();
+    if (!force && now - this.#last < 1000 / PROGRESS_HZ) return;
+    this.#last = now;
+    process.stderr.write(`\r\x1b[Ktidepool: ${this.#done}/${this.#queued} done, ${this.#failed} failed`);
+  }
+}

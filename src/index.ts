@@ -1,0 +1,14 @@
+export { createPool, parseTask, Pool } from './pool.js';
+export type { AttemptEvent, DrainOptions, PoolEvents, TaskResult } from './pool.js';
+export { DEFAULTS, resolveOptions } from './options.js';
+export type { PoolOptions, ResolvedOptions, WorkerSpec } from './options.js';
+export { ERROR_CODES, OptionError, TidepoolError, UsageError } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { NonRetryableError } from './child/api.js';
+export { backoff, decideSettlement } from './settlement.js';
+export type { RetryPolicy, Settlement } from './settlement.js';
+export { MemorySource } from './sources/memory.js';
+export type { DeadLetter } from './sources/memory.js';
+export type { Delivery, Source, SourceConsumer, Task } from './sources/source.js';
+export { EXIT_NON_RETRYABLE, MAX_OUTPUT } from './process/driver.js';
+export type { FailureKind, Outcome, WorkerReport } from '../machines/types.js';

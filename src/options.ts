@@ -1,0 +1,228 @@
+import { availableParallelism } from 'node:os';
+import { statSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { OptionError } from './errors.js';
+
+/**
+ * Every pool option, validated in one place. The CLI flags are these names in kebab-case
+ * (`maxTasksPerWorker` → `--max-tasks-per-worker`).
+ */
+
+const positiveInt = z.number({ error: 'must be a positive integer' }).int('must be a positive integer').min(1, 'must be a positive integer');
+const nonNegativeInt = z.number({ error: 'must be a non-negative integer' }).int('must be a non-negative integer').min(0, 'must be a non-negative integer');
+const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must hold environment variable names');
+
+const workerSchema = z.union(
+  [
+    z.strictObject({ module: z.string().min(1) }),
+    z.strictObject({ command: z.array(z.string()).min(1) }),
+  ],
+  { error: 'must be { module: "path/to/handler.js" } or { command: ["executable", ...args] }' },
+);
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const schema = z.strictObject({
+  worker: workerSchema,
+  concurrency: positiveInt.optional(),
+  spares: nonNegativeInt.optional(),
+  timeout: positiveInt.optional(),
+  attempts: positiveInt.optional(),
+  retryDelay: nonNegativeInt.optional(),
+  retryMaxDelay: nonNegativeInt.optional(),
+  maxTasksPerWorker: positiveInt.optional(),
+  spawnTimeout: positiveInt.optional(),
+  killGrace: positiveInt.optional(),
+  idleTimeout: positiveInt.optional(),
+  maxCrashes: nonNegativeInt.optional(),
+  crashWindow: positiveInt.optional(),
+  breakerCooldown: positiveInt.optional(),
+  memoryLimit: positiveInt.optional(),
+  env: z.array(z.union([envName, z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*=/, 'must hold NAME or NAME=VALUE')])).optional(),
+  cwd: z.string().min(1).optional(),
+  uid: nonNegativeInt.optional(),
+  gid: nonNegativeInt.optional(),
+  logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).optional(),
+  logger: z.custom<Logger>((v) => typeof v === 'object' && v !== null && typeof (v as Logger).child === 'function', 'must be a pino logger').optional(),
+  inspect: z.custom<unknown>((v) => typeof v === 'function' || (typeof v === 'object' && v !== null), 'must be an inspection observer').optional(),
+});
+
+/** The options of `createPool`, as a user writes them. */
+export interface PoolOptions {
+  /** The worker: a module (`{ module: './handler.js' }`) or an executable (`{ command: ['python3', 'job.py'] }`). */
+  worker: { module: string } | { command: string[] };
+  /** Most live worker processes at once. Default: the CPU count. */
+  concurrency?: number;
+  /** Warm workers kept ready for the next task (each still serves `maxTasksPerWorker`). Default 0. */
+  spares?: number;
+  /** Hard timeout of one attempt, in ms. Default 900000 (15 min, below RabbitMQ's consumer timeout). */
+  timeout?: number;
+  /** Attempts per task, the first included. Default 3. */
+  attempts?: number;
+  /** Base of the exponential retry backoff, in ms. Default 1000. */
+  retryDelay?: number;
+  /** Ceiling of the retry backoff, in ms. Default 60000. */
+  retryMaxDelay?: number;
+  /** Tasks a worker serves before it exits. Default 1 (a fresh process per task). */
+  maxTasksPerWorker?: number;
+  /** How long a worker may take to become ready, in ms. Default 10000. */
+  spawnTimeout?: number;
+  /** Between SIGTERM and SIGKILL, in ms. Default 5000. */
+  killGrace?: number;
+  /** A reused worker idle this long exits, in ms. Default 60000. */
+  idleTimeout?: number;
+  /** The crash breaker trips on the crash after this many within `crashWindow`. Default 10. */
+  maxCrashes?: number;
+  /** The breaker's sliding window, in ms. Default 60000. */
+  crashWindow?: number;
+  /** How long intake stays paused once the breaker trips, in ms. Default 5000. */
+  breakerCooldown?: number;
+  /** Memory cap per worker process (resident set), in MiB. Default none. */
+  memoryLimit?: number;
+  /**
+   * The workers' environment: `NAME` passes the manager's value through, `NAME=VALUE` sets it.
+   * Always passed: PATH, HOME, LANG, TZ, TMPDIR, NODE_ENV, when set.
+   */
+  env?: string[];
+  /** Working directory of the workers. */
+  cwd?: string;
+  uid?: number;
+  gid?: number;
+  /** Default `info`. Ignored when `logger` is given. */
+  logLevel?: (typeof LOG_LEVELS)[number];
+  /** A pino logger to log through (its child loggers carry workerId, pid, taskId). */
+  logger?: Logger;
+  /** An XState inspection observer for the root actor (see `createActor`'s `inspect`). */
+  inspect?: unknown;
+}
+
+export type WorkerSpec = { kind: 'module'; path: string } | { kind: 'command'; argv: string[] };
+
+export interface ResolvedOptions {
+  worker: WorkerSpec;
+  concurrency: number;
+  spares: number;
+  timeout: number;
+  attempts: number;
+  retryDelay: number;
+  retryMaxDelay: number;
+  maxTasksPerWorker: number;
+  spawnTimeout: number;
+  killGrace: number;
+  idleTimeout: number;
+  maxCrashes: number;
+  crashWindow: number;
+  breakerCooldown: number;
+  memoryLimit: number | null;
+  env: Record<string, string>;
+  cwd: string | undefined;
+  uid: number | undefined;
+  gid: number | undefined;
+  logLevel: (typeof LOG_LEVELS)[number];
+  logger: Logger | undefined;
+  inspect: unknown;
+}
+
+/** Variables every worker gets when the manager has them. */
+export const BASE_ENV = ['PATH', 'HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV'] as const;
+
+export const DEFAULTS = {
+  spares: 0,
+  timeout: 900_000,
+  attempts: 3,
+  retryDelay: 1_000,
+  retryMaxDelay: 60_000,
+  maxTasksPerWorker: 1,
+  spawnTimeout: 10_000,
+  killGrace: 5_000,
+  idleTimeout: 60_000,
+  maxCrashes: 10,
+  crashWindow: 60_000,
+  breakerCooldown: 5_000,
+  logLevel: 'info',
+} as const;
+
+/** Validate `options`; throws an `OptionError` naming the first bad option. */
+export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv = process.env): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) throw new OptionError('options', 'must be an object');
+  const parsed = schema.safeParse(options);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const option = issue.path.length > 0 ? issue.path.map(String).join('.') : 'options';
+    const message =
+      issue.code === 'unrecognized_keys' ? `is not an option: ${issue.keys.join(', ')}` : issue.message;
+    throw new OptionError(issue.code === 'unrecognized_keys' ? (issue.keys[0] ?? option) : option, message);
+  }
+  const o = parsed.data;
+  const concurrency = o.concurrency ?? availableParallelism();
+  const spares = o.spares ?? DEFAULTS.spares;
+  if (spares > concurrency) throw new OptionError('spares', `must not exceed concurrency (${concurrency})`);
+  const maxTasksPerWorker = o.maxTasksPerWorker ?? DEFAULTS.maxTasksPerWorker;
+  const worker: WorkerSpec =
+    'module' in o.worker
+      ? { kind: 'module', path: isAbsolute(o.worker.module) ? o.worker.module : resolve(o.worker.module) }
+      : { kind: 'command', argv: o.worker.command };
+  // Checked once here rather than found out by every task failing to load.
+  if (worker.kind === 'module' && !isFile(worker.path)) throw new OptionError('worker.module', `is not a file: ${worker.path}`);
+  if (worker.kind === 'command' && maxTasksPerWorker > 1) {
+    throw new OptionError('maxTasksPerWorker', 'must be 1 for a command worker (a command serves one task per process)');
+  }
+  const retryDelay = o.retryDelay ?? DEFAULTS.retryDelay;
+  const retryMaxDelay = o.retryMaxDelay ?? Math.max(DEFAULTS.retryMaxDelay, retryDelay);
+  if (retryMaxDelay < retryDelay) throw new OptionError('retryMaxDelay', `must be at least retryDelay (${retryDelay})`);
+
+  return {
+    worker,
+    concurrency,
+    spares,
+    timeout: o.timeout ?? DEFAULTS.timeout,
+    attempts: o.attempts ?? DEFAULTS.attempts,
+    retryDelay,
+    retryMaxDelay,
+    maxTasksPerWorker,
+    spawnTimeout: o.spawnTimeout ?? DEFAULTS.spawnTimeout,
+    killGrace: o.killGrace ?? DEFAULTS.killGrace,
+    idleTimeout: o.idleTimeout ?? DEFAULTS.idleTimeout,
+    maxCrashes: o.maxCrashes ?? DEFAULTS.maxCrashes,
+    crashWindow: o.crashWindow ?? DEFAULTS.crashWindow,
+    breakerCooldown: o.breakerCooldown ?? DEFAULTS.breakerCooldown,
+    memoryLimit: o.memoryLimit ?? null,
+    // The child's own logger (ctx.log) follows the manager's level.
+    env: { ...workerEnv(o.env ?? [], baseEnv), TIDEPOOL_LOG_LEVEL: o.logLevel ?? DEFAULTS.logLevel },
+    cwd: o.cwd,
+    uid: o.uid,
+    gid: o.gid,
+    logLevel: o.logLevel ?? DEFAULTS.logLevel,
+    logger: o.logger,
+    inspect: o.inspect,
+  };
+}
+
+/**
+ * The workers' environment: an allowlist, not the manager's whole environment. Inheriting
+ * everything leaks credentials and, here, NODE_EXTRA_CA_CERTS alone nearly triples Node's
+ * start-up (it parses the CA bundle on every start).
+ */
+export function workerEnv(entries: readonly string[], from: NodeJS.ProcessEnv): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of BASE_ENV) if (from[name] !== undefined) env[name] = from[name]!;
+  for (const entry of entries) {
+    const eq = entry.indexOf('=');
+    if (eq === -1) {
+      if (from[entry] !== undefined) env[entry] = from[entry]!;
+    } else {
+      env[entry.slice(0, eq)] = entry.slice(eq + 1);
+    }
+  }
+  return env;
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,342 @@
+import { fork, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { fromCallback } from 'xstate';
+import type { ErrorInfo } from '../../machines/types.js';
+import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
+import { EXIT, MSG } from '../child/protocol.js';
+import type { ChildMessage, RunMessage } from '../child/protocol.js';
+import type { WorkerSpec } from '../options.js';
+import type { Task } from '../sources/source.js';
+import { killGroup, residentBytes } from './registry.js';
+import type { ProcessRegistry } from './registry.js';
+
+/** The child entry of module workers; plain JavaScript, so it runs from src and from dist. */
+const CHILD_ENTRY = fileURLToPath(new URL('../child/main.js', import.meta.url));
+
+/** Bytes of stderr kept for failure messages. */
+const STDERR_TAIL = 2048;
+/** A command's stdout beyond this fails the attempt (the result would not fit a message anyway). */
+export const MAX_OUTPUT = 16 * 1024 * 1024;
+/** A command exiting with this code (EX_DATAERR) fails without retries, like `NonRetryableError`. */
+export const EXIT_NON_RETRYABLE = 65;
+/** After the process exits, how long to wait for its pipes to close before reporting. */
+const FLUSH_LIMIT_MS = 1_000;
+const MEMORY_POLL_MS = 100;
+
+export interface DriverOptions {
+  worker: WorkerSpec;
+  env: Record<string, string>;
+  cwd?: string;
+  uid?: number;
+  gid?: number;
+  /** MiB, or null. */
+  memoryLimit: number | null;
+}
+
+export interface DriverRuntime {
+  options: DriverOptions;
+  registry: ProcessRegistry;
+  logger: Logger;
+  /** The task behind a delivery id, if the pool still holds it. */
+  taskFor(deliveryId: string): { task: Task; attempt: number } | undefined;
+  onSpawned?(workerId: string, pid: number): void;
+}
+
+type SendBack = (event: ProcessEvent) => void;
+
+/**
+ * What the two kinds of worker share: a detached process (its own group), a stderr tail, a
+ * memory watchdog, and an exit reported only once the process's pipes have drained, after
+ * its whole group has been killed (so grandchildren never outlive their worker).
+ */
+class WorkerProcess {
+  readonly child: ChildProcess;
+  readonly #sendBack: SendBack;
+  readonly #rt: DriverRuntime;
+  readonly #workerId: string;
+  #stderr = '';
+  #spawned = false;
+  #exited = false;
+  #overMemory = false;
+  #watchdog: NodeJS.Timeout | null = null;
+  #flushTimer: NodeJS.Timeout | null = null;
+  /** Called when the process has exited and its pipes are closed, before `proc.exit`. */
+  onFinish: ((code: number | null, signal: NodeJS.Signals | null) => void) | null = null;
+
+  constructor(child: ChildProcess, input: ProcessInput, sendBack: SendBack, rt: DriverRuntime) {
+    this.child = child;
+    this.#sendBack = sendBack;
+    this.#rt = rt;
+    this.#workerId = input.workerId;
+    child.once('spawn', () => this.#onSpawn());
+    child.on('error', (err) => this.#onError(err));
+    child.stderr?.on('data', (chunk: Buffer) => this.#onStderr(chunk));
+    child.once('exit', (code, signal) => this.#onExit(code, signal));
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get exited(): boolean {
+    return this.#exited;
+  }
+
+  get stderrTail(): string {
+    return this.#stderr.trim();
+  }
+
+  send(event: ProcessEvent): void {
+    this.#sendBack(event);
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (this.#spawned && !this.#exited && this.child.pid !== undefined) killGroup(this.child.pid, signal);
+  }
+
+  /** The actor is stopping: nothing of this process may survive it. */
+  dispose(): void {
+    this.#stopWatchdog();
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    if (this.#spawned && this.child.pid !== undefined) {
+      // Kill the group even after the leader's exit: a grandchild may still be in it.
+      killGroup(this.child.pid, 'SIGKILL');
+      if (this.#exited) this.#rt.registry.delete(this.child.pid);
+    }
+  }
+
+  #onSpawn(): void {
+    const pid = this.child.pid!;
+    this.#spawned = true;
+    this.#rt.registry.add(pid);
+    this.#sendBack({ type: 'proc.spawned', pid });
+    this.#rt.onSpawned?.(this.#workerId, pid);
+    const limit = this.#rt.options.memoryLimit;
+    if (limit !== null) {
+      this.#watchdog = setInterval(() => this.#checkMemory(pid, limit * 1024 * 1024), MEMORY_POLL_MS);
+      this.#watchdog.unref();
+    }
+  }
+
+  #onError(err: NodeJS.ErrnoException): void {
+    if (!this.#spawned) {
+      // The process never started (ENOENT, EACCES, ...): there is no exit to wait for.
+      // Node emits no 'exit' then, so the machine is told there is no process to wait for.
+      this.#exited = true;
+      this.#sendBack({ type: 'proc.spawnError', error: errnoInfo(err, this.#describe()) });
+      this.#sendBack({ type: 'proc.exit', code: null, signal: null });
+      return;
+    }
+    // After start, errors are failed sends or kills on a dying process; the exit follows.
+    this.#rt.logger.debug({ err, workerId: this.#workerId, pid: this.child.pid }, 'worker process error');
+  }
+
+  #onStderr(chunk: Buffer): void {
+    // Forward the worker's own diagnostics; keep a tail for the failure message.
+    process.stderr.write(chunk);
+    this.#stderr = (this.#stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
+  }
+
+  #checkMemory(pid: number, limitBytes: number): void {
+    const rss = residentBytes(pid);
+    if (rss !== null && rss > limitBytes) {
+      this.#overMemory = true;
+      this.#stopWatchdog();
+      killGroup(pid, 'SIGKILL');
+    }
+  }
+
+  #stopWatchdog(): void {
+    if (this.#watchdog) clearInterval(this.#watchdog);
+    this.#watchdog = null;
+  }
+
+  #onExit(code: number | null, signal: NodeJS.Signals | null): void {
+    this.#exited = true;
+    this.#stopWatchdog();
+    const pid = this.child.pid!;
+    // The leader is gone; whatever it left in its group goes too, which also closes any pipe
+    // a grandchild inherited (else 'close' could wait forever).
+    killGroup(pid, 'SIGKILL');
+    const finish = () => {
+      if (this.#flushTimer) clearTimeout(this.#flushTimer);
+      this.#flushTimer = null;
+      this.#rt.registry.delete(pid);
+      this.onFinish?.(code, signal);
+      const memory = this.#overMemory || (signal === 'SIGABRT' && /heap out of memory|Reached heap limit/.test(this.#stderr));
+      const detail = memory ? undefined : this.stderrTail || undefined;
+      this.#sendBack({ type: 'proc.exit', code, signal, memory, detail });
+    };
+    // 'close' comes once stdio and the IPC channel are closed, so every message and every
+    // byte of output has been seen.
+    if (this.child.stdin?.closed === false) this.child.stdin.destroy();
+    this.#flushTimer = setTimeout(finish, FLUSH_LIMIT_MS);
+    this.child.once('close', finish);
+  }
+
+  #describe(): string {
+    const spec = this.#rt.options.worker;
+    return spec.kind === 'module' ? `node ${CHILD_ENTRY}` : spec.argv.join(' ');
+  }
+}
+
+function errnoInfo(err: NodeJS.ErrnoException, what: string): ErrorInfo {
+  const info: ErrorInfo = { name: err.name, message: `${what}: ${err.message}` };
+  if (err.code) info.code = err.code;
+  return info;
+}
+
+function spawnOptions(o: DriverOptions) {
+  return { env: o.env, cwd: o.cwd, uid: o.uid, gid: o.gid, detached: true } as const;
+}
+
+/** The process slot for module workers: fork + IPC, the handler's default export runs in the child. */
+function moduleProcess(rt: DriverRuntime, modulePath: string) {
+  return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
+    const { memoryLimit } = rt.options;
+    let child: ChildProcess;
+    try {
+      child = fork(CHILD_ENTRY, [modulePath], {
+        ...spawnOptions(rt.options),
+        // Never the manager's own flags (a test runner's loaders, inspectors).
+        execArgv: memoryLimit === null ? [] : [`--max-old-space-size=${memoryLimit}`],
+        // The handler's stdout goes to the manager's stderr: stdout is for results.
+        stdio: ['ignore', 2, 'pipe', 'ipc'],
+      });
+    } catch (err) {
+      sendBack({ type: 'proc.spawnError', error: errnoInfo(err as NodeJS.ErrnoException, 'fork') });
+      sendBack({ type: 'proc.exit', code: null, signal: null });
+      return;
+    }
+    const proc = new WorkerProcess(child, input, sendBack, rt);
+    child.on('message', (message: ChildMessage) => {
+      switch (message.k) {
+        case MSG.READY:
+          return proc.send({ type: 'proc.ready' });
+        case MSG.RESULT:
+          return proc.send({ type: 'proc.result', result: message.value });
+        case MSG.ERROR:
+          return proc.send({ type: 'proc.failed', error: message.error, retryable: message.retryable });
+        case MSG.LOAD_ERROR:
+          return proc.send({
+            type: 'proc.spawnError',
+            error: { ...message.error, message: `handler ${modulePath} failed to load: ${message.error.message}` },
+          });
+      }
+    });
+    receive((command) => {
+      switch (command.type) {
+        case 'proc.run': {
+          const held = rt.taskFor(command.deliveryId);
+          if (!held || !child.connected) return;
+          const run: RunMessage = {
+            k: MSG.RUN,
+            task: held.task,
+            attempt: held.attempt,
+            taskId: held.task.id,
+            workerId: input.workerId,
+            last: command.last,
+          };
+          child.send(run, (err: Error | null) => {
+            // The task cannot reach the child (it is dying): the exit will fail the attempt.
+            if (err) rt.logger.debug({ err, workerId: input.workerId }, 'task not sent');
+          });
+          return;
+        }
+        case 'proc.terminate':
+          return proc.signal('SIGTERM');
+        case 'proc.kill':
+          return proc.signal('SIGKILL');
+      }
+    });
+    return () => proc.dispose();
+  });
+}
+
+/** The process slot for command workers: the task as JSON on stdin, the result on stdout. */
+function commandProcess(rt: DriverRuntime, argv: string[]) {
+  return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0], argv.slice(1), { ...spawnOptions(rt.options), stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      sendBack({ type: 'proc.spawnError', error: errnoInfo(err as NodeJS.ErrnoException, argv.join(' ')) });
+      sendBack({ type: 'proc.exit', code: null, signal: null });
+      return;
+    }
+    const proc = new WorkerProcess(child, input, sendBack, rt);
+    const chunks: Buffer[] = [];
+    let outputBytes = 0;
+    let overflow = false;
+    let ran = false;
+    child.once('spawn', () => proc.send({ type: 'proc.ready' }));
+    // A command that exits without reading its input makes the write fail with EPIPE; its
+    // exit status is what counts.
+    child.stdin!.on('error', () => {});
+    child.stdout!.on('data', (chunk: Buffer) => {
+      outputBytes += chunk.length;
+      if (outputBytes > MAX_OUTPUT) {
+        overflow = true;
+        proc.signal('SIGKILL');
+        return;
+      }
+      chunks.push(chunk);
+    });
+    proc.onFinish = (code, signal) => {
+      if (!ran || signal !== null) return; // a signal is the machine's to classify
+      if (overflow) {
+        proc.send({
+          type: 'proc.failed',
+          error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
+          retryable: false,
+        });
+      } else if (code === 0) {
+        proc.send({ type: 'proc.result', result: parseOutput(Buffer.concat(chunks).toString('utf8')) });
+      } else {
+        const tail = proc.stderrTail;
+        proc.send({
+          type: 'proc.failed',
+          error: { message: `command exited with code ${code}${tail ? `: ${tail}` : ''}` },
+          retryable: code !== EXIT_NON_RETRYABLE,
+        });
+      }
+    };
+    receive((command) => {
+      switch (command.type) {
+        case 'proc.run': {
+          const held = rt.taskFor(command.deliveryId);
+          if (!held || proc.exited) return;
+          ran = true;
+          child.stdin!.end(`${JSON.stringify(held.task)}\n`);
+          return;
+        }
+        case 'proc.terminate':
+          return proc.signal('SIGTERM');
+        case 'proc.kill':
+          return proc.signal('SIGKILL');
+      }
+    });
+    return () => proc.dispose();
+  });
+}
+
+/** A command's stdout as a result: JSON when it parses, else the text. */
+export function parseOutput(text: string): unknown {
+  const trimmed = text.trim();
+  if (trimmed === '') return '';
+  try {
+    return JSON.parse(trimmed);
+  } catch {
+    return text;
+  }
+}
+
+/** The `process` slot of the worker machine for the configured kind of worker. */
+export function processActor(rt: DriverRuntime) {
+  const spec = rt.options.worker;
+  return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt, spec.argv);
+}
+
+export { EXIT as CHILD_EXIT };

@@ -1,0 +1,57 @@
+import { readFileSync } from 'node:fs';
+
+/**
+ * Every live worker process group, outside XState: if the pool's actor fails (an action that
+ * throws leaves children running, xstate#5153) or the manager exits, these are killed anyway.
+ */
+export class ProcessRegistry {
+  readonly #groups = new Set<number>();
+
+  add(pid: number): void {
+    this.#groups.add(pid);
+  }
+
+  delete(pid: number): void {
+    this.#groups.delete(pid);
+  }
+
+  get size(): number {
+    return this.#groups.size;
+  }
+
+  pids(): number[] {
+    return [...this.#groups];
+  }
+
+  /** Signal every registered process group; synchronous so it works in an `exit` handler. */
+  killAll(signal: NodeJS.Signals = 'SIGKILL'): void {
+    for (const pid of this.#groups) killGroup(pid, signal);
+  }
+}
+
+/** Signal a worker's process group (its pid is the group id: workers start detached). */
+export function killGroup(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pid, signal);
+    return true;
+  } catch {
+    // ESRCH: the group is already gone. EPERM cannot happen for our own children.
+    return false;
+  }
+}
+
+/** Resident set size of a process in bytes, or null when it is gone. */
+export function residentBytes(pid: number): number | null {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const match = /VmRSS:\s+(\d+) kB/.exec(status);
+    return match ? Number(match[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The registry of this manager process; its groups die with it. */
+export const registry = new ProcessRegistry();
+
+process.on('exit', () => registry.killAll('SIGKILL'));

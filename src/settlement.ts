@@ -1,0 +1,38 @@
+import type { Outcome } from '../machines/types.js';
+
+/** What a source does with a delivery after its outcome. */
+export type Settlement =
+  | { action: 'ack' }
+  | { action: 'retry'; delay: number; attempt: number }
+  | { action: 'dead-letter'; reason: string };
+
+export interface RetryPolicy {
+  /** Attempts per task, the first included. */
+  attempts: number;
+  /** Base delay, doubled per attempt. */
+  retryDelay: number;
+  /** Ceiling of the delay before jitter. */
+  retryMaxDelay: number;
+}
+
+/**
+ * Exponential backoff with "equal jitter": half the delay is fixed, half random, so retries of
+ * tasks that failed together spread out but never fire at once.
+ */
+export function backoff(policy: RetryPolicy, attempt: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(policy.retryMaxDelay, policy.retryDelay * 2 ** (attempt - 1));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/** The one settlement policy every source executes: which outcome is acked, retried or dead-lettered. */
+export function decideSettlement(
+  outcome: Outcome,
+  attempt: number,
+  policy: RetryPolicy,
+  random?: () => number,
+): Settlement {
+  if (outcome.status === 'resolved') return { action: 'ack' };
+  if (!outcome.retryable) return { action: 'dead-letter', reason: `${outcome.kind} (not retryable)` };
+  if (attempt >= policy.attempts) return { action: 'dead-letter', reason: `${outcome.kind} (attempts exhausted)` };
+  return { action: 'retry', delay: backoff(policy, attempt, random), attempt: attempt + 1 };
+}
