@@ -169,11 +169,10 @@ export class Pool extends EventEmitter<PoolEvents> {
 
   /** Finish everything queued (retries included), take nothing new, then stop. */
   async drain(options: DrainOptions = {}): Promise<void> {
-    const actor = this.actor;
-    actor.send({ type: 'drain' });
+    this.#send({ type: 'drain' });
     let timer: NodeJS.Timeout | undefined;
     if (options.timeout !== undefined) {
-      timer = setTimeout(() => actor.send({ type: 'stop' }), options.timeout);
+      timer = setTimeout(() => this.#send({ type: 'stop' }), options.timeout);
     }
     try {
       await this.#done;
@@ -185,8 +184,7 @@ export class Pool extends EventEmitter<PoolEvents> {
 
   /** Stop now: kill every worker; tasks not yet finished are rejected with POOL_STOPPED. */
   async stop(): Promise<void> {
-    const actor = this.actor;
-    actor.send({ type: 'stop' });
+    this.#send({ type: 'stop' });
     try {
       await this.#done;
     } finally {
@@ -195,11 +193,17 @@ export class Pool extends EventEmitter<PoolEvents> {
   }
 
   pause(): void {
-    this.actor.send({ type: 'pause' });
+    this.#send({ type: 'pause' });
   }
 
   resume(): void {
-    this.actor.send({ type: 'resume' });
+    this.#send({ type: 'resume' });
+  }
+
+  /** Events for a stopped pool are dropped (XState would warn about each). */
+  #send(event: { type: 'drain' | 'stop' | 'pause' | 'resume' }): void {
+    const actor = this.actor;
+    if (actor.getSnapshot().status === 'active') actor.send(event);
   }
 
   #finish(): void {

@@ -1,0 +1,371 @@
+#!/usr/bin/env node
+// `tidepool run` against the physical limits of process-per-task on this machine, measured
+// in the same run: a bare `fork` loop, a bare `spawn` loop of /bin/cat, and bare reused
+// children answering IPC. Runs alternate (reference, tidepool, tidepool, reference, ...) so
+// drift on a noisy machine hits both sides; each figure is the median of BENCH_REPEAT runs.
+//
+// stdout: one JSON object per scenario. stderr: progress. Exit 1 when tidepool's output is
+// not one "resolved" line per task, a reference run fails, or a worker outlives its run.
+//
+// Usage: npm run build && node scripts/bench-run.js
+// Env: BENCH_REPEAT, BENCH_CONCURRENCY, BENCH_TASKS (all scenarios), BENCH_MODULE_TASKS,
+//      BENCH_COMMAND_TASKS, BENCH_REUSE_TASKS, BENCH_REUSE_CONCURRENCY,
+//      BENCH_REUSE_MAX_TASKS, BENCH_SCENARIOS (comma list of module,command,reuse).
+import { fork, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = join(ROOT, 'bin/tidepool');
+const NOOP = join(ROOT, 'test/fixtures/noop.js');
+const IPC_ECHO = join(ROOT, 'scripts/fixtures/ipc-echo.js');
+const CAT = '/bin/cat';
+/** What the reference children get: the machine's best case (see REFERENCE.md). */
+const BARE_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+/**
+ * Passed to tidepool's workers (`--env`), so that a worker outliving its run can be found in
+ * /proc. One short variable: no measurable cost.
+ */
+const MARK_NAME = 'TIDEPOOL_BENCH_RUN';
+const MARK = `${process.pid}-${Date.now()}`;
+
+class BenchError extends Error {}
+
+function intEnv(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new BenchError(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function config() {
+  const tasks = intEnv('BENCH_TASKS', null);
+  const concurrency = intEnv('BENCH_CONCURRENCY', 2);
+  const known = ['module', 'command', 'reuse'];
+  const scenarios = (process.env.BENCH_SCENARIOS ?? known.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const s of scenarios) if (!known.includes(s)) throw new BenchError(`BENCH_SCENARIOS: unknown scenario ${JSON.stringify(s)} (known: ${known.join(', ')})`);
+  return {
+    repeat: intEnv('BENCH_REPEAT', 5),
+    scenarios,
+    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 40), concurrency },
+    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 1000), concurrency },
+    reuse: {
+      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 10000),
+      concurrency: intEnv('BENCH_REUSE_CONCURRENCY', 2),
+      maxTasks: intEnv('BENCH_REUSE_MAX_TASKS', 1000),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// tidepool, as a whole command
+
+/**
+ * Run `node bin/tidepool run FILE ...args` to its end; resolves with the elapsed ms. Checks
+ * exit 0 and exactly `expected` lines, each "resolved", with distinct ids.
+ */
+function runTidepool(file, args, expected) {
+  return new Promise((resolve, reject) => {
+    const argv = [CLI, 'run', file, ...args, '--env', `${MARK_NAME}=${MARK}`];
+    const started = performance.now();
+    // The user's environment, as a shell would give it: the CLI's own start-up is part of
+    // the figure.
+    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = [];
+    const err = [];
+    child.stdout.on('data', (c) => out.push(c));
+    child.stderr.on('data', (c) => err.push(c));
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      const ms = performance.now() - started;
+      const stderr = Buffer.concat(err).toString('utf8').trim();
+      const command = `node bin/tidepool ${argv.slice(1).join(' ')}`;
+      const problem = checkOutput(Buffer.concat(out).toString('utf8'), expected, code, signal);
+      if (problem) return reject(new BenchError(`${command}: ${problem}${stderr ? `\nstderr:\n${stderr.slice(-4000)}` : ''}`));
+      resolve(ms);
+    });
+  });
+}
+
+function checkOutput(stdout, expected, code, signal) {
+  if (signal !== null || code !== 0) return `exited with ${signal ?? `code ${code}`} (expected 0)`;
+  const lines = stdout.split('\n').filter((l) => l !== '');
+  if (lines.length !== expected) return `printed ${lines.length} lines, expected ${expected}`;
+  const ids = new Set();
+  for (const line of lines) {
+    let result;
+    try {
+      result = JSON.parse(line);
+    } catch {
+      return `printed a line that is not JSON: ${line.slice(0, 200)}`;
+    }
+    if (result.status !== 'resolved') return `a task did not resolve: ${line.slice(0, 500)}`;
+    ids.add(result.id);
+  }
+  if (ids.size !== expected) return `printed ${ids.size} distinct ids, expected ${expected}`;
+  return null;
+}
+
+/** Live processes carrying this run's mark: tidepool workers that outlived their run. */
+function leftovers() {
+  const found = [];
+  const needle = `${MARK_NAME}=${MARK}\0`;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (`${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle)) {
+        const state = /^State:\s+(\S)/m.exec(readFileSync(`/proc/${entry}/status`, 'latin1'))?.[1];
+        if (state !== 'Z') found.push(Number(entry));
+      }
+    } catch {
+      // Gone, or not ours.
+    }
+  }
+  return found;
+}
+
+async function assertNoLeftovers() {
+  // A worker killed at the CLI's exit may take a moment to die.
+  for (let i = 0; i < 20; i++) {
+    const pids = leftovers();
+    if (pids.length === 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const pids = leftovers();
+  if (pids.length > 0) throw new BenchError(`tidepool left worker processes behind: ${pids.join(', ')}`);
+}
+
+// ---------------------------------------------------------------------------------------
+// References
+
+/**
+ * Keep `concurrency` children in flight until `n` have been started and every one has
+ * ended; `start(i, done)` starts child i and calls `done(error?)` once it is over (awaited:
+ * nothing outlives the loop). Resolves with the elapsed ms.
+ */
+function loop(n, concurrency, start) {
+  return new Promise((resolve, reject) => {
+    let started = 0;
+    let live = 0;
+    let failure = null;
+    const t0 = performance.now();
+    const next = () => {
+      if (failure === null && started < n) {
+        const i = started++;
+        live++;
+        let ended = false;
+        start(i, (err) => {
+          if (ended) return;
+          ended = true;
+          live--;
+          if (err && failure === null) failure = err;
+          next();
+        });
+      } else if (live === 0) {
+        if (failure) reject(failure);
+        else resolve(performance.now() - t0);
+      }
+    };
+    for (let k = 0; k < Math.min(concurrency, n); k++) next();
+  });
+}
+
+/** Single use: fork the no-op module itself, which loads and exits (no message at all). */
+function bareFork(n, concurrency) {
+  return loop(n, concurrency, (_i, done) => {
+    const child = fork(NOOP, [], { env: BARE_ENV, stdio: 'ignore', execArgv: [] });
+    child.once('error', (err) => {
+      if (child.pid === undefined) done(err);
+    });
+    child.once('exit', (code, signal) => done(code === 0 ? null : new BenchError(`bare fork exited with ${signal ?? `code ${code}`}`)));
+  });
+}
+
+/** Single use: spawn /bin/cat, write the task to stdin, read stdout until close. */
+function bareSpawn(n, concurrency) {
+  return loop(n, concurrency, (i, done) => {
+    const input = `${JSON.stringify({ id: `bare:${i}` })}\n`;
+    const child = spawn(CAT, [], { env: BARE_ENV, stdio: ['pipe', 'pipe', 'ignore'] });
+    const out = [];
+    child.once('error', (err) => {
+      if (child.pid === undefined) done(err);
+    });
+    child.stdin.on('error', () => {});
+    child.stdout.on('data', (c) => out.push(c));
+    child.once('close', (code, signal) => {
+      if (code !== 0) return done(new BenchError(`bare /bin/cat exited with ${signal ?? `code ${code}`}`));
+      const got = Buffer.concat(out).toString('utf8');
+      done(got === input ? null : new BenchError(`bare /bin/cat echoed ${JSON.stringify(got)}`));
+    });
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * Reuse: `concurrency` forked children, each answering one IPC round trip at a time and
+ * retired (disconnected, exit awaited) after `maxTasks`, like tidepool's reused workers.
+ */
+function bareIpc(n, concurrency, maxTasks) {
+  const children = Math.ceil(n / maxTasks);
+  let sent = 0;
+  return loop(children, concurrency, (_i, done) => {
+    const budget = Math.min(maxTasks, n - sent);
+    sent += budget;
+    const child = fork(IPC_ECHO, [], { env: BARE_ENV, stdio: 'ignore', execArgv: [] });
+    let served = 0;
+    let failure = null;
+    const send = () => child.send({ k: 'run', task: { id: `bare:${sent - budget + served}` }, last: false });
+    child.on('message', () => {
+      served++;
+      if (served < budget) send();
+      else child.disconnect();
+    });
+    child.once('error', (err) => {
+      if (child.pid === undefined) done(err);
+      else failure ??= err;
+    });
+    child.once('exit', (code, signal) => {
+      if (failure === null && (served < budget || code !== 0)) {
+        failure = new BenchError(`bare IPC child exited with ${signal ?? `code ${code}`} after ${served}/${budget} round trips`);
+      }
+      done(failure);
+    });
+    send();
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const round = (x, digits) => Number(x.toFixed(digits));
+
+function scenarios(cfg, dir) {
+  const tasksFile = (n) => {
+    const file = join(dir, `tasks-${n}.jsonl`);
+    if (!existsSync(file)) writeFileSync(file, '{}\n'.repeat(n));
+    return file;
+  };
+  const all = {
+    module: {
+      scenario: 'module-single-use',
+      ...cfg.module,
+      target: 0.9,
+      args: ['--worker', NOOP, '--concurrency', String(cfg.module.concurrency), '--log-level', 'warn'],
+      reference: {
+        name: 'bare child_process.fork loop of test/fixtures/noop.js (loads and exits; no IPC message), env PATH only, stdio ignore',
+        run: (n) => bareFork(n, cfg.module.concurrency),
+      },
+    },
+    command: {
+      scenario: 'command-single-use',
+      ...cfg.command,
+      target: 0.8,
+      args: ['--command', CAT, '--concurrency', String(cfg.command.concurrency), '--log-level', 'warn'],
+      reference: {
+        name: 'bare child_process.spawn loop of /bin/cat (task JSON to stdin, stdout read until close), env PATH only',
+        run: (n) => bareSpawn(n, cfg.command.concurrency),
+      },
+    },
+    reuse: {
+      scenario: 'module-reused',
+      tasks: cfg.reuse.tasks,
+      concurrency: cfg.reuse.concurrency,
+      target: null,
+      maxTasksPerWorker: cfg.reuse.maxTasks,
+      args: [
+        '--worker', NOOP,
+        '--max-tasks-per-worker', String(cfg.reuse.maxTasks),
+        '--concurrency', String(cfg.reuse.concurrency),
+        '--log-level', 'warn',
+      ],
+      reference: {
+        name: `${cfg.reuse.concurrency} bare forked children (scripts/fixtures/ipc-echo.js) answering IPC round trips, one in flight each, retired after ${cfg.reuse.maxTasks}; env PATH only`,
+        run: (n) => bareIpc(n, cfg.reuse.concurrency, cfg.reuse.maxTasks),
+      },
+    },
+  };
+  return cfg.scenarios.map((name) => ({ ...all[name], tasksFile }));
+}
+
+async function measure(s, repeat) {
+  const file = s.tasksFile(s.tasks);
+  const empty = s.tasksFile(0);
+  const tidepool = async (f, n) => {
+    const ms = await runTidepool(f, s.args, n);
+    await assertNoLeftovers();
+    return ms;
+  };
+  // Warm-up (not counted): page cache, first-run compilation.
+  const warm = Math.min(s.tasks, s.concurrency * 2);
+  await s.reference.run(warm);
+  await tidepool(s.tasksFile(warm), warm);
+
+  const bare = [];
+  const tide = [];
+  const startup = [];
+  for (let r = 0; r < repeat; r++) {
+    // ABBA order: neither side always runs first.
+    const order = r % 2 === 0 ? ['bare', 'tidepool'] : ['tidepool', 'bare'];
+    for (const side of order) {
+      if (side === 'bare') bare.push((s.tasks * 1000) / (await s.reference.run(s.tasks)));
+      else tide.push((s.tasks * 1000) / (await tidepool(file, s.tasks)));
+    }
+    // The CLI's fixed cost (start-up, pool start, drain) on no task at all.
+    startup.push(await tidepool(empty, 0));
+    process.stderr.write(
+      `bench: ${s.scenario} ${r + 1}/${repeat}: reference ${bare.at(-1).toFixed(1)}/s, tidepool ${tide.at(-1).toFixed(1)}/s, empty run ${startup.at(-1).toFixed(0)} ms\n`,
+    );
+  }
+  const digits = s.scenario === 'module-single-use' ? 2 : 1;
+  const tidepoolRate = median(tide);
+  const referenceRate = median(bare);
+  const ratio = tidepoolRate / referenceRate;
+  return {
+    scenario: s.scenario,
+    concurrency: s.concurrency,
+    tasks: s.tasks,
+    ...(s.maxTasksPerWorker ? { maxTasksPerWorker: s.maxTasksPerWorker } : {}),
+    tidepool: {
+      tasksPerSec: round(tidepoolRate, digits),
+      samples: tide.map((x) => round(x, digits)),
+      emptyRunMs: round(median(startup), 0),
+    },
+    reference: {
+      name: s.reference.name,
+      tasksPerSec: round(referenceRate, digits),
+      samples: bare.map((x) => round(x, digits)),
+    },
+    ratio: round(ratio, 3),
+    target: s.target,
+    ...(s.target === null ? {} : { met: ratio >= s.target }),
+  };
+}
+
+async function main() {
+  const cfg = config();
+  if (!existsSync(join(ROOT, 'dist/src/cli/main.js'))) throw new BenchError('dist/ is missing: run `npm run build` first');
+  process.stderr.write(
+    `bench: node ${process.version}, ${availableParallelism()} CPUs, repeat ${cfg.repeat}, scenarios ${cfg.scenarios.join(',')}\n`,
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'tidepool-bench-'));
+  try {
+    for (const s of scenarios(cfg, dir)) {
+      const result = await measure(s, cfg.repeat);
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: FAILED: ${err instanceof BenchError ? err.message : err?.stack ?? err}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,42 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/** Absolute path of a fixture. */
+export const fixture = (name: string): string => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
+
+/**
+ * Whether a pid is a live process, read from /proc (not from the pool's own counters). A
+ * zombie counts as dead: it runs nothing, and one whose parent is gone is init's to reap.
+ */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/** The pids of `pids` that are still alive. */
+export const alive = (pids: Iterable<number>): number[] => [...pids].filter(isAlive);
+
+/** Wait until `predicate` holds, polling; throws with `what` after `ms`. */
+export async function until(predicate: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Children of `parent` (direct), from /proc. */
+export function childrenOf(parent: number): number[] {
+  try {
+    const tasks = readFileSync(`/proc/${parent}/task/${parent}/children`, 'latin1').trim();
+    return tasks === '' ? [] : tasks.split(/\s+/).map(Number);
+  } catch {
+    return [];
+  }
+}
