@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { OptionError, resolveOptions } from '../src/index.js';
+import type { PoolOptions } from '../src/index.js';
+import { workerEnv } from '../src/options.js';
+import { fixture } from './helpers/procs.js';
+
+const worker = { module: fixture('noop.js') };
+
+function rejects(options: unknown): OptionError {
+  try {
+    resolveOptions(options as PoolOptions);
+  } catch (err) {
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as OptionError).code).toBe('TIDEPOOL_ERR_OPTION_INVALID');
+    return err as OptionError;
+  }
+  throw new Error(`accepted ${JSON.stringify(options)}`);
+}
+
+describe('resolveOptions', () => {
+  it('fills defaults', () => {
+    const o = resolveOptions({ worker });
+    expect(o).toMatchObject({ attempts: 3, maxTasksPerWorker: 1, spares: 0, timeout: 900_000, memoryLimit: null });
+    expect(o.concurrency).toBeGreaterThan(0);
+    expect(o.worker).toEqual({ kind: 'module', path: fixture('noop.js') });
+  });
+
+  it.each([
+    ['concurrency', { concurrency: 0 }],
+    ['concurrency', { concurrency: 1.5 }],
+    ['attempts', { attempts: -1 }],
+    ['timeout', { timeout: '10' }],
+    ['logLevel', { logLevel: 'loud' }],
+    ['env.0', { env: ['BAD NAME'] }],
+    ['turbo', { turbo: true }],
+  ])('names %s when it is wrong', (option, extra) => {
+    expect(rejects({ worker, ...extra }).option).toBe(option);
+  });
+
+  it('requires exactly one kind of worker', () => {
+    expect(rejects({}).option).toBe('worker');
+    expect(rejects({ worker: { module: 'a.js', command: ['cat'] } }).option).toBe('worker');
+    expect(rejects({ worker: { command: [] } }).option).toBe('worker.command');
+  });
+
+  it('checks the module exists once, up front', () => {
+    expect(rejects({ worker: { module: '/nonexistent/handler.js' } }).option).toBe('worker.module');
+  });
+
+  it('checks options against each other', () => {
+    expect(rejects({ worker, concurrency: 2, spares: 3 }).option).toBe('spares');
+    expect(rejects({ worker: { command: ['cat'] }, maxTasksPerWorker: 2 }).option).toBe('maxTasksPerWorker');
+    expect(rejects({ worker, retryDelay: 5000, retryMaxDelay: 10 }).option).toBe('retryMaxDelay');
+  });
+});
+
+describe('workerEnv', () => {
+  it('passes the base allowlist and named variables, sets NAME=VALUE, drops the rest', () => {
+    const env = workerEnv(['KEEP', 'SET=1=2', 'ABSENT'], { PATH: '/bin', HOME: '/root', KEEP: 'k', SECRET: 's' });
+    expect(env).toEqual({ PATH: '/bin', HOME: '/root', KEEP: 'k', SET: '1=2' });
+  });
+});

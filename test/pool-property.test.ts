@@ -1,0 +1,114 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createPool } from '../src/index.js';
+import type { FailureKind, TaskResult } from '../src/index.js';
+import { alive, childrenOf, fixture, until } from './helpers/procs.js';
+
+/**
+ * A property over random mixes of tasks with real processes: every task gets exactly one final
+ * outcome of the right kind, live workers never exceed the concurrency, and afterwards no pid
+ * the pool spawned, nor any grandchild, is alive (read from /proc).
+ */
+
+const RUNS = Number(process.env.PROPERTY_RUNS ?? 12);
+const dir = mkdtempSync(join(tmpdir(), 'tidepool-property-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+type Kind = 'resolve' | 'throw' | 'exit' | 'signal' | 'hang' | 'malformed';
+
+const EXPECTED: Record<Exclude<Kind, 'resolve'>, FailureKind> = {
+  throw: 'error',
+  exit: 'crash',
+  signal: 'crash',
+  hang: 'timeout',
+  malformed: 'malformed',
+};
+
+const taskArb = fc.record({
+  kind: fc.constantFrom<Kind>('resolve', 'resolve', 'throw', 'exit', 'signal', 'hang', 'malformed'),
+  ms: fc.integer({ min: 0, max: 40 }),
+});
+
+const configArb = fc.record({
+  concurrency: fc.integer({ min: 1, max: 3 }),
+  maxTasksPerWorker: fc.integer({ min: 1, max: 3 }),
+  spares: fc.integer({ min: 0, max: 1 }),
+  attempts: fc.integer({ min: 1, max: 2 }),
+});
+
+let seq = 0;
+
+describe('pool property (real processes)', () => {
+  it('one final outcome per task, bounded workers, nothing left alive', async () => {
+    await fc.assert(
+      fc.asyncProperty(configArb, fc.array(taskArb, { minLength: 1, maxLength: 8 }), async (config, tasks) => {
+        const pool = createPool({
+          worker: { module: fixture('mixed.js') },
+          ...config,
+          spares: Math.min(config.spares, config.concurrency),
+          timeout: 300,
+          killGrace: 100,
+          retryDelay: 1,
+          maxCrashes: 1_000,
+          logLevel: 'silent',
+        });
+        const spawned = new Set<number>();
+        let live = 0;
+        let peak = 0;
+        let peakInProc = 0;
+        pool.on('worker:spawned', ({ pid }) => {
+          spawned.add(pid);
+          peak = Math.max(peak, ++live);
+        });
+        pool.on('worker:reaped', () => live--);
+        const finals = new Map<string, TaskResult[]>();
+        pool.on('outcome', (r) => finals.set(r.id, [...(finals.get(r.id) ?? []), r]));
+        // The process table, sampled while the tasks run.
+        const sampler = setInterval(() => {
+          const workers = childrenOf(process.pid).filter((pid) => spawned.has(pid));
+          peakInProc = Math.max(peakInProc, workers.length);
+        }, 5);
+
+        await pool.start();
+        const pidFiles: string[] = [];
+        const runs = tasks.map((t, i) => {
+          const id = `t${++seq}-${i}`;
+          if (t.kind === 'malformed') return pool.run(['not', 'an', 'object'], { defaultId: id });
+          const pidFile = join(dir, `${id}.pid`);
+          if (t.kind === 'hang') pidFiles.push(pidFile);
+          return pool.run({ id, params: { kind: t.kind, ms: t.ms, pidFile } });
+        });
+        const results = await Promise.all(runs);
+        await pool.drain();
+        clearInterval(sampler);
+
+        // Exactly one final outcome per task, of the kind its behaviour calls for.
+        expect(results).toHaveLength(tasks.length);
+        tasks.forEach((t, i) => {
+          const r = results[i];
+          expect(finals.get(r.id)).toHaveLength(1);
+          if (t.kind === 'resolve') expect(r.status).toBe('resolved');
+          else {
+            expect(r).toMatchObject({ status: 'failed', error: { kind: EXPECTED[t.kind] } });
+            const retried = t.kind !== 'malformed';
+            expect(r.attempts).toBe(retried ? config.attempts : 0);
+          }
+        });
+        // Never more live workers than the concurrency, by events and by the process table.
+        expect(peak).toBeLessThanOrEqual(config.concurrency);
+        expect(peakInProc).toBeLessThanOrEqual(config.concurrency);
+        // Nothing the pool started is alive: workers at once, grandchildren once the kernel
+        // has delivered the group's SIGKILL.
+        expect(alive(spawned)).toEqual([]);
+        const grandchildren = pidFiles.filter((f) => existsSync(f)).map((f) => Number(readFileSync(f, 'utf8')));
+        await until(() => alive(grandchildren).length === 0, `grandchildren ${grandchildren} to die`, 2_000);
+        expect(pool.liveProcesses).toEqual([]);
+        expect(Object.keys(pool.actor.getSnapshot().children)).toEqual([]);
+      }),
+      { numRuns: RUNS },
+    );
+  }, 300_000);
+});
