@@ -1,3 +1,4 @@
+// @ts-check
 // What a handler module may import (`tidepool/worker`). Loaded inside the worker process, so
 // it imports nothing.
 

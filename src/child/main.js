@@ -1,3 +1,4 @@
+// @ts-check
 // The entry of a module worker process. It must import almost nothing: every module loaded
 // here is paid again on every task (no pino, no xstate, no validation library).
 import { pathToFileURL } from 'node:url';

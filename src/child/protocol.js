@@ -1,3 +1,4 @@
+// @ts-check
 // The parent–child protocol of module workers, in one place. Plain JavaScript so that the
 // child entry runs without a build step and loads nothing but this file and the handler.
 
