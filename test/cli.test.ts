@@ -1,8 +1,11 @@
 import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { splitCommand } from '../src/cli/main.js';
-import { alive, childrenOf, fixture } from './helpers/procs.js';
+import { alive, childrenOf, fixture, until } from './helpers/procs.js';
 
 /** `tidepool run` end to end: the real bin, real processes, stdout parsed line by line. */
 
@@ -109,6 +112,24 @@ describe('tidepool run', () => {
     expect(run.code).toBe(143);
     expect(run.lines).toEqual([]);
     expect(alive(workers)).toEqual([]);
+  });
+
+  it('module workers and their grandchildren leave when the manager is SIGKILLed', async () => {
+    let pid = 0;
+    const dir = mkdtempSync(join(tmpdir(), 'tidepool-cli-'));
+    const pidFiles = [join(dir, 'x.pid'), join(dir, 'y.pid')];
+    const input = pidFiles.map((pidFile, i) => JSON.stringify({ id: `t${i}`, params: { pidFile } })).join('\n');
+    const done = tidepool(['run', '--worker', fixture('hang.js'), '--log-level', 'silent'], input, (p) => (pid = p));
+    while (!pidFiles.every((f) => existsSync(f) && readFileSync(f, 'utf8').endsWith('\n'))) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const workers = [...childrenOf(pid), ...pidFiles.map((f) => Number(readFileSync(f, 'utf8')))];
+    expect(workers).toHaveLength(4);
+    // No handler runs on SIGKILL: only the closed IPC channel tells the workers.
+    process.kill(pid, 'SIGKILL');
+    const run = await done;
+    expect(run.signal).toBe('SIGKILL');
+    await until(() => alive(workers).length === 0, `workers ${workers} to leave`, 3_000);
   });
 });
 

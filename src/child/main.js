@@ -33,8 +33,16 @@ function send(message, then) {
   }
 }
 
-// The manager is gone or has retired this worker: leave, whatever the handler is doing.
-process.on('disconnect', () => process.exit(EXIT.OK));
+// The manager is gone: leave, whatever the handler is doing, and take the process group
+// (grandchildren the handler started) along; nobody else is left to kill it.
+process.on('disconnect', () => {
+  try {
+    process.kill(-process.pid, 'SIGKILL');
+  } catch {
+    // Not a group leader (started by hand, not by the pool): just leave.
+  }
+  process.exit(EXIT.OK);
+});
 
 // The deadline passed: fire the task's AbortSignal and leave once the handler settles (the
 // manager sends SIGKILL after its grace period if it does not).
