@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -129,7 +129,12 @@ describe('tidepool run', () => {
     process.kill(pid, 'SIGKILL');
     const run = await done;
     expect(run.signal).toBe('SIGKILL');
-    await until(() => alive(workers).length === 0, `workers ${workers} to leave`, 3_000);
+    try {
+      await until(() => alive(workers).length === 0, `workers ${workers} to leave`, 3_000);
+    } finally {
+      for (const w of alive(workers)) process.kill(w, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
