@@ -45,6 +45,10 @@ export interface PoolContext extends PoolInput {
   pausedBy: 'user' | 'breaker' | null;
   /** The source has closed intake and holds nothing more to deliver. */
   sourceDrained: boolean;
+  /** A drain asked for while starting, carried out once started. */
+  drainRequested: boolean;
+  /** Why the startup failed, if it did. */
+  startError: unknown;
 }
 
 export type PoolEvent =
@@ -94,24 +98,12 @@ export interface BreakerParams {
   crashes: number;
 }
 
-/** Params of the `settle` slot for a `worker.outcome` event. */
-const settleParams = ({ event }: { event: PoolEvent }): SettleParams => {
-  const { deliveryId, outcome } = event as WorkerEventOf<'worker.outcome'>;
-  return { deliveryId, outcome };
-};
-
 /** Params of the `reaped` slot for an `xstate.done.actor.worker.*` (or error) event. */
 const reapedParams = ({ event }: { event: PoolEvent }): ReapedParams => {
   const { actorId, output } = event as { actorId: string; output?: WorkerReport };
   return {
     report: output ?? { workerId: actorId, pid: null, exitCode: null, signal: null, served: 0, last: null },
   };
-};
-
-/** A worker reaped while still holding a delivery (it never reported) gives it back. */
-const orphanParams = ({ context, event }: { context: PoolContext; event: PoolEvent }): ReleaseParams => {
-  const slot = context.workers[(event as { actorId: string }).actorId];
-  return { deliveryIds: slot && slot.deliveryId !== null ? [slot.deliveryId] : [] };
 };
 
 /** Everything held and not settled: the backlog and the deliveries on workers. */
@@ -155,6 +147,8 @@ export const poolMachine = setup({
       CRASH_KINDS.includes(event.outcome.kind) &&
       context.crashes + 1 > context.maxCrashes,
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
+    pausedByUser: ({ context }) => context.pausedBy === 'user',
+    drainRequested: ({ context }) => context.drainRequested,
     finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && liveCount(context) === 0,
   },
   actions: {
@@ -183,8 +177,10 @@ export const poolMachine = setup({
         return { ...context.workers, [workerId]: { status: 'ready', deliveryId: null } };
       },
     }),
+    /** Settle the attempt (a spare that failed to start has none) and count crashes. */
     workerReported: enqueueActions(({ context, event, enqueue }) => {
-      const { workerId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
+      const { workerId, deliveryId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
+      if (deliveryId !== null) enqueue({ type: 'settle', params: { deliveryId, outcome } satisfies SettleParams });
       const slot = context.workers[workerId];
       const crashed = outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);
       enqueue.assign({
@@ -194,13 +190,30 @@ export const poolMachine = setup({
       if (crashed) enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
     }),
     crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
+    /**
+     * A worker that leaves while the pool still counts it idle may have been handed a
+     * delivery it ignored: that delivery goes back to the front of the backlog.
+     */
+    workerLeaving: assign(({ context, event }) => {
+      const { workerId } = event as Extract<PoolEvent, { type: 'worker.leaving' }>;
+      const slot = context.workers[workerId];
+      if (!slot) return {};
+      return {
+        workers: { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } },
+        backlog: slot.deliveryId === null ? context.backlog : [slot.deliveryId, ...context.backlog],
+      };
+    }),
+    /** Stop the finished child and free its slot; a delivery it still held goes back to the backlog. */
     reap: enqueueActions(({ context, event, enqueue }) => {
       const { actorId } = event as { actorId: string };
       const slot = context.workers[actorId];
       enqueue.stopChild(actorId);
       if (!slot) return;
       const { [actorId]: _gone, ...workers } = context.workers;
-      enqueue.assign({ workers });
+      enqueue.assign({
+        workers,
+        backlog: slot.deliveryId === null ? context.backlog : [slot.deliveryId, ...context.backlog],
+      });
     }),
     /**
      * Hand backlog deliveries to idle workers, spawn workers just in time up to `maxWorkers`,
@@ -271,13 +284,16 @@ export const poolMachine = setup({
     crashes: 0,
     pausedBy: null,
     sourceDrained: false,
+    drainRequested: false,
+    startError: null,
   }),
   on: {
     'worker.ready': { actions: 'workerReady' },
-    'worker.outcome': { actions: [{ type: 'settle', params: settleParams }, 'workerReported'] },
+    'worker.outcome': { actions: ['workerReported'] },
+    'worker.leaving': { actions: 'workerLeaving' },
     'crash.expired': { actions: 'crashExpired' },
-    'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap'] },
-    'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap'] },
+    'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap'] },
+    'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap'] },
     'source.drained': { actions: assign({ sourceDrained: true }) },
   },
   initial: 'starting',
@@ -285,11 +301,19 @@ export const poolMachine = setup({
     starting: {
       invoke: {
         src: 'startup',
-        onDone: 'running',
-        onError: { target: 'stopped', actions: assign({ sourceDrained: true }) },
+        onDone: [
+          { guard: 'drainRequested', target: 'draining' },
+          { guard: 'pausedByUser', target: 'paused' },
+          { target: 'running' },
+        ],
+        onError: { target: 'stopped', actions: assign({ sourceDrained: true, startError: ({ event }) => event.error }) },
       },
       on: {
         delivery: { actions: 'enqueueDelivery' },
+        // Carried out once started (a SIGTERM during a slow connect still drains).
+        drain: { actions: assign({ drainRequested: true }) },
+        pause: { actions: assign({ pausedBy: 'user' }) },
+        resume: { actions: assign({ pausedBy: null }) },
         stop: 'stopping',
       },
     },
@@ -298,20 +322,21 @@ export const poolMachine = setup({
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
         'worker.ready': { actions: ['workerReady', 'dispatch'] },
+        'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
         'worker.outcome': [
           {
             guard: 'breakerTrips',
             target: 'paused',
             actions: [
-              { type: 'settle', params: settleParams }, 'workerReported',
+              'workerReported',
               assign({ pausedBy: 'breaker' }),
               { type: 'breakerTripped', params: breakerParams },
             ],
           },
-          { actions: [{ type: 'settle', params: settleParams }, 'workerReported'] },
+          { actions: ['workerReported'] },
         ],
-        'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
         pause: { target: 'paused', actions: assign({ pausedBy: 'user' }) },
         drain: 'draining',
         stop: 'stopping',
@@ -329,8 +354,11 @@ export const poolMachine = setup({
       on: {
         // Deliveries already in flight wait in the backlog; none are dispatched while paused.
         delivery: { actions: 'enqueueDelivery' },
+        // A user pause outlasts a breaker pause: only `resume` ends it.
+        pause: { actions: assign({ pausedBy: 'user' }) },
         resume: { target: 'running', actions: ['resumeIntake', assign({ pausedBy: null })] },
-        drain: { target: 'draining', actions: assign({ pausedBy: null }) },
+        // Draining delivers what the source still holds, so intake reopens (then closes).
+        drain: { target: 'draining', actions: ['resumeIntake', assign({ pausedBy: null })] },
         stop: 'stopping',
       },
     },
@@ -339,9 +367,10 @@ export const poolMachine = setup({
       always: { guard: 'finished', target: 'stopped' },
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
-        'xstate.done.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: [{ type: 'release', params: orphanParams }, { type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
         'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
+        'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
         stop: 'stopping',
       },
     },
@@ -363,7 +392,7 @@ export const poolMachine = setup({
       type: 'final',
     },
   },
-  output: () => ({}),
+  output: ({ context }) => (context.startError === null ? {} : { error: context.startError }),
 });
 
 export type PoolActor = ActorRefFrom<typeof poolMachine>;

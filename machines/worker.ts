@@ -36,7 +36,10 @@ export type WorkerEvent = ProcessEvent | WorkerCommand;
 /** Events a worker sends to its parent (the pool). */
 export type WorkerToPoolEvent =
   | { type: 'worker.ready'; workerId: string }
-  | { type: 'worker.outcome'; workerId: string; deliveryId: string; outcome: Outcome };
+  /** `deliveryId` is null for a spare that failed to start: no task, but a crash all the same. */
+  | { type: 'worker.outcome'; workerId: string; deliveryId: string | null; outcome: Outcome }
+  /** The worker is on its way out (terminating or gone): assign it nothing more. */
+  | { type: 'worker.leaving'; workerId: string };
 
 export interface WorkerInput {
   workerId: string;
@@ -115,7 +118,9 @@ export const workerMachine = setup({
      * delivery (a spare that failed to start) has nothing to report.
      */
     report: enqueueActions(({ context, enqueue }, params: { outcome: Outcome }) => {
-      if (context.deliveryId === null) return;
+      // A spare without a task reports only a failure to start, so that the crash breaker
+      // sees spares that cannot start (else they would be respawned without end).
+      if (context.deliveryId === null && (params.outcome.status !== 'failed' || params.outcome.kind !== 'spawn')) return;
       enqueue.sendParent({
         type: 'worker.outcome',
         workerId: context.workerId,
@@ -147,6 +152,7 @@ export const workerMachine = setup({
     /** Hard stop: the delivery is released by the pool, not settled. */
     dropTask: assign({ deliveryId: null, expectExit: false }),
     announceReady: sendParent(({ context }): WorkerToPoolEvent => ({ type: 'worker.ready', workerId: context.workerId })),
+    announceLeaving: sendParent(({ context }): WorkerToPoolEvent => ({ type: 'worker.leaving', workerId: context.workerId })),
     signalTerm: sendTo('process', { type: 'proc.terminate' } satisfies ProcessCommand),
     signalKill: sendTo('process', { type: 'proc.kill' } satisfies ProcessCommand),
   },
@@ -222,7 +228,7 @@ export const workerMachine = setup({
           target: 'running',
           actions: assign({ deliveryId: ({ event }) => event.deliveryId }),
         },
-        'proc.exit': { target: 'reaped', actions: 'recordExit' },
+        'proc.exit': { target: 'reaped', actions: ['recordExit', 'announceLeaving'] },
         'worker.retire': { target: 'terminating' },
         'worker.kill': { target: 'terminating' },
       },
@@ -267,6 +273,8 @@ export const workerMachine = setup({
       always: 'terminating',
     },
     terminating: {
+      // The pool may still count this worker as idle (an idle timeout, a spawn timeout).
+      entry: 'announceLeaving',
       initial: 'choosing',
       on: {
         'proc.exit': { target: 'reaped', actions: 'recordExit' },

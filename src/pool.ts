@@ -136,7 +136,9 @@ export class Pool extends EventEmitter<PoolEvents> {
       check(actor.getSnapshot());
     });
     if (snapshot.status !== 'active') {
-      throw new TidepoolError('TIDEPOOL_ERR_START_FAILED', 'the pool could not start', { cause: snapshot.error });
+      const cause = snapshot.output?.error ?? snapshot.error;
+      const why = cause instanceof Error ? `: ${cause.message}` : '';
+      throw new TidepoolError('TIDEPOOL_ERR_START_FAILED', `the pool could not start${why}`, { cause });
     }
   }
 

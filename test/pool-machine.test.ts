@@ -1,0 +1,649 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createActor, fromPromise, SimulatedClock, waitFor } from 'xstate';
+import { poolMachine } from '../machines/pool.js';
+import type { BreakerParams, PoolInput, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
+import { workerMachine } from '../machines/worker.js';
+import { createFakeProcesses } from './helpers/fake-process.js';
+import type { FakeOptions, FakeProcess } from './helpers/fake-process.js';
+
+const WORKER_DELAYS = { spawnTimeout: 100, taskTimeout: 1_000, killGrace: 50, idleTimeout: 500 } as const;
+const POOL_DELAYS = { crashWindow: 10_000, breakerCooldown: 2_000 } as const;
+
+interface Harness {
+  violations: string[];
+}
+/** The pool of the running test, for the invariant check after it. */
+let current: Harness | null = null;
+
+afterEach(() => {
+  const violations = current?.violations ?? [];
+  current = null;
+  expect(violations, 'invariant violated during the test').toEqual([]);
+});
+
+interface StartOptions {
+  startup?: () => Promise<void>;
+  fake?: FakeOptions;
+  /** Do not wait for `starting` to end. */
+  noWait?: boolean;
+}
+
+/**
+ * The pool machine with fake worker processes, recorded slots and a simulated clock. After
+ * every snapshot it checks that live workers never exceed maxWorkers and that the pool's
+ * worker slots and its worker children are the same set.
+ */
+async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
+  const input: PoolInput = { maxWorkers: 2, spares: 0, maxTasksPerWorker: 1, maxCrashes: 2, ...partial };
+  const fakes = createFakeProcesses(options.fake);
+  /** Every slot call, in order. */
+  const calls: { name: string; params?: unknown }[] = [];
+  const record = (name: string) => (_: unknown, params?: unknown) => {
+    calls.push(params === undefined ? { name } : { name, params });
+  };
+  const machine = poolMachine.provide({
+    actors: {
+      worker: workerMachine.provide({ actors: { process: fakes.logic }, delays: WORKER_DELAYS }),
+      startup: fromPromise(options.startup ?? (async () => {})),
+    },
+    actions: {
+      settle: record('settle'),
+      release: record('release'),
+      reaped: record('reaped'),
+      pauseIntake: record('pauseIntake'),
+      resumeIntake: record('resumeIntake'),
+      closeIntake: record('closeIntake'),
+      breakerTripped: record('breakerTripped'),
+    },
+    delays: POOL_DELAYS,
+  });
+  const clock = new SimulatedClock();
+  const pool = createActor(machine, { clock, input });
+  const harness: Harness = { violations: [] };
+  current = harness;
+  let maxLive = 0;
+  pool.subscribe({
+    next: (s) => {
+      const slots = Object.keys(s.context.workers).sort();
+      const children = Object.keys(s.children)
+        .filter((id) => id.startsWith('worker.'))
+        .sort();
+      maxLive = Math.max(maxLive, slots.length, children.length);
+      if (slots.length > input.maxWorkers) harness.violations.push(`${slots.length} worker slots > maxWorkers`);
+      if (children.length > input.maxWorkers) harness.violations.push(`${children.length} worker children > maxWorkers`);
+      if (slots.join() !== children.join()) harness.violations.push(`slots [${slots}] != children [${children}]`);
+    },
+    error: (err) => harness.violations.push(`pool errored: ${String(err)}`),
+  });
+  pool.start();
+  if (!options.noWait) await waitFor(pool, (s) => !s.matches('starting'));
+
+  const callsOf = (name: string) => calls.filter((c) => c.name === name);
+  return {
+    pool,
+    clock,
+    fakes,
+    calls,
+    input,
+    maxLive: () => maxLive,
+    snapshot: () => pool.getSnapshot(),
+    context: () => pool.getSnapshot().context,
+    state: () => pool.getSnapshot().value,
+    deliver: (...ids: string[]) => ids.forEach((deliveryId) => pool.send({ type: 'delivery', deliveryId })),
+    proc: (workerId: string): FakeProcess => fakes.get(workerId),
+    count: (name: string) => callsOf(name).length,
+    settled: () => callsOf('settle').map((c) => c.params as SettleParams),
+    settledIds: () => callsOf('settle').map((c) => (c.params as SettleParams).deliveryId),
+    /** Every delivery id given back to the source, across all release calls. */
+    released: () => callsOf('release').flatMap((c) => (c.params as ReleaseParams).deliveryIds),
+    reaped: () => callsOf('reaped').map((c) => (c.params as ReapedParams).report),
+    trips: () => callsOf('breakerTripped').map((c) => c.params as BreakerParams),
+    /** Delivery ids every fake process was told to run. */
+    runs: () =>
+      [...fakes.all.values()].flatMap((p) => p.commands.flatMap((c) => (c.type === 'proc.run' ? [c.deliveryId] : []))),
+    workerIds: () => Object.keys(pool.getSnapshot().context.workers),
+    childIds: () => Object.keys(pool.getSnapshot().children).filter((id) => id.startsWith('worker.')),
+  };
+}
+
+type Pool = Awaited<ReturnType<typeof startPool>>;
+
+/** The worker's process runs its task to a result and exits by itself (single use). */
+function succeed(p: Pool, workerId: string, result: unknown = null) {
+  const proc = p.proc(workerId);
+  proc.result(result);
+  proc.exit({ code: 0 });
+}
+
+/** A worker spawned for a delivery starts and its process dies during the task. */
+function crash(p: Pool, workerId: string, exit: { memory?: boolean } = {}) {
+  const proc = p.proc(workerId);
+  proc.start();
+  proc.exit({ code: null, signal: 'SIGSEGV', ...exit });
+}
+
+/** Like the driver on ENOENT: a spawn error, then an exit with no code. */
+function spawnFail(p: Pool, workerId: string) {
+  const proc = p.proc(workerId);
+  proc.send({ type: 'proc.spawnError', error: { message: 'spawn ENOENT', code: 'ENOENT' } });
+  proc.exit({ code: null, signal: null });
+}
+
+function deferred() {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+describe('pool machine: starting', () => {
+  it('stays in starting until startup resolves, keeping deliveries in the backlog, then dispatches them', async () => {
+    const gate = deferred();
+    const p = await startPool({ maxWorkers: 2 }, { startup: () => gate.promise, noWait: true });
+    p.deliver('d1', 'd2', 'd3');
+    expect(p.state()).toBe('starting');
+    expect(p.context().backlog).toEqual(['d1', 'd2', 'd3']);
+    expect(p.fakes.all.size).toBe(0);
+    gate.resolve();
+    await waitFor(p.pool, (s) => s.matches('running'));
+    expect(p.context().workers).toEqual({
+      'worker.1': { status: 'starting', deliveryId: 'd1' },
+      'worker.2': { status: 'starting', deliveryId: 'd2' },
+    });
+    expect(p.context().backlog).toEqual(['d3']);
+    expect(p.calls).toEqual([]);
+  });
+
+  it('a startup that rejects ends in stopped with no workers and no slot called', async () => {
+    const p = await startPool({ spares: 1 }, { startup: async () => Promise.reject(new Error('connection refused')) });
+    expect(p.state()).toBe('stopped');
+    expect(p.snapshot().status).toBe('done');
+    expect(p.fakes.all.size).toBe(0);
+    expect(p.calls).toEqual([]);
+  });
+
+  it('a startup that rejects leaves its error in the output (PoolOutput.error)', async () => {
+    const error = new Error('connection refused');
+    const p = await startPool({}, { startup: async () => Promise.reject(error) });
+    expect(p.state()).toBe('stopped');
+    expect(p.snapshot().output).toEqual({ error });
+  });
+
+  it('stop while starting releases the backlog and stops', async () => {
+    const gate = deferred();
+    const p = await startPool({}, { startup: () => gate.promise, noWait: true });
+    p.deliver('d1', 'd2');
+    p.pool.send({ type: 'stop' });
+    expect(p.state()).toBe('stopped');
+    expect(p.released()).toEqual(['d1', 'd2']);
+    expect(p.count('pauseIntake')).toBe(1);
+    expect(p.count('closeIntake')).toBe(1);
+    gate.resolve();
+    await gate.promise;
+    expect(p.fakes.all.size).toBe(0);
+  });
+});
+
+describe('pool machine: dispatch', () => {
+  it('spawns workers just in time up to maxWorkers; the rest wait in the backlog', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    expect(p.fakes.all.size).toBe(0);
+    p.deliver('d1', 'd2', 'd3');
+    expect(p.workerIds()).toEqual(['worker.1', 'worker.2']);
+    expect(p.context().backlog).toEqual(['d3']);
+    p.proc('worker.1').start();
+    p.proc('worker.2').start();
+    expect(p.runs()).toEqual(['d1', 'd2']);
+  });
+
+  it('a reaped worker frees its slot and the backlog is dispatched to a new worker', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.deliver('d1', 'd2', 'd3');
+    p.proc('worker.1').start(11);
+    p.proc('worker.1').result('one');
+    expect(p.settled()).toEqual([{ deliveryId: 'd1', outcome: { status: 'resolved', result: 'one' } }]);
+    // Reported but not yet exited: it still holds its slot.
+    expect(p.context().workers['worker.1']).toEqual({ status: 'leaving', deliveryId: null });
+    expect(p.context().backlog).toEqual(['d3']);
+    expect(p.fakes.all.has('worker.3')).toBe(false);
+    p.proc('worker.1').exit({ code: 0 });
+    expect(p.reaped()).toEqual([
+      { workerId: 'worker.1', pid: 11, exitCode: 0, signal: null, served: 1, last: 'resolved' },
+    ]);
+    expect(p.workerIds()).toEqual(['worker.2', 'worker.3']);
+    expect(p.context().workers['worker.3']).toEqual({ status: 'starting', deliveryId: 'd3' });
+    expect(p.context().backlog).toEqual([]);
+    expect(p.proc('worker.1').stopped).toBe(true);
+  });
+
+  it('keeps spares warm and hands deliveries to them first', async () => {
+    const p = await startPool({ maxWorkers: 3, spares: 1 });
+    expect(p.context().workers).toEqual({ 'worker.1': { status: 'starting', deliveryId: null } });
+    p.proc('worker.1').start();
+    expect(p.context().workers['worker.1']).toEqual({ status: 'ready', deliveryId: null });
+    p.deliver('d1');
+    expect(p.context().workers).toEqual({
+      'worker.1': { status: 'busy', deliveryId: 'd1' },
+      'worker.2': { status: 'starting', deliveryId: null },
+    });
+    expect(p.proc('worker.1').commands).toEqual([{ type: 'proc.run', deliveryId: 'd1', last: true }]);
+  });
+
+  it('a spare still starting takes a delivery and runs it when ready', async () => {
+    const p = await startPool({ maxWorkers: 2, spares: 1 });
+    p.deliver('d1');
+    expect(p.context().workers).toEqual({
+      'worker.1': { status: 'starting', deliveryId: 'd1' },
+      'worker.2': { status: 'starting', deliveryId: null },
+    });
+    p.proc('worker.1').start();
+    expect(p.runs()).toEqual(['d1']);
+  });
+
+  it('spares never push the pool past maxWorkers', async () => {
+    const p = await startPool({ maxWorkers: 2, spares: 2 });
+    p.deliver('d1', 'd2', 'd3');
+    expect(p.workerIds()).toHaveLength(2);
+    expect(p.context().backlog).toEqual(['d3']);
+  });
+
+  it('a reused worker goes back to ready and takes the next delivery', async () => {
+    const p = await startPool({ maxWorkers: 1, maxTasksPerWorker: 2 });
+    p.deliver('d1', 'd2');
+    p.proc('worker.1').start();
+    p.proc('worker.1').result(1);
+    expect(p.settledIds()).toEqual(['d1']);
+    expect(p.context().workers['worker.1']).toEqual({ status: 'busy', deliveryId: 'd2' });
+    expect(p.proc('worker.1').commands).toEqual([
+      { type: 'proc.run', deliveryId: 'd1', last: false },
+      { type: 'proc.run', deliveryId: 'd2', last: true },
+    ]);
+    succeed(p, 'worker.1', 2);
+    expect(p.settledIds()).toEqual(['d1', 'd2']);
+    expect(p.fakes.all.size).toBe(1);
+    expect(p.workerIds()).toEqual([]);
+  });
+
+  it('settles every delivery exactly once, never over maxWorkers, under a stream of work', async () => {
+    const p = await startPool({ maxWorkers: 3, spares: 1 });
+    const ids = Array.from({ length: 12 }, (_, i) => `d${i + 1}`);
+    p.deliver(...ids.slice(0, 6));
+    const handled = new Set<string>();
+    let more = ids.slice(6);
+    for (let round = 0; round < 50 && p.settledIds().length < ids.length; round++) {
+      for (const [id, proc] of [...p.fakes.all]) {
+        if (handled.has(id)) continue;
+        const slot = p.context().workers[id];
+        if (!slot) continue;
+        if (proc.commands.length === 0) {
+          proc.start();
+          if (proc.commands.length === 0) continue; // an idle spare
+        }
+        handled.add(id);
+        succeed(p, id, id);
+        if (more.length > 0) {
+          p.deliver(more[0]);
+          more = more.slice(1);
+        }
+      }
+    }
+    expect([...p.settledIds()].sort()).toEqual([...ids].sort());
+    expect(p.count('settle')).toBe(ids.length);
+    expect(p.maxLive()).toBe(3);
+    expect(p.released()).toEqual([]);
+  });
+});
+
+describe('pool machine: reaping', () => {
+  it('a worker actor that errors is reaped: its delivery goes back to the front of the backlog', async () => {
+    const p = await startPool({ maxWorkers: 1 }, { fake: { throwOnStart: (id) => id === 'worker.1' } });
+    p.deliver('d1', 'd2');
+    expect(p.released()).toEqual([]);
+    expect(p.reaped()).toEqual([
+      { workerId: 'worker.1', pid: null, exitCode: null, signal: null, served: 0, last: null },
+    ]);
+    // The freed slot takes the delivery the dead worker never ran, before the rest.
+    expect(p.context().workers).toEqual({ 'worker.2': { status: 'starting', deliveryId: 'd1' } });
+    expect(p.context().backlog).toEqual(['d2']);
+    expect(p.settled()).toEqual([]);
+  });
+});
+
+describe('pool machine: crash breaker', () => {
+  it('trips on the crash after maxCrashes within crashWindow: pauses intake, then resumes after breakerCooldown', async () => {
+    const p = await startPool({ maxWorkers: 4, maxCrashes: 2 });
+    p.deliver('d1', 'd2', 'd3', 'd4');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    expect(p.state()).toBe('running');
+    expect(p.context().crashes).toBe(2);
+    expect(p.trips()).toEqual([]);
+    crash(p, 'worker.3');
+    expect(p.state()).toBe('paused');
+    expect(p.context().pausedBy).toBe('breaker');
+    expect(p.trips()).toEqual([{ crashes: 3 }]);
+    expect(p.count('pauseIntake')).toBe(1);
+    // The outcome that tripped the breaker is settled like any other.
+    expect(p.settledIds()).toEqual(['d1', 'd2', 'd3']);
+    expect(p.settled()[2].outcome).toMatchObject({ status: 'failed', kind: 'crash' });
+
+    p.clock.increment(POOL_DELAYS.breakerCooldown - 1);
+    expect(p.state()).toBe('paused');
+    expect(p.count('resumeIntake')).toBe(0);
+    p.clock.increment(1);
+    expect(p.state()).toBe('running');
+    expect(p.context().pausedBy).toBeNull();
+    expect(p.count('resumeIntake')).toBe(1);
+    expect(p.count('breakerTripped')).toBe(1);
+  });
+
+  it('counts memory and spawn failures as crashes', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 2 });
+    p.deliver('d1', 'd2', 'd3');
+    crash(p, 'worker.1', { memory: true });
+    spawnFail(p, 'worker.2');
+    expect(p.context().crashes).toBe(2);
+    p.clock.increment(WORKER_DELAYS.spawnTimeout);
+    expect(p.settled().map((s) => (s.outcome as { kind: string }).kind)).toEqual(['memory', 'spawn', 'spawn']);
+    expect(p.state()).toBe('paused');
+    expect(p.trips()).toEqual([{ crashes: 3 }]);
+  });
+
+  it('error and timeout outcomes do not count', async () => {
+    const p = await startPool({ maxWorkers: 6, maxCrashes: 2 });
+    p.deliver('d1', 'd2', 'd3', 'd4', 'd5', 'd6');
+    for (const id of ['worker.1', 'worker.2', 'worker.3']) {
+      p.proc(id).start();
+      p.proc(id).send({ type: 'proc.failed', error: { message: 'handler threw' }, retryable: true });
+    }
+    for (const id of ['worker.4', 'worker.5', 'worker.6']) p.proc(id).start();
+    p.clock.increment(WORKER_DELAYS.taskTimeout);
+    expect(p.settled().map((s) => (s.outcome as { kind: string }).kind)).toEqual([
+      'error', 'error', 'error', 'timeout', 'timeout', 'timeout',
+    ]);
+    expect(p.context().crashes).toBe(0);
+    expect(p.state()).toBe('running');
+    expect(p.trips()).toEqual([]);
+  });
+
+  it('crashes older than crashWindow expire and do not trip the breaker', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 2 });
+    p.deliver('d1', 'd2');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.clock.increment(POOL_DELAYS.crashWindow);
+    expect(p.context().crashes).toBe(0);
+    p.deliver('d3');
+    crash(p, 'worker.3');
+    expect(p.state()).toBe('running');
+    expect(p.context().crashes).toBe(1);
+    expect(p.trips()).toEqual([]);
+  });
+
+  it('a crash just inside crashWindow still counts', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 2 });
+    p.deliver('d1');
+    crash(p, 'worker.1');
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    p.deliver('d2');
+    crash(p, 'worker.2');
+    p.clock.increment(POOL_DELAYS.crashWindow / 2 - 1);
+    p.deliver('d3');
+    crash(p, 'worker.3');
+    expect(p.state()).toBe('paused');
+  });
+
+  it('the window slides: each crash expires crashWindow after it happened', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 5 });
+    p.deliver('d1');
+    crash(p, 'worker.1');
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    p.deliver('d2');
+    crash(p, 'worker.2');
+    expect(p.context().crashes).toBe(2);
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    expect(p.context().crashes).toBe(1);
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    expect(p.context().crashes).toBe(0);
+  });
+
+  it('while tripped, deliveries wait in the backlog and running workers still settle; cooldown dispatches them', async () => {
+    const p = await startPool({ maxWorkers: 4, maxCrashes: 1 });
+    p.deliver('d1', 'd2', 'd3');
+    p.proc('worker.3').start();
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    expect(p.state()).toBe('paused');
+    p.deliver('d4');
+    expect(p.context().backlog).toEqual(['d4']);
+    expect(p.fakes.all.has('worker.4')).toBe(false);
+    succeed(p, 'worker.3', 'ok');
+    expect(p.settledIds()).toEqual(['d1', 'd2', 'd3']);
+    p.clock.increment(POOL_DELAYS.breakerCooldown);
+    expect(p.state()).toBe('running');
+    expect(p.context().backlog).toEqual([]);
+    expect(p.context().workers['worker.4']).toEqual({ status: 'starting', deliveryId: 'd4' });
+  });
+});
+
+describe('pool machine: pause and resume', () => {
+  it('a user pause holds deliveries in the backlog until resume, and never resumes by itself', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.pool.send({ type: 'pause' });
+    expect(p.state()).toBe('paused');
+    expect(p.context().pausedBy).toBe('user');
+    expect(p.count('pauseIntake')).toBe(1);
+    p.deliver('d1');
+    expect(p.context().backlog).toEqual(['d1']);
+    p.clock.increment(POOL_DELAYS.breakerCooldown * 10);
+    expect(p.state()).toBe('paused');
+    expect(p.count('resumeIntake')).toBe(0);
+    p.pool.send({ type: 'resume' });
+    expect(p.state()).toBe('running');
+    expect(p.count('resumeIntake')).toBe(1);
+    expect(p.context().workers['worker.1']).toEqual({ status: 'starting', deliveryId: 'd1' });
+  });
+
+  it('resume ends a breaker pause early', async () => {
+    const p = await startPool({ maxWorkers: 1, maxCrashes: 0 });
+    p.deliver('d1');
+    crash(p, 'worker.1');
+    expect(p.state()).toBe('paused');
+    p.pool.send({ type: 'resume' });
+    expect(p.state()).toBe('running');
+    expect(p.count('resumeIntake')).toBe(1);
+    p.clock.increment(POOL_DELAYS.breakerCooldown);
+    expect(p.count('resumeIntake')).toBe(1);
+  });
+
+  it('a user pause during a breaker pause survives the cooldown', async () => {
+    const p = await startPool({ maxWorkers: 1, maxCrashes: 0 });
+    p.deliver('d1');
+    crash(p, 'worker.1');
+    p.pool.send({ type: 'pause' });
+    p.clock.increment(POOL_DELAYS.breakerCooldown);
+    expect(p.state()).toBe('paused');
+    expect(p.count('resumeIntake')).toBe(0);
+  });
+});
+
+describe('pool machine: drain', () => {
+  it('closes intake, retires idle spares, finishes work, and stops only after source.drained and every reap', async () => {
+    const p = await startPool({ maxWorkers: 3, spares: 1 });
+    p.proc('worker.1').start();
+    p.deliver('d1');
+    // worker.1 is busy with d1, worker.2 is the new spare, still starting.
+    p.pool.send({ type: 'drain' });
+    expect(p.state()).toBe('draining');
+    expect(p.count('closeIntake')).toBe(1);
+    expect(p.context().spares).toBe(0);
+    expect(p.proc('worker.2').commandTypes()).toEqual(['proc.terminate']);
+    expect(p.context().workers['worker.2']).toEqual({ status: 'leaving', deliveryId: null });
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run']);
+
+    // The source still delivers what it held.
+    p.deliver('d2');
+    expect(p.context().workers['worker.3']).toEqual({ status: 'starting', deliveryId: 'd2' });
+
+    succeed(p, 'worker.1');
+    p.proc('worker.2').exit({ code: null, signal: 'SIGTERM' });
+    p.proc('worker.3').start();
+    succeed(p, 'worker.3');
+    expect(p.workerIds()).toEqual([]);
+    // No spare is spawned while draining.
+    expect(p.fakes.all.size).toBe(3);
+    expect(p.state()).toBe('draining');
+
+    p.pool.send({ type: 'source.drained' });
+    expect(p.state()).toBe('stopped');
+    expect(p.snapshot().status).toBe('done');
+    expect(Object.keys(p.snapshot().children)).toEqual([]);
+    expect(p.settledIds()).toEqual(['d1', 'd2']);
+    expect(p.released()).toEqual([]);
+  });
+
+  it('with source.drained already received, stops when the last worker is reaped', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.deliver('d1');
+    p.proc('worker.1').start();
+    p.pool.send({ type: 'drain' });
+    p.pool.send({ type: 'source.drained' });
+    expect(p.state()).toBe('draining');
+    p.proc('worker.1').result('r');
+    expect(p.state()).toBe('draining');
+    p.proc('worker.1').exit({ code: 0 });
+    expect(p.state()).toBe('stopped');
+  });
+
+  it('retires a ready spare, and a reused worker as soon as it is back to ready', async () => {
+    const p = await startPool({ maxWorkers: 3, spares: 1, maxTasksPerWorker: 5 });
+    p.proc('worker.1').start();
+    p.deliver('d1');
+    p.proc('worker.2').start();
+    expect(p.context().workers['worker.2'].status).toBe('ready');
+    p.pool.send({ type: 'drain' });
+    expect(p.proc('worker.2').commandTypes()).toEqual(['proc.terminate']);
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run']);
+    p.proc('worker.1').result('r');
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate']);
+    expect(p.settledIds()).toEqual(['d1']);
+  });
+
+  it('drain from a user pause dispatches the backlog', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.pool.send({ type: 'pause' });
+    p.deliver('d1');
+    p.pool.send({ type: 'drain' });
+    expect(p.state()).toBe('draining');
+    expect(p.context().workers['worker.1']).toEqual({ status: 'starting', deliveryId: 'd1' });
+  });
+
+  it('drain from paused leaves intake paused (resumeIntake is never called)', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.pool.send({ type: 'pause' });
+    p.pool.send({ type: 'drain' });
+    expect(p.state()).toBe('draining');
+    // The source must deliver what it still holds for `source.drained` ever to come.
+    expect(p.count('resumeIntake')).toBe(1);
+  });
+});
+
+describe('pool machine: stop', () => {
+  it('releases every held delivery, kills every worker, stops after the exits, and settles nothing late', async () => {
+    const p = await startPool({ maxWorkers: 2 });
+    p.deliver('d1', 'd2', 'd3');
+    p.proc('worker.1').start();
+    // worker.1 runs d1, worker.2 is starting with d2, d3 waits in the backlog.
+    p.pool.send({ type: 'stop' });
+    expect(p.state()).toBe('stopping');
+    expect(p.calls.map((c) => c.name)).toEqual(['pauseIntake', 'closeIntake', 'release']);
+    expect([...p.released()].sort()).toEqual(['d1', 'd2', 'd3']);
+    expect(p.context().backlog).toEqual([]);
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate']);
+    expect(p.proc('worker.2').commandTypes()).toEqual(['proc.terminate']);
+
+    // A result the worker no longer wants, and an outcome arriving in stopping: not settled.
+    p.proc('worker.1').result('late');
+    p.pool.send({
+      type: 'worker.outcome',
+      workerId: 'worker.1',
+      deliveryId: 'd1',
+      outcome: { status: 'resolved', result: 'late' },
+    });
+    // A late delivery goes straight back.
+    p.deliver('d4');
+    expect(p.released()).toContain('d4');
+    expect(p.fakes.all.size).toBe(2);
+
+    p.clock.increment(WORKER_DELAYS.killGrace);
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate', 'proc.kill']);
+    p.proc('worker.1').exit({ code: null, signal: 'SIGKILL' });
+    expect(p.state()).toBe('stopping');
+    p.proc('worker.2').exit({ code: null, signal: 'SIGKILL' });
+    expect(p.state()).toBe('stopped');
+    expect(Object.keys(p.snapshot().children)).toEqual([]);
+    expect(p.count('settle')).toBe(0);
+    expect([...p.released()].sort()).toEqual(['d1', 'd2', 'd3', 'd4']);
+    expect(p.reaped().map((r) => r.workerId)).toEqual(['worker.1', 'worker.2']);
+  });
+
+  it('stop while draining releases what is still held', async () => {
+    const p = await startPool({ maxWorkers: 1 });
+    p.deliver('d1', 'd2');
+    p.pool.send({ type: 'drain' });
+    p.pool.send({ type: 'stop' });
+    expect(p.state()).toBe('stopping');
+    expect([...p.released()].sort()).toEqual(['d1', 'd2']);
+    p.proc('worker.1').exit({ code: null, signal: 'SIGTERM' });
+    expect(p.state()).toBe('stopped');
+  });
+
+  it('stop while paused releases the backlog', async () => {
+    const p = await startPool({ maxWorkers: 1 });
+    p.pool.send({ type: 'pause' });
+    p.deliver('d1');
+    p.pool.send({ type: 'stop' });
+    expect(p.state()).toBe('stopped');
+    expect(p.released()).toEqual(['d1']);
+  });
+});
+
+describe('pool machine: workers that leave while idle (regressions)', () => {
+  it('a delivery never waits on a reused worker that idled out: it runs on the next one', async () => {
+    const p = await startPool({ maxWorkers: 1, maxTasksPerWorker: 2 });
+    p.deliver('d1');
+    p.proc('worker.1').start();
+    p.proc('worker.1').result('r1');
+    expect(p.context().workers['worker.1']).toEqual({ status: 'ready', deliveryId: null });
+    p.clock.increment(WORKER_DELAYS.idleTimeout);
+    // The worker is terminating; the pool still lists it as ready.
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate']);
+    p.deliver('d2');
+    p.proc('worker.1').exit({ code: null, signal: 'SIGTERM' });
+    p.fakes.all.get('worker.2')?.start();
+    expect(p.released()).toEqual([]);
+    expect(p.runs()).toEqual(['d1', 'd2']);
+  });
+
+  it('a delivery never waits on a spare whose spawn timed out: it runs on the next one', async () => {
+    const p = await startPool({ maxWorkers: 1, spares: 1 });
+    p.clock.increment(WORKER_DELAYS.spawnTimeout);
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.terminate']);
+    p.deliver('d1');
+    p.proc('worker.1').exit({ code: null, signal: 'SIGTERM' });
+    p.fakes.all.get('worker.2')?.start();
+    expect(p.released()).toEqual([]);
+    expect(p.runs()).toEqual(['d1']);
+  });
+
+  it('spares that fail to start count as crashes and trip the breaker', async () => {
+    const p = await startPool({ maxWorkers: 2, spares: 1, maxCrashes: 2 });
+    // The driver's ENOENT: spawn error and exit at once. Stop as soon as the breaker trips.
+    for (let i = 1; i <= 4 && p.state() === 'running'; i++) spawnFail(p, `worker.${i}`);
+    expect(p.state()).toBe('paused');
+    expect(p.count('breakerTripped')).toBe(1);
+  });
+});
