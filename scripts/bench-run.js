@@ -49,10 +49,10 @@ function config() {
   return {
     repeat: intEnv('BENCH_REPEAT', 5),
     scenarios,
-    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 40), concurrency },
-    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 1000), concurrency },
+    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 50), concurrency },
+    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 400), concurrency },
     reuse: {
-      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 10000),
+      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 5000),
       concurrency: intEnv('BENCH_REUSE_CONCURRENCY', 2),
       maxTasks: intEnv('BENCH_REUSE_MAX_TASKS', 1000),
     },

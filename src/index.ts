@@ -1,5 +1,5 @@
 export { createPool, parseTask, Pool } from './pool.js';
-export type { AttemptEvent, DrainOptions, PoolEvents, TaskResult } from './pool.js';
+export type { AttemptEvent, DrainOptions, PoolEvents, PoolInternals, TaskResult } from './pool.js';
 export { DEFAULTS, resolveOptions } from './options.js';
 export type { PoolOptions, ResolvedOptions, WorkerSpec } from './options.js';
 export { ERROR_CODES, OptionError, TidepoolError, UsageError } from './errors.js';

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { createActor, fromPromise, toPromise } from 'xstate';
-import type { Actor, InspectionEvent, Observer } from 'xstate';
+import type { Actor, ActorOptions, InspectionEvent, Observer } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
 import type { BreakerParams, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
 import type { FailedOutcome, FailureKind, Outcome, WorkerReport } from '../machines/types.js';
@@ -15,6 +15,7 @@ import { registry } from './process/registry.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { MemorySource } from './sources/memory.js';
+import type { Clock as MemoryClock } from './sources/memory.js';
 import type { Delivery, Source, Task } from './sources/source.js';
 
 /** The final outcome of a task: one per task, after its last attempt. */
@@ -60,6 +61,16 @@ interface Pending {
 
 type PoolActorRef = Actor<typeof poolMachine>;
 
+/**
+ * Seams for tests of the whole pool without real processes or real time: a fake `process`
+ * slot and a simulated clock (XState's `SimulatedClock`), shared by the machines and the
+ * embedded queue. Not for production use.
+ */
+export interface PoolInternals {
+  processActor?: ReturnType<typeof processActor>;
+  clock?: MemoryClock;
+}
+
 /** Ids the pool assigns to tasks that come without one. */
 let assigned = 0;
 
@@ -82,14 +93,17 @@ export class Pool extends EventEmitter<PoolEvents> {
   #actor: PoolActorRef | null = null;
   #done: Promise<unknown> | null = null;
 
-  constructor(options: PoolOptions) {
+  readonly #internals: PoolInternals;
+
+  constructor(options: PoolOptions, internals: PoolInternals = {}) {
     super();
     this.options = resolveOptions(options);
+    this.#internals = internals;
     this.logger =
       this.options.logger ??
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
-    this.source = new MemorySource();
+    this.source = new MemorySource(internals.clock);
   }
 
   /** The root actor (the pool machine), for inspection and snapshots. Set by `start()`. */
@@ -114,6 +128,7 @@ export class Pool extends EventEmitter<PoolEvents> {
         maxCrashes: this.options.maxCrashes,
       },
       inspect: this.options.inspect as Observer<InspectionEvent> | undefined,
+      ...(this.#internals.clock ? { clock: this.#internals.clock as ActorOptions<typeof poolMachine>['clock'] } : {}),
     });
     this.#actor = actor;
     this.#done = toPromise(actor).catch((err: unknown) => {
@@ -233,7 +248,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       };
     const worker = workerMachine.provide({
       actors: {
-        process: processActor({
+        process: this.#internals.processActor ?? processActor({
           options: o,
           registry,
           logger: log,
@@ -371,6 +386,6 @@ export function parseTask(value: unknown, defaultId?: string): { task: Task } | 
 }
 
 /** Create a pool; validates every option (an `OptionError` names the first bad one). */
-export function createPool(options: PoolOptions): Pool {
-  return new Pool(options);
+export function createPool(options: PoolOptions, internals?: PoolInternals): Pool {
+  return new Pool(options, internals);
 }

@@ -2,6 +2,17 @@ import { TidepoolError } from '../errors.js';
 import type { Settlement } from '../settlement.js';
 import type { Delivery, Source, SourceConsumer, Task } from './source.js';
 
+/** Timers the queue uses for retry delays (XState's `Clock` shape, so tests can share one). */
+export interface Clock {
+  setTimeout(fn: (...args: unknown[]) => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
+const realClock: Clock = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
+};
+
 export interface DeadLetter {
   task: Task;
   attempts: number;
@@ -16,7 +27,8 @@ export class MemorySource implements Source {
   readonly deadLetters: DeadLetter[] = [];
   #ready: Delivery[] = [];
   #unsettled = new Set<string>();
-  #timers = new Set<NodeJS.Timeout>();
+  #timers = new Set<unknown>();
+  readonly #clock: Clock;
   #consumer: SourceConsumer | null = null;
   #prefetch = 0;
   #seq = 0;
@@ -24,6 +36,10 @@ export class MemorySource implements Source {
   #closed = false;
   #drained = false;
   #disposed = false;
+
+  constructor(clock: Clock = realClock) {
+    this.#clock = clock;
+  }
 
   /** Queue a task for its first attempt. */
   submit(task: Task): void {
@@ -55,7 +71,7 @@ export class MemorySource implements Source {
   settle(delivery: Delivery, settlement: Settlement): void {
     if (!this.#unsettled.delete(delivery.id)) return;
     if (settlement.action === 'retry') {
-      const timer = setTimeout(() => {
+      const timer = this.#clock.setTimeout(() => {
         this.#timers.delete(timer);
         this.#ready.push(this.#delivery(delivery.task, settlement.attempt));
         this.#pump();
@@ -82,7 +98,7 @@ export class MemorySource implements Source {
   dispose(): void {
     this.#closed = true;
     this.#disposed = true;
-    for (const timer of this.#timers) clearTimeout(timer);
+    for (const timer of this.#timers) this.#clock.clearTimeout(timer);
     this.#timers.clear();
     this.#consumer = null;
   }
