@@ -12,6 +12,7 @@ import { resolveOptions } from './options.js';
 import type { PoolOptions, ResolvedOptions } from './options.js';
 import { processActor } from './process/driver.js';
 import { registry } from './process/registry.js';
+import { SpawnHost } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { MemorySource } from './sources/memory.js';
@@ -94,6 +95,8 @@ export class Pool extends EventEmitter<PoolEvents> {
   #done: Promise<unknown> | null = null;
 
   readonly #internals: PoolInternals;
+  /** Starts command workers (none for module workers). */
+  readonly #host: SpawnHost | null;
 
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
     super();
@@ -104,6 +107,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
     this.source = new MemorySource(internals.clock);
+    this.#host = this.options.worker.kind === 'command' ? new SpawnHost(this.logger) : null;
   }
 
   /** The root actor (the pool machine), for inspection and snapshots. Set by `start()`. */
@@ -225,6 +229,7 @@ export class Pool extends EventEmitter<PoolEvents> {
 
   #finish(): void {
     this.source.dispose();
+    this.#host?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
     }
@@ -253,6 +258,7 @@ export class Pool extends EventEmitter<PoolEvents> {
           registry,
           logger: log,
           taskFor: (deliveryId) => this.#deliveries.get(deliveryId),
+          host: this.#host ?? undefined,
           onSpawned: (workerId, pid) => this.emit('worker:spawned', { workerId, pid }),
         }),
       },

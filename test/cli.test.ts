@@ -136,6 +136,28 @@ describe('tidepool run', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('command workers and their grandchildren die when the manager is SIGKILLed', async () => {
+    let pid = 0;
+    const dir = mkdtempSync(join(tmpdir(), 'tidepool-cli-'));
+    const pids = join(dir, 'pids');
+    // Each worker notes its own pid and its grandchild's, then hangs.
+    const command = `sh -c 'echo $$ >> ${pids}; sleep 1000 & echo $! >> ${pids}; wait'`;
+    const done = tidepool(['run', '--command', command, '--concurrency', '2', '--log-level', 'silent'], '{"id":"a"}\n{"id":"b"}\n', (p) => (pid = p));
+    const noted = () => (existsSync(pids) ? readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number) : []);
+    await until(() => noted().length === 4, 'both workers and grandchildren to start');
+    const workers = noted();
+    expect(alive(workers)).toHaveLength(4);
+    process.kill(pid, 'SIGKILL');
+    expect((await done).signal).toBe('SIGKILL');
+    try {
+      // The spawn host sees its IPC channel close and kills every group it started.
+      await until(() => alive(workers).length === 0, `workers ${workers} to die`, 3_000);
+    } finally {
+      for (const w of alive(workers)) process.kill(w, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('tidepool run: bad usage exits 2 naming the flag', () => {

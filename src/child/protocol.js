@@ -1,6 +1,7 @@
 // @ts-check
-// The parent–child protocol of module workers, in one place. Plain JavaScript so that the
-// child entry runs without a build step and loads nothing but this file and the handler.
+// The parent–child protocols, in one place: module workers (MSG) and the spawn host that
+// starts command workers (HOST). Plain JavaScript so that the child entries run without a
+// build step and load nothing but this file (and, for a module worker, the handler).
 
 /**
  * Message kinds. Parent → child: `run`. Child → parent: `ready`, `result`, `error`,
@@ -23,7 +24,33 @@ export const MSG = /** @type {const} */ ({
 export const EXIT = /** @type {const} */ ({ OK: 0, LOAD_FAILED: 78, TERMINATED: 143 });
 
 /**
+ * Spawn host messages. Manager → host: `spawn`, `stdin`, `signal`. Host → manager: `spawned`,
+ * `spawn-error` (never started; no exit follows), `exit` (after the group is killed and the
+ * pipes are drained, with stdout and the stderr tail).
+ */
+export const HOST = /** @type {const} */ ({
+  SPAWN: 'spawn',
+  STDIN: 'stdin',
+  SIGNAL: 'signal',
+  SPAWNED: 'spawned',
+  SPAWN_ERROR: 'spawn-error',
+  EXIT: 'exit',
+});
+
+/** Bytes of a worker's stderr kept for its failure message. */
+export const STDERR_TAIL = 2048;
+/** A command's stdout beyond this fails the attempt (the result would not fit a message anyway). */
+export const MAX_OUTPUT = 16 * 1024 * 1024;
+
+/**
  * @typedef {{ name?: string, message: string, code?: string, stack?: string }} ErrorInfo
+ * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number }} SpawnSpec
+ * @typedef {{ k: 'spawn', id: number, spec: SpawnSpec }
+ *   | { k: 'stdin', id: number, data: string }
+ *   | { k: 'signal', id: number, signal: NodeJS.Signals }} HostCommand
+ * @typedef {{ k: 'spawned', id: number, pid: number }
+ *   | { k: 'spawn-error', id: number, error: ErrorInfo }
+ *   | { k: 'exit', id: number, code: number | null, signal: string | null, stdout: string, stderr: string, overflow: boolean }} HostEvent
  * @typedef {{ k: 'run', task: unknown, attempt: number, taskId: string, workerId: string, last: boolean }} RunMessage
  * @typedef {{ k: 'ready' }
  *   | { k: 'result', value: unknown }

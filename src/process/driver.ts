@@ -5,20 +5,17 @@ import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
 import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
-import { EXIT, MSG } from '../child/protocol.js';
+import { EXIT, MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
 import { killGroup, residentBytes } from './registry.js';
 import type { ProcessRegistry } from './registry.js';
+import { SpawnHost } from './spawn-host.js';
 
 /** The child entry of module workers; plain JavaScript, so it runs from src and from dist. */
 const CHILD_ENTRY = fileURLToPath(new URL('../child/main.js', import.meta.url));
 
-/** Bytes of stderr kept for failure messages. */
-const STDERR_TAIL = 2048;
-/** A command's stdout beyond this fails the attempt (the result would not fit a message anyway). */
-export const MAX_OUTPUT = 16 * 1024 * 1024;
 /** A command exiting with this code (EX_DATAERR) fails without retries, like `NonRetryableError`. */
 export const EXIT_NON_RETRYABLE = 65;
 /** After the process exits, how long to wait for its pipes to close before reporting. */
@@ -42,6 +39,8 @@ export interface DriverRuntime {
   /** The task behind a delivery id, if the pool still holds it. */
   taskFor(deliveryId: string): { task: Task; attempt: number } | undefined;
   onSpawned?(workerId: string, pid: number): void;
+  /** Starts command workers; the owner closes it when done. Created on demand if absent. */
+  host?: SpawnHost;
 }
 
 type SendBack = (event: ProcessEvent) => void;
@@ -60,7 +59,7 @@ class WorkerProcess {
   #spawned = false;
   #exited = false;
   #overMemory = false;
-  #watchdog: NodeJS.Timeout | null = null;
+  #unwatch = () => {};
   #flushTimer: NodeJS.Timeout | null = null;
   /** Called when the process has exited and its pipes are closed, before `proc.exit`. */
   onFinish: ((code: number | null, signal: NodeJS.Signals | null) => void) | null = null;
@@ -98,7 +97,7 @@ class WorkerProcess {
 
   /** The actor is stopping: nothing of this process may survive it. */
   dispose(): void {
-    this.#stopWatchdog();
+    this.#unwatch();
     if (this.#flushTimer) clearTimeout(this.#flushTimer);
     if (this.#spawned && this.child.pid !== undefined) {
       // Kill the group even after the leader's exit: a grandchild may still be in it.
@@ -115,8 +114,10 @@ class WorkerProcess {
     this.#rt.onSpawned?.(this.#workerId, pid);
     const limit = this.#rt.options.memoryLimit;
     if (limit !== null) {
-      this.#watchdog = setInterval(() => this.#checkMemory(pid, limit * 1024 * 1024), MEMORY_POLL_MS);
-      this.#watchdog.unref();
+      this.#unwatch = watchMemory(pid, limit, () => {
+        this.#overMemory = true;
+        killGroup(pid, 'SIGKILL');
+      });
     }
   }
 
@@ -139,23 +140,10 @@ class WorkerProcess {
     this.#stderr = (this.#stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
   }
 
-  #checkMemory(pid: number, limitBytes: number): void {
-    const rss = residentBytes(pid);
-    if (rss !== null && rss > limitBytes) {
-      this.#overMemory = true;
-      this.#stopWatchdog();
-      killGroup(pid, 'SIGKILL');
-    }
-  }
-
-  #stopWatchdog(): void {
-    if (this.#watchdog) clearInterval(this.#watchdog);
-    this.#watchdog = null;
-  }
 
   #onExit(code: number | null, signal: NodeJS.Signals | null): void {
     this.#exited = true;
-    this.#stopWatchdog();
+    this.#unwatch();
     const pid = this.child.pid!;
     // The leader is gone; whatever it left in its group goes too, which also closes any pipe
     // a grandchild inherited (else 'close' could wait forever).
@@ -255,71 +243,107 @@ function moduleProcess(rt: DriverRuntime, modulePath: string) {
   });
 }
 
-/** The process slot for command workers: the task as JSON on stdin, the result on stdout. */
+/**
+ * The process slot for command workers: the task as JSON on stdin, the result on stdout. The
+ * spawn host starts the process (see spawn-host.ts for why); signals go to its group directly.
+ */
 function commandProcess(rt: DriverRuntime, argv: string[]) {
+  const host = rt.host ?? new SpawnHost(rt.logger);
   return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
-    let child: ChildProcess;
-    try {
-      child = spawn(argv[0], argv.slice(1), { ...spawnOptions(rt.options), stdio: ['pipe', 'pipe', 'pipe'] });
-    } catch (err) {
-      sendBack({ type: 'proc.spawnError', error: errnoInfo(err as NodeJS.ErrnoException, argv.join(' ')) });
-      sendBack({ type: 'proc.exit', code: null, signal: null });
-      return;
-    }
-    const proc = new WorkerProcess(child, input, sendBack, rt);
-    const chunks: Buffer[] = [];
-    let outputBytes = 0;
-    let overflow = false;
+    const { env, cwd, uid, gid, memoryLimit } = rt.options;
+    let pid: number | null = null;
+    let exited = false;
     let ran = false;
-    child.once('spawn', () => proc.send({ type: 'proc.ready' }));
-    // A command that exits without reading its input makes the write fail with EPIPE; its
-    // exit status is what counts.
-    child.stdin!.on('error', () => {});
-    child.stdout!.on('data', (chunk: Buffer) => {
-      outputBytes += chunk.length;
-      if (outputBytes > MAX_OUTPUT) {
-        overflow = true;
-        proc.signal('SIGKILL');
-        return;
-      }
-      chunks.push(chunk);
-    });
-    proc.onFinish = (code, signal) => {
-      if (!ran || signal !== null) return; // a signal is the machine's to classify
-      if (overflow) {
-        proc.send({
-          type: 'proc.failed',
-          error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
-          retryable: false,
-        });
-      } else if (code === 0) {
-        proc.send({ type: 'proc.result', result: parseOutput(Buffer.concat(chunks).toString('utf8')) });
-      } else {
-        const tail = proc.stderrTail;
-        proc.send({
-          type: 'proc.failed',
-          error: { message: `command exited with code ${code}${tail ? `: ${tail}` : ''}` },
-          retryable: code !== EXIT_NON_RETRYABLE,
-        });
-      }
+    let overMemory = false;
+    let unwatch = () => {};
+    const id = host.spawn(
+      { argv, env, cwd, uid, gid },
+      {
+        spawned: (spawnedPid) => {
+          pid = spawnedPid;
+          rt.registry.add(spawnedPid);
+          sendBack({ type: 'proc.spawned', pid: spawnedPid });
+          rt.onSpawned?.(input.workerId, spawnedPid);
+          if (memoryLimit !== null) {
+            unwatch = watchMemory(spawnedPid, memoryLimit, () => {
+              overMemory = true;
+              killGroup(spawnedPid, 'SIGKILL');
+            });
+          }
+          sendBack({ type: 'proc.ready' });
+        },
+        spawnError: (error) => {
+          exited = true;
+          sendBack({ type: 'proc.spawnError', error });
+          // No process ever ran: the machine has no exit to wait for but this one.
+          sendBack({ type: 'proc.exit', code: null, signal: null });
+        },
+        exit: ({ code, signal, stdout, stderr, overflow }) => {
+          exited = true;
+          unwatch();
+          if (pid !== null) rt.registry.delete(pid);
+          // Only an exit status is the command's answer; a signal (or a lost host) is for
+          // the machine to classify.
+          if (ran && code !== null && !overMemory) {
+            if (overflow) {
+              sendBack({
+                type: 'proc.failed',
+                error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
+                retryable: false,
+              });
+            } else if (code === 0) {
+              sendBack({ type: 'proc.result', result: parseOutput(stdout) });
+            } else {
+              sendBack({
+                type: 'proc.failed',
+                error: { message: `command exited with code ${code}${stderr ? `: ${stderr}` : ''}` },
+                retryable: code !== EXIT_NON_RETRYABLE,
+              });
+            }
+          }
+          sendBack({ type: 'proc.exit', code, signal, memory: overMemory, detail: overMemory ? undefined : stderr || undefined });
+        },
+      },
+    );
+    const signal = (sig: NodeJS.Signals) => {
+      if (exited) return;
+      if (pid !== null) killGroup(pid, sig);
+      else host.signal(id, sig);
     };
     receive((command) => {
       switch (command.type) {
         case 'proc.run': {
           const held = rt.taskFor(command.deliveryId);
-          if (!held || proc.exited) return;
+          if (!held || exited) return;
           ran = true;
-          child.stdin!.end(`${JSON.stringify(held.task)}\n`);
+          host.stdin(id, `${JSON.stringify(held.task)}\n`);
           return;
         }
         case 'proc.terminate':
-          return proc.signal('SIGTERM');
+          return signal('SIGTERM');
         case 'proc.kill':
-          return proc.signal('SIGKILL');
+          return signal('SIGKILL');
       }
     });
-    return () => proc.dispose();
+    return () => {
+      unwatch();
+      signal('SIGKILL');
+    };
   });
+}
+
+/** Poll a process's resident memory; call `onExceed` once when it passes `limitMiB`. */
+function watchMemory(pid: number, limitMiB: number, onExceed: () => void): () => void {
+  const limit = limitMiB * 1024 * 1024;
+  const timer = setInterval(() => {
+    const rss = residentBytes(pid);
+    if (rss !== null && rss > limit) {
+      clearInterval(timer);
+      onExceed();
+    }
+  }, MEMORY_POLL_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /** A command's stdout as a result: JSON when it parses, else the text. */
@@ -339,4 +363,4 @@ export function processActor(rt: DriverRuntime) {
   return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt, spec.argv);
 }
 
-export { EXIT as CHILD_EXIT };
+export { EXIT as CHILD_EXIT, MAX_OUTPUT };

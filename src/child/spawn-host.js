@@ -1,0 +1,121 @@
+// @ts-check
+// The spawn host: a small process that starts command workers for the manager. Forking
+// from the manager would copy its large heap's page tables on every task and make each page
+// it writes afterwards fault (copy-on-write); a process this small forks at the machine's
+// bare cost, on the other core. It also means command workers die with the manager: when
+// the IPC channel closes, the host kills every group it started.
+import { spawn } from 'node:child_process';
+import { HOST, MAX_OUTPUT, STDERR_TAIL } from './protocol.js';
+
+/** @typedef {import('./protocol.js').HostCommand} HostCommand */
+/** @typedef {import('./protocol.js').HostEvent} HostEvent */
+
+/** After the process exits, how long to wait for its pipes to close before reporting. */
+const FLUSH_LIMIT_MS = 1_000;
+
+/** @type {Map<number, { child: import('node:child_process').ChildProcess, pid: number | undefined }>} */
+const live = new Map();
+
+/** @param {HostEvent} event */
+function send(event) {
+  if (process.connected) process.send?.(event);
+}
+
+/**
+ * @param {number} pid
+ * @param {NodeJS.Signals} signal
+ */
+function killGroup(pid, signal) {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // ESRCH: the group is gone already.
+  }
+}
+
+/** @param {Extract<HostCommand, { k: 'spawn' }>} command */
+function start({ id, spec }) {
+  const child = spawn(spec.argv[0], spec.argv.slice(1), {
+    env: spec.env,
+    cwd: spec.cwd,
+    uid: spec.uid,
+    gid: spec.gid,
+    detached: true,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const entry = { child, pid: /** @type {number | undefined} */ (undefined) };
+  live.set(id, entry);
+  /** @type {Buffer[]} */
+  const out = [];
+  let outBytes = 0;
+  let overflow = false;
+  let stderr = '';
+  child.once('spawn', () => {
+    entry.pid = child.pid;
+    send({ k: HOST.SPAWNED, id, pid: /** @type {number} */ (child.pid) });
+  });
+  child.on('error', (err) => {
+    if (entry.pid !== undefined) return; // a failed kill or write; the exit follows
+    live.delete(id);
+    const code = /** @type {NodeJS.ErrnoException} */ (err).code;
+    send({ k: HOST.SPAWN_ERROR, id, error: { name: err.name, message: `${spec.argv.join(' ')}: ${err.message}`, ...(code ? { code } : {}) } });
+  });
+  // A command that exits without reading its input makes the write fail with EPIPE.
+  child.stdin?.on('error', () => {});
+  child.stdout?.on('data', (/** @type {Buffer} */ chunk) => {
+    outBytes += chunk.length;
+    if (outBytes > MAX_OUTPUT) {
+      if (!overflow && entry.pid !== undefined) killGroup(entry.pid, 'SIGKILL');
+      overflow = true;
+      return;
+    }
+    out.push(chunk);
+  });
+  child.stderr?.on('data', (/** @type {Buffer} */ chunk) => {
+    process.stderr.write(chunk);
+    stderr = (stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
+  });
+  child.once('exit', (code, signal) => {
+    // Whatever the worker left in its group goes with it; that also closes pipes a
+    // grandchild inherited, so 'close' cannot wait forever.
+    if (entry.pid !== undefined) killGroup(entry.pid, 'SIGKILL');
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      live.delete(id);
+      send({ k: HOST.EXIT, id, code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: stderr.trim(), overflow });
+    };
+    const timer = setTimeout(finish, FLUSH_LIMIT_MS);
+    child.once('close', finish);
+  });
+}
+
+process.on('message', (/** @type {HostCommand} */ command) => {
+  switch (command.k) {
+    case HOST.SPAWN:
+      return start(command);
+    case HOST.STDIN: {
+      const entry = live.get(command.id);
+      if (entry && entry.child.stdin && !entry.child.stdin.destroyed) entry.child.stdin.end(command.data);
+      return;
+    }
+    case HOST.SIGNAL: {
+      const entry = live.get(command.id);
+      if (entry?.pid !== undefined) killGroup(entry.pid, command.signal);
+      return;
+    }
+  }
+});
+
+// The manager decides when workers stop; a Ctrl-C reaching the whole terminal group must not
+// kill the host under them.
+process.on('SIGINT', () => {});
+process.on('SIGTERM', () => {});
+
+// The manager is gone (or done with us): no worker outlives it.
+process.on('disconnect', () => {
+  for (const { pid } of live.values()) if (pid !== undefined) killGroup(pid, 'SIGKILL');
+  process.exit(0);
+});
