@@ -146,6 +146,8 @@ export const poolMachine = setup({
       event.outcome.status === 'failed' &&
       CRASH_KINDS.includes(event.outcome.kind) &&
       context.crashes + 1 > context.maxCrashes,
+    /** A worker machine that ended in error (its process slot failed) counts as a crash. */
+    errorTrips: ({ context }) => context.crashes + 1 > context.maxCrashes,
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
     pausedByUser: ({ context }) => context.pausedBy === 'user',
     drainRequested: ({ context }) => context.drainRequested,
@@ -190,6 +192,10 @@ export const poolMachine = setup({
       if (crashed) enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
     }),
     crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
+    countCrash: enqueueActions(({ context, enqueue }) => {
+      enqueue.assign({ crashes: context.crashes + 1 });
+      enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
+    }),
     /**
      * A worker that leaves while the pool still counts it idle may have been handed a
      * delivery it ignored: that delivery goes back to the front of the backlog.
@@ -293,13 +299,14 @@ export const poolMachine = setup({
     'worker.leaving': { actions: 'workerLeaving' },
     'crash.expired': { actions: 'crashExpired' },
     'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap'] },
-    'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap'] },
+    'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash'] },
     'source.drained': { actions: assign({ sourceDrained: true }) },
   },
   initial: 'starting',
   states: {
     starting: {
       invoke: {
+        id: 'startup',
         src: 'startup',
         onDone: [
           { guard: 'drainRequested', target: 'draining' },
@@ -336,7 +343,21 @@ export const poolMachine = setup({
           { actions: ['workerReported'] },
         ],
         'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        // Counted like a crash, or a slot that fails at every start would respawn forever.
+        'xstate.error.actor.worker.*': [
+          {
+            guard: 'errorTrips',
+            target: 'paused',
+            actions: [
+              { type: 'reaped', params: reapedParams },
+              'reap',
+              'countCrash',
+              assign({ pausedBy: 'breaker' }),
+              { type: 'breakerTripped', params: breakerParams },
+            ],
+          },
+          { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
+        ],
         pause: { target: 'paused', actions: assign({ pausedBy: 'user' }) },
         drain: 'draining',
         stop: 'stopping',
@@ -368,7 +389,7 @@ export const poolMachine = setup({
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
         'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
         'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
         'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
         stop: 'stopping',

@@ -51,6 +51,11 @@ export interface WorkerInput {
 
 export interface ProcessInput {
   workerId: string;
+  /**
+   * The delivery the worker was spawned for, if any: a driver may hand its task over with the
+   * spawn (a command's stdin) instead of waiting for `proc.run`. `proc.run` still follows.
+   */
+  deliveryId: string | null;
 }
 
 export interface WorkerContext {
@@ -171,11 +176,11 @@ export const workerMachine = setup({
   invoke: {
     id: 'process',
     src: 'process',
-    input: ({ context }) => ({ workerId: context.workerId }),
+    input: ({ context }) => ({ workerId: context.workerId, deliveryId: context.deliveryId }),
   },
+  // Every state that can see an exit handles it itself (transient and final states cannot).
   on: {
     'proc.spawned': { actions: assign({ pid: ({ event }) => event.pid }) },
-    'proc.exit': { actions: 'recordExit' },
   },
   initial: 'spawning',
   states: {

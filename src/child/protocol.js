@@ -24,7 +24,8 @@ export const MSG = /** @type {const} */ ({
 export const EXIT = /** @type {const} */ ({ OK: 0, LOAD_FAILED: 78, TERMINATED: 143 });
 
 /**
- * Spawn host messages. Manager → host: `spawn`, `stdin`, `signal`. Host → manager: `spawned`,
+ * Spawn host messages. Manager → host: `spawn` (with the stdin data when it is known),
+ * `stdin`, `signal`. Host → manager: `spawned`,
  * `spawn-error` (never started; no exit follows), `exit` (after the group is killed and the
  * pipes are drained, with stdout and the stderr tail).
  */
@@ -45,7 +46,7 @@ export const MAX_OUTPUT = 16 * 1024 * 1024;
 /**
  * @typedef {{ name?: string, message: string, code?: string, stack?: string }} ErrorInfo
  * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number }} SpawnSpec
- * @typedef {{ k: 'spawn', id: number, spec: SpawnSpec }
+ * @typedef {{ k: 'spawn', id: number, spec: SpawnSpec, stdin?: string }
  *   | { k: 'stdin', id: number, data: string }
  *   | { k: 'signal', id: number, signal: NodeJS.Signals }} HostCommand
  * @typedef {{ k: 'spawned', id: number, pid: number }

@@ -34,7 +34,7 @@ function killGroup(pid, signal) {
 }
 
 /** @param {Extract<HostCommand, { k: 'spawn' }>} command */
-function start({ id, spec }) {
+function start({ id, spec, stdin }) {
   const child = spawn(spec.argv[0], spec.argv.slice(1), {
     env: spec.env,
     cwd: spec.cwd,
@@ -62,6 +62,7 @@ function start({ id, spec }) {
   });
   // A command that exits without reading its input makes the write fail with EPIPE.
   child.stdin?.on('error', () => {});
+  if (stdin !== undefined) child.stdin?.end(stdin);
   child.stdout?.on('data', (/** @type {Buffer} */ chunk) => {
     outBytes += chunk.length;
     if (outBytes > MAX_OUTPUT) {

@@ -256,6 +256,9 @@ function commandProcess(rt: DriverRuntime, argv: string[]) {
     let ran = false;
     let overMemory = false;
     let unwatch = () => {};
+    // Spawned for a task (just in time): its input goes with the spawn, one message fewer.
+    const held = input.deliveryId === null ? undefined : rt.taskFor(input.deliveryId);
+    const prewritten = held === undefined ? undefined : taskLine(held.task);
     const id = host.spawn(
       { argv, env, cwd, uid, gid },
       {
@@ -304,6 +307,7 @@ function commandProcess(rt: DriverRuntime, argv: string[]) {
           sendBack({ type: 'proc.exit', code, signal, memory: overMemory, detail: overMemory ? undefined : stderr || undefined });
         },
       },
+      prewritten,
     );
     const signal = (sig: NodeJS.Signals) => {
       if (exited) return;
@@ -313,10 +317,10 @@ function commandProcess(rt: DriverRuntime, argv: string[]) {
     receive((command) => {
       switch (command.type) {
         case 'proc.run': {
-          const held = rt.taskFor(command.deliveryId);
-          if (!held || exited) return;
           ran = true;
-          host.stdin(id, `${JSON.stringify(held.task)}\n`);
+          if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
+          const task = rt.taskFor(command.deliveryId);
+          if (task && !exited) host.stdin(id, taskLine(task.task));
           return;
         }
         case 'proc.terminate':
@@ -331,6 +335,9 @@ function commandProcess(rt: DriverRuntime, argv: string[]) {
     };
   });
 }
+
+/** A task as a command reads it: one JSON line. */
+const taskLine = (task: Task): string => `${JSON.stringify(task)}\n`;
 
 /** Poll a process's resident memory; call `onExceed` once when it passes `limitMiB`. */
 function watchMemory(pid: number, limitMiB: number, onExceed: () => void): () => void {

@@ -33,10 +33,11 @@ export class SpawnHost {
     this.#logger = logger;
   }
 
-  spawn(spec: SpawnSpec, handlers: SpawnHandlers): number {
+  /** Start a process; `stdin`, when given, is written to it and closed at once. */
+  spawn(spec: SpawnSpec, handlers: SpawnHandlers, stdin?: string): number {
     const id = ++this.#seq;
     this.#pending.set(id, { ...handlers, pid: null });
-    this.#send({ k: HOST.SPAWN, id, spec });
+    this.#send(stdin === undefined ? { k: HOST.SPAWN, id, spec } : { k: HOST.SPAWN, id, spec, stdin });
     return id;
   }
 
