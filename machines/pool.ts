@@ -179,14 +179,20 @@ export const poolMachine = setup({
         return { ...context.workers, [workerId]: { status: 'ready', deliveryId: null } };
       },
     }),
-    /** Settle the attempt (a spare that failed to start has none) and count crashes. */
+    /**
+     * Settle the attempt (a spare that failed has none) and count crashes. A slot holding a
+     * different delivery was handed it after the worker had already failed (the outcome was
+     * still on its way): that delivery goes back to the front of the backlog.
+     */
     workerReported: enqueueActions(({ context, event, enqueue }) => {
       const { workerId, deliveryId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
       if (deliveryId !== null) enqueue({ type: 'settle', params: { deliveryId, outcome } satisfies SettleParams });
       const slot = context.workers[workerId];
       const crashed = outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);
+      const stranded = slot && slot.deliveryId !== null && slot.deliveryId !== deliveryId ? [slot.deliveryId] : [];
       enqueue.assign({
         workers: slot ? { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } } : context.workers,
+        backlog: stranded.length > 0 ? [...stranded, ...context.backlog] : context.backlog,
         crashes: crashed ? context.crashes + 1 : context.crashes,
       });
       if (crashed) enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
@@ -340,7 +346,7 @@ export const poolMachine = setup({
               { type: 'breakerTripped', params: breakerParams },
             ],
           },
-          { actions: ['workerReported'] },
+          { actions: ['workerReported', 'dispatch'] },
         ],
         'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
         // Counted like a crash, or a slot that fails at every start would respawn forever.
@@ -392,6 +398,7 @@ export const poolMachine = setup({
         'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
         'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
         'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
+        'worker.outcome': { actions: ['workerReported', 'dispatch'] },
         stop: 'stopping',
       },
     },

@@ -123,9 +123,10 @@ export const workerMachine = setup({
      * delivery (a spare that failed to start) has nothing to report.
      */
     report: enqueueActions(({ context, enqueue }, params: { outcome: Outcome }) => {
-      // A spare without a task reports only a failure to start, so that the crash breaker
-      // sees spares that cannot start (else they would be respawned without end).
-      if (context.deliveryId === null && (params.outcome.status !== 'failed' || params.outcome.kind !== 'spawn')) return;
+      // A worker without a task (a spare) reports only failures (it could not start, or died
+      // while idle), so that the crash breaker sees them: else such spares would be
+      // respawned without end.
+      if (context.deliveryId === null && params.outcome.status !== 'failed') return;
       enqueue.sendParent({
         type: 'worker.outcome',
         workerId: context.workerId,
@@ -233,7 +234,15 @@ export const workerMachine = setup({
           target: 'running',
           actions: assign({ deliveryId: ({ event }) => event.deliveryId }),
         },
-        'proc.exit': { target: 'reaped', actions: ['recordExit', 'announceLeaving'] },
+        // Dying while idle is a crash without a task.
+        'proc.exit': {
+          target: 'reaped',
+          actions: [
+            'recordExit',
+            { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) },
+            'announceLeaving',
+          ],
+        },
         'worker.retire': { target: 'terminating' },
         'worker.kill': { target: 'terminating' },
       },

@@ -13,7 +13,7 @@ import { HOST, MAX_OUTPUT, STDERR_TAIL } from './protocol.js';
 /** After the process exits, how long to wait for its pipes to close before reporting. */
 const FLUSH_LIMIT_MS = 1_000;
 
-/** @type {Map<number, { child: import('node:child_process').ChildProcess, pid: number | undefined }>} */
+/** @type {Map<number, { child: import('node:child_process').ChildProcess, pid: number | undefined, pending: NodeJS.Signals | null }>} */
 const live = new Map();
 
 /** @param {HostEvent} event */
@@ -43,7 +43,8 @@ function start({ id, spec, stdin }) {
     detached: true,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  const entry = { child, pid: /** @type {number | undefined} */ (undefined) };
+  /** @type {{ child: typeof child, pid: number | undefined, pending: NodeJS.Signals | null }} */
+  const entry = { child, pid: undefined, pending: null };
   live.set(id, entry);
   /** @type {Buffer[]} */
   const out = [];
@@ -53,6 +54,7 @@ function start({ id, spec, stdin }) {
   child.once('spawn', () => {
     entry.pid = child.pid;
     send({ k: HOST.SPAWNED, id, pid: /** @type {number} */ (child.pid) });
+    if (entry.pending) killGroup(/** @type {number} */ (child.pid), entry.pending);
   });
   child.on('error', (err) => {
     if (entry.pid !== undefined) return; // a failed kill or write; the exit follows
@@ -104,7 +106,10 @@ process.on('message', (/** @type {HostCommand} */ command) => {
     }
     case HOST.SIGNAL: {
       const entry = live.get(command.id);
-      if (entry?.pid !== undefined) killGroup(entry.pid, command.signal);
+      if (!entry) return;
+      if (entry.pid !== undefined) killGroup(entry.pid, command.signal);
+      // Not started yet: the signal waits for the 'spawn' event instead of being lost.
+      else if (entry.pending !== 'SIGKILL') entry.pending = command.signal;
       return;
     }
   }

@@ -60,6 +60,7 @@ class WorkerProcess {
   #exited = false;
   #overMemory = false;
   #unwatch = () => {};
+  #pendingSignal: NodeJS.Signals | null = null;
   #flushTimer: NodeJS.Timeout | null = null;
   /** Called when the process has exited and its pipes are closed, before `proc.exit`. */
   onFinish: ((code: number | null, signal: NodeJS.Signals | null) => void) | null = null;
@@ -92,7 +93,10 @@ class WorkerProcess {
   }
 
   signal(signal: NodeJS.Signals): void {
-    if (this.#spawned && !this.#exited && this.child.pid !== undefined) killGroup(this.child.pid, signal);
+    if (this.#exited) return;
+    if (this.#spawned && this.child.pid !== undefined) killGroup(this.child.pid, signal);
+    // Not started yet: the signal waits for the 'spawn' event instead of being lost.
+    else if (this.#pendingSignal !== 'SIGKILL') this.#pendingSignal = signal;
   }
 
   /** The actor is stopping: nothing of this process may survive it. */
@@ -112,6 +116,7 @@ class WorkerProcess {
     this.#rt.registry.add(pid);
     this.#sendBack({ type: 'proc.spawned', pid });
     this.#rt.onSpawned?.(this.#workerId, pid);
+    if (this.#pendingSignal) killGroup(pid, this.#pendingSignal);
     const limit = this.#rt.options.memoryLimit;
     if (limit !== null) {
       this.#unwatch = watchMemory(pid, limit, () => {

@@ -1,0 +1,1275 @@
+import { isDeepStrictEqual } from 'node:util';
+import { pino } from 'pino';
+import { fromCallback, SimulatedClock } from 'xstate';
+import type { AnyEventObject, InspectionEvent } from 'xstate';
+import type { PoolContext } from '../../machines/pool.js';
+import type { Outcome, ProcessExit, WorkerReport } from '../../machines/types.js';
+import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
+import { TidepoolError } from '../../src/errors.js';
+import { createPool, type AttemptEvent, type Pool, type TaskResult } from '../../src/pool.js';
+import type { Settlement } from '../../src/settlement.js';
+import type { Delivery, SourceConsumer, Task } from '../../src/sources/source.js';
+
+/**
+ * A model of the whole pool (`createPool` with a fake process slot and a simulated clock)
+ * for fast-check model-based runs: commands that drive the pool and its fake processes, and
+ * the lifecycle invariants checked after every command and at the end of a run.
+ *
+ * The fake processes answer the way the driver in src/process/driver.ts does, one step at a
+ * time, so that the order in which processes act, time passes and the user calls the pool is
+ * what the property explores.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary of a run
+
+/** What a task's handler does on one attempt. */
+export type Behaviour = 'resolve' | 'throw' | 'fatal' | 'crash' | 'hang' | 'memory';
+
+/** A task as submitted: what it does on attempt 1, 2, 3 (the last repeats), and how it takes SIGTERM. */
+export interface TaskSpec {
+  behaviours: Behaviour[];
+  /** Ignores SIGTERM (a handler deaf to its AbortSignal, a script that traps TERM). */
+  stubborn: boolean;
+}
+
+export interface ModelConfig {
+  kind: 'module' | 'command';
+  concurrency: number;
+  spares: number;
+  maxTasksPerWorker: number;
+  attempts: number;
+  maxCrashes: number;
+  /** How an idle command process (a spare waiting on stdin) takes SIGTERM. */
+  stubbornIdle: boolean;
+  /** Called while the pool is still starting (its source opening). */
+  early?: 'pause' | 'drain' | 'stop';
+  /** Overrides of the default TIMING (equal delays make timers fire at the same instant). */
+  timing?: Partial<Timing>;
+}
+
+export interface Timing {
+  spawnTimeout: number;
+  timeout: number;
+  killGrace: number;
+  idleTimeout: number;
+  retryDelay: number;
+  retryMaxDelay: number;
+  crashWindow: number;
+  breakerCooldown: number;
+}
+
+/** The default timing: distinct values, so that a transition on the wrong delay shows. */
+export const TIMING: Timing = {
+  spawnTimeout: 100,
+  timeout: 1_000,
+  killGrace: 50,
+  idleTimeout: 500,
+  retryDelay: 20,
+  retryMaxDelay: 80,
+  crashWindow: 3_000,
+  breakerCooldown: 200,
+};
+
+export type Delay =
+  | 'spawnTimeout'
+  | 'taskTimeout'
+  | 'killGrace'
+  | 'idleTimeout'
+  | 'retry'
+  | 'crashWindow'
+  | 'breakerCooldown'
+  | 'tick';
+
+/** How far each `advance` goes (`retry`: about the first backoff, between retryDelay/2 and retryDelay). */
+const delays = (t: Timing): Record<Delay, number> => ({
+  spawnTimeout: t.spawnTimeout,
+  taskTimeout: t.timeout,
+  killGrace: t.killGrace,
+  idleTimeout: t.idleTimeout,
+  retry: Math.round((t.retryDelay * 3) / 4),
+  crashWindow: t.crashWindow,
+  breakerCooldown: t.breakerCooldown,
+  tick: 1,
+});
+
+/** One command of a run, as plain data (printed by fast-check, replayed by regression tests). */
+export type Cmd =
+  /** `pool.run(task)`, `n` times (default 1). */
+  | { k: 'submit'; spec: TaskSpec; n?: number }
+  /** Process `i` (among the live ones, modulo) does the next thing it would do by itself. */
+  | { k: 'step'; i: number }
+  /** Every live process does its next thing. */
+  | { k: 'stepAll' }
+  /** A process not yet started fails to (ENOENT), or a module's handler fails to load. */
+  | { k: 'spawnFail'; i: number; how: 'enoent' | 'load' }
+  /**
+   * The next process fails inside the slot: a module's fork() throws (the driver reports
+   * spawnError + exit at once), or, for a command, the spawn host's fork() throws out of the slot.
+   */
+  | { k: 'breakSpawn' }
+  /** The spawn host of command workers dies: every command process it holds fails. */
+  | { k: 'hostDies' }
+  /** A live process dies from outside: SIGKILL, the OOM killer, or exit code 1. */
+  | { k: 'external'; i: number; how: 'kill' | 'oom' | 'exit' }
+  /** Time passes: one of the named delays (+/- 1 ms), or up to the next due timer. */
+  | { k: 'advance'; by: Delay; delta: -1 | 0 | 1 }
+  | { k: 'advanceToNext' }
+  | { k: 'pause' }
+  | { k: 'resume' }
+  | { k: 'drain' }
+  | { k: 'stop' };
+
+// ---------------------------------------------------------------------------------------------
+// Fake processes
+
+/** Exit codes of the module worker's child entry (src/child/protocol.js). */
+const EXIT_TERMINATED = 143;
+const EXIT_LOAD_FAILED = 78;
+/** src/process/driver.ts: a command exiting with 65 fails without retries. */
+const EXIT_NON_RETRYABLE = 65;
+
+interface Run {
+  deliveryId: string;
+  taskId: string;
+  attempt: number;
+  last: boolean;
+  behaviour: Behaviour;
+  stubborn: boolean;
+  /** Clock time of `proc.run`. */
+  at: number;
+  /** What the process answered for this task, if anything. */
+  reply: null | { type: 'result'; result: unknown } | { type: 'failed'; retryable: boolean };
+  repliedAt: number | null;
+  /** The process died while this task was running (no reply). */
+  diedDuring: ProcessExit | null;
+}
+
+/** One fake OS process, driven by the commands of the run. */
+export class FakeProc {
+  /** `starting`: forked, no 'spawn' event yet; `loading`: a module process loading its handler. */
+  phase: 'starting' | 'loading' | 'up' | 'exited' = 'starting';
+  pid: number | null = null;
+  /** The slot's cleanup ran: its worker machine stopped it. */
+  stopped = false;
+  readonly commands: ProcessCommand[] = [];
+  readonly sent: ProcessEvent[] = [];
+  readonly runs: Run[] = [];
+  /** Got SIGTERM / SIGKILL (one sent before the 'spawn' event waits for it, as in the driver). */
+  term = false;
+  kill = false;
+  earlySignals = 0;
+  /** Will exit like this on its next step (a module after its last reply, a failed load). */
+  pendingExit: ProcessExit | null = null;
+  exit: ProcessExit | null = null;
+  /** Clock times of its life, for the timer checks. */
+  readyAt: number | null = null;
+  /** The first SIGTERM or SIGKILL sent to it. */
+  firstSignalAt: number | null = null;
+  /** The command (index in the run's log) during which it got its first signal. */
+  firstSignalCmd = -1;
+  killAt: number | null = null;
+  /** It failed to start (a spawn error, or an exit before ready) before any signal. */
+  spawnFailedAt: number | null = null;
+  /** The worker machine's reports, as the pool received them. */
+  readonly reports: Outcome[] = [];
+  /** Crash outcomes without a delivery: the worker died while idle (the breaker counts them). */
+  readonly idleDeaths: Outcome[] = [];
+  /** The slot threw as it started: its worker machine ends in error, not with a report. */
+  threw = false;
+
+  constructor(
+    readonly workerId: string,
+    readonly startedAt: number,
+    readonly sendBack: (event: ProcessEvent) => void,
+  ) {}
+
+  get live(): boolean {
+    return !this.stopped && this.phase !== 'exited';
+  }
+
+  get spawned(): boolean {
+    return this.phase === 'loading' || this.phase === 'up';
+  }
+
+  /** The task it is running and has not answered. */
+  get running(): Run | null {
+    const run = this.runs.at(-1);
+    return run && run.reply === null && run.diedDuring === null ? run : null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records of what the pool did
+
+interface TaskRecord {
+  id: string;
+  spec: TaskSpec;
+  state: 'pending' | 'resolved' | 'rejected';
+  result?: TaskResult;
+  error?: unknown;
+  attempts: AttemptEvent[];
+  outcomes: TaskResult[];
+}
+
+interface DeliveryRecord {
+  delivery: Delivery;
+  settles: Settlement[];
+  releases: number;
+  run: { proc: FakeProc; run: Run } | null;
+}
+
+type RootSnapshot = {
+  value: unknown;
+  status: string;
+  context: PoolContext;
+  children: Record<string, unknown>;
+};
+
+/** What the breaker counts, per DESIGN.md (not imported: the model must not share the pool's mistakes). */
+const CRASH_KINDS: readonly string[] = ['crash', 'memory', 'spawn'];
+const isCrash = (o: Outcome) => o.status === 'failed' && CRASH_KINDS.includes(o.kind);
+
+let pids = 10_000;
+
+/**
+ * The retry jitter (Math.random) would make runs irreproducible: `pinRandom` replaces
+ * Math.random with a seeded generator, reseeded for every model, so that a replayed command
+ * sequence runs exactly the same. (A constant would not do: XState draws the ids of delayed
+ * events from Math.random, and equal ids make it lose track of their timers.)
+ */
+let random: () => number = Math.random;
+const reseed = () => {
+  let a = 0x2545f491;
+  random = () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+};
+export function pinRandom(): () => void {
+  const original = Math.random;
+  Math.random = () => random();
+  return () => {
+    Math.random = original;
+  };
+}
+
+/** Run the microtasks and the promise continuations that the last command queued. */
+const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export class ModelViolation extends Error {
+  override name = 'ModelViolation';
+}
+
+/**
+ * The pool under test, its fake processes and everything it was seen to do. `apply` carries
+ * out one command and checks the invariants; `finish` drains the pool to the end and checks
+ * the final ones. Violations seen inside the pool's callbacks are collected (throwing there
+ * would be swallowed by the pool's slots) and thrown after the command.
+ */
+export class PoolModel {
+  readonly clock = new SimulatedClock();
+  /** The delays of this run. */
+  readonly t: Timing;
+  readonly pool: Pool;
+  readonly procs: FakeProc[] = [];
+  readonly tasks = new Map<string, TaskRecord>();
+  readonly deliveries = new Map<string, DeliveryRecord>();
+  readonly reaped = new Map<string, WorkerReport[]>();
+  readonly violations: string[] = [];
+  /** The commands applied so far, for messages. */
+  readonly log: Cmd[] = [];
+
+  #state = 'starting';
+  #taskSeq = 0;
+  #breakSpawns = 0;
+  #drainP: Promise<unknown> | null = null;
+  #stopP: Promise<unknown> | null = null;
+  #stopAsked = false;
+  #done = false;
+  /** Times of the crashes the pool counted, for the breaker. */
+  #crashes: number[] = [];
+  /** The breaker's pause in force: when it tripped. Null once a user pause takes over. */
+  #trippedAt: number | null = null;
+  #trips = 0;
+  #tripEvents = 0;
+  #lastSettle: { delivery: Delivery; settlement: Settlement } | null = null;
+  /** The pool told the source to pause (and not to resume since). */
+  #intakePaused = false;
+
+  private constructor(readonly config: ModelConfig) {
+    this.t = { ...TIMING, ...config.timing };
+    const logger = pino(
+      { level: 'error' },
+      {
+        write: (line: string) => {
+          // A slot that threw, or the machine failing: the pool swallowed a bug.
+          if (line.includes('pool slot failed') || line.includes('pool machine failed')) {
+            this.violate(`the pool logged an internal failure: ${line.trim()}`);
+          }
+        },
+      },
+    );
+    this.pool = createPool(
+      {
+        worker: config.kind === 'module' ? { module: 'test/fixtures/noop.js' } : { command: ['/bin/cat'] },
+        concurrency: config.concurrency,
+        spares: config.spares,
+        maxTasksPerWorker: config.maxTasksPerWorker,
+        attempts: config.attempts,
+        maxCrashes: config.maxCrashes,
+        timeout: this.t.timeout,
+        spawnTimeout: this.t.spawnTimeout,
+        killGrace: this.t.killGrace,
+        idleTimeout: this.t.idleTimeout,
+        retryDelay: this.t.retryDelay,
+        retryMaxDelay: this.t.retryMaxDelay,
+        crashWindow: this.t.crashWindow,
+        breakerCooldown: this.t.breakerCooldown,
+        logger,
+        inspect: (event: InspectionEvent) => this.#inspect(event),
+      },
+      { processActor: this.#processSlot(), clock: this.clock },
+    );
+    this.#instrument();
+  }
+
+  static async create(config: ModelConfig): Promise<PoolModel> {
+    reseed();
+    const model = new PoolModel(config);
+    const started = model.pool.start();
+    if (config.early === 'pause') model.pool.pause();
+    if (config.early === 'drain') {
+      model.#drainP = model.#settled(model.pool.drain());
+    }
+    if (config.early === 'stop') {
+      model.#stopAsked = true;
+      model.#stopP = model.#settled(model.pool.stop());
+    }
+    try {
+      await started;
+    } catch (err) {
+      // A pool stopped before it started did not start.
+      const code = err instanceof TidepoolError ? err.code : String(err);
+      if (config.early !== 'stop' || code !== 'TIDEPOOL_ERR_START_FAILED') model.violate(`start() rejected: ${code}`);
+    }
+    await flush();
+    model.check();
+    return model;
+  }
+
+  get state(): string {
+    return this.#state;
+  }
+
+  get snapshot() {
+    return this.pool.actor.getSnapshot();
+  }
+
+  violate(message: string): void {
+    this.violations.push(`[t=${this.clock.now()} ${this.#state}] ${message}`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Commands
+
+  async apply(cmd: Cmd): Promise<void> {
+    this.log.push(cmd);
+    switch (cmd.k) {
+      case 'submit':
+        for (let i = 0; i < (cmd.n ?? 1); i++) this.#submit(cmd.spec);
+        break;
+      case 'step': {
+        const live = this.procs.filter((p) => p.live);
+        if (live.length > 0) this.#step(live[cmd.i % live.length]);
+        break;
+      }
+      case 'stepAll':
+        for (const p of this.procs.filter((q) => q.live)) this.#step(p);
+        break;
+      case 'spawnFail':
+        this.#spawnFail(cmd.i, cmd.how);
+        break;
+      case 'breakSpawn':
+        this.#breakSpawns++;
+        break;
+      case 'hostDies':
+        if (this.config.kind === 'command') this.#hostDies();
+        break;
+      case 'external': {
+        const live = this.procs.filter((p) => p.live && p.spawned);
+        if (live.length === 0) break;
+        const p = live[cmd.i % live.length];
+        this.#exitProcess(
+          p,
+          cmd.how === 'kill'
+            ? { code: null, signal: 'SIGKILL' }
+            : cmd.how === 'oom'
+              ? { code: null, signal: 'SIGKILL', memory: true }
+              : { code: 1, signal: null, detail: 'exited from outside' },
+        );
+        break;
+      }
+      case 'advance':
+        this.#advance(Math.max(1, delays(this.t)[cmd.by] + cmd.delta));
+        break;
+      case 'advanceToNext': {
+        this.#catchUp();
+        const next = this.#nextDue();
+        if (next !== undefined) this.#setTime(next);
+        break;
+      }
+      case 'pause':
+        this.pool.pause();
+        break;
+      case 'resume':
+        this.pool.resume();
+        break;
+      case 'drain':
+        this.#drainP ??= this.#settled(this.pool.drain());
+        break;
+      case 'stop':
+        this.#stopAsked = true;
+        this.#stopP ??= this.#settled(this.pool.stop());
+        break;
+    }
+    await flush();
+    this.check();
+  }
+
+  #submit(spec: TaskSpec): void {
+    const id = `t${++this.#taskSeq}`;
+    const record: TaskRecord = { id, spec, state: 'pending', attempts: [], outcomes: [] };
+    this.tasks.set(id, record);
+    this.pool.run({ id, type: 'model', spec }).then(
+      (result) => {
+        record.state = 'resolved';
+        record.result = result;
+      },
+      (err: unknown) => {
+        record.state = 'rejected';
+        record.error = err;
+      },
+    );
+  }
+
+  #settled(p: Promise<void>): Promise<unknown> {
+    return p.then(
+      () => 'ok',
+      (err: unknown) => {
+        this.violate(`drain()/stop() rejected: ${String(err)}`);
+        return err;
+      },
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The fake process slot
+
+  #processSlot() {
+    return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
+      const p = new FakeProc(input.workerId, this.clock.now(), (event) => {
+        p.sent.push(event);
+        const now = this.clock.now();
+        if (event.type === 'proc.ready') p.readyAt ??= now;
+        const failedToStart = event.type === 'proc.spawnError' || (event.type === 'proc.exit' && p.readyAt === null);
+        if (failedToStart && p.firstSignalAt === null && p.readyAt === null) p.spawnFailedAt ??= now;
+        sendBack(event);
+      });
+      this.procs.push(p);
+      if (this.procs.some((q) => q !== p && q.workerId === p.workerId)) {
+        this.violate(`a second process for ${p.workerId}`);
+      }
+      const alive = this.procs.filter((q) => !q.stopped).length;
+      if (alive > this.config.concurrency) {
+        this.violate(`${alive} processes alive (started, not stopped) > concurrency ${this.config.concurrency}`);
+      }
+      receive((command) => this.#receive(p, command));
+      if (this.#breakSpawns > 0 && this.config.kind === 'command') {
+        // The spawn host cannot be forked (a synchronous fork error: ENOMEM, EINVAL): the
+        // exception leaves the slot, as it does from SpawnHost.spawn today.
+        this.#breakSpawns--;
+        p.phase = 'exited';
+        p.exit = { code: null, signal: null };
+        p.stopped = true; // no cleanup to run: the slot never started
+        p.threw = true;
+        throw new Error('spawn ENOMEM');
+      }
+      if (this.#breakSpawns > 0) {
+        // The driver when fork() throws: both events from inside the slot, before it returns.
+        this.#breakSpawns--;
+        p.phase = 'exited';
+        p.exit = { code: null, signal: null };
+        p.sendBack({ type: 'proc.spawnError', error: { message: 'fork EAGAIN', code: 'EAGAIN' } });
+        p.sendBack({ type: 'proc.exit', code: null, signal: null });
+      }
+      return () => {
+        if (p.stopped) this.violate(`the cleanup of ${p.workerId}'s process ran twice`);
+        p.stopped = true;
+        // The real slot would SIGKILL the group here; a process that never exited was abandoned
+        // by its worker (it could not have been reaped).
+        if (p.phase !== 'exited') {
+          this.violate(`${p.workerId}'s process was stopped while still alive (${p.phase})`);
+        }
+      };
+    });
+  }
+
+  #receive(p: FakeProc, command: ProcessCommand): void {
+    p.commands.push(command);
+    if (p.stopped) {
+      this.violate(`${p.workerId}'s process got ${command.type} after its cleanup`);
+      return;
+    }
+    // The driver: no child, or its IPC channel is closed.
+    if (p.phase === 'exited') return;
+    switch (command.type) {
+      case 'proc.run': {
+        if (p.phase !== 'up') this.violate(`${p.workerId}: proc.run to a process that is ${p.phase}`);
+        if (p.running) this.violate(`${p.workerId}: proc.run ${command.deliveryId} while running ${p.running.deliveryId}`);
+        if (p.term || p.kill) this.violate(`${p.workerId}: proc.run after a signal`);
+        const d = this.deliveries.get(command.deliveryId);
+        if (!d) {
+          this.violate(`${p.workerId}: proc.run of unknown delivery ${command.deliveryId}`);
+          return;
+        }
+        if (d.settles.length + d.releases > 0) {
+          this.violate(`${p.workerId}: proc.run of ${command.deliveryId}, already settled or released`);
+        }
+        if (d.run) this.violate(`delivery ${command.deliveryId} run twice (${d.run.proc.workerId}, ${p.workerId})`);
+        const served = p.runs.length + 1;
+        const expectLast = served >= this.config.maxTasksPerWorker;
+        if (command.last !== expectLast) {
+          this.violate(`${p.workerId}: proc.run #${served} with last=${command.last}, maxTasksPerWorker ${this.config.maxTasksPerWorker}`);
+        }
+        const { task, attempt } = d.delivery;
+        const spec = (task as Task & { spec: TaskSpec }).spec;
+        const run: Run = {
+          deliveryId: command.deliveryId,
+          taskId: task.id,
+          attempt,
+          last: command.last,
+          behaviour: spec.behaviours[Math.min(attempt, spec.behaviours.length) - 1],
+          stubborn: spec.stubborn,
+          at: this.clock.now(),
+          reply: null,
+          repliedAt: null,
+          diedDuring: null,
+        };
+        p.runs.push(run);
+        d.run = { proc: p, run };
+        return;
+      }
+      case 'proc.terminate':
+      case 'proc.kill':
+        if (p.firstSignalAt === null) {
+          p.firstSignalAt = this.clock.now();
+          p.firstSignalCmd = this.log.length;
+        }
+        // The driver holds a signal sent before the 'spawn' event and delivers it then.
+        if (p.phase === 'starting') p.earlySignals++;
+        if (command.type === 'proc.terminate') p.term = true;
+        else {
+          p.kill = true;
+          p.killAt ??= this.clock.now();
+        }
+        return;
+    }
+  }
+
+  /** The next thing process `p` does by itself, if any. */
+  #step(p: FakeProc): boolean {
+    if (!p.live) return false;
+    const module = this.config.kind === 'module';
+    if (p.phase === 'starting') {
+      // The 'spawn' event: a command is ready at once, a module once its handler has loaded.
+      p.pid = pids++;
+      p.sendBack({ type: 'proc.spawned', pid: p.pid });
+      if (module) {
+        p.phase = 'loading';
+      } else {
+        p.phase = 'up';
+        p.sendBack({ type: 'proc.ready' });
+      }
+      return true;
+    }
+    if (p.kill) {
+      this.#exitProcess(p, { code: null, signal: 'SIGKILL' });
+      return true;
+    }
+    if (p.pendingExit) {
+      this.#exitProcess(p, p.pendingExit);
+      return true;
+    }
+    const run = p.running;
+    if (p.term) {
+      if (module) {
+        // The child entry's SIGTERM handler: leave at once when idle, else abort the task.
+        if (!run) {
+          this.#exitProcess(p, { code: EXIT_TERMINATED, signal: null });
+          return true;
+        }
+        if (!run.stubborn) {
+          this.#reply(p, run, { type: 'failed', retryable: true }, 'aborted: the worker is terminating');
+          p.pendingExit = { code: EXIT_TERMINATED, signal: null };
+          return true;
+        }
+      } else {
+        const stubborn = run ? run.stubborn : this.config.stubbornIdle;
+        if (!stubborn) {
+          this.#exitProcess(p, { code: null, signal: 'SIGTERM' });
+          return true;
+        }
+      }
+    }
+    if (p.phase === 'loading') {
+      p.phase = 'up';
+      p.sendBack({ type: 'proc.ready' });
+      return true;
+    }
+    if (!run) return false;
+    switch (run.behaviour) {
+      case 'hang':
+        return false;
+      case 'crash':
+        this.#exitProcess(p, module ? { code: 1, signal: null, detail: 'Error: boom' } : { code: null, signal: 'SIGSEGV' });
+        return true;
+      case 'memory':
+        this.#exitProcess(p, { code: null, signal: 'SIGKILL', memory: true });
+        return true;
+      case 'resolve':
+      case 'throw':
+      case 'fatal': {
+        if (!module) {
+          this.#exitProcess(p, { code: run.behaviour === 'resolve' ? 0 : run.behaviour === 'throw' ? 1 : EXIT_NON_RETRYABLE, signal: null });
+          return true;
+        }
+        this.#reply(
+          p,
+          run,
+          run.behaviour === 'resolve'
+            ? { type: 'result', result: { task: run.taskId, attempt: run.attempt, by: p.workerId } }
+            : { type: 'failed', retryable: run.behaviour === 'throw' },
+          'handler threw',
+        );
+        if (run.last || p.term) p.pendingExit = { code: p.term ? EXIT_TERMINATED : 0, signal: null };
+        return true;
+      }
+    }
+  }
+
+  #reply(p: FakeProc, run: Run, reply: NonNullable<Run['reply']>, message: string): void {
+    run.reply = reply;
+    run.repliedAt = this.clock.now();
+    if (reply.type === 'result') p.sendBack({ type: 'proc.result', result: reply.result });
+    else p.sendBack({ type: 'proc.failed', error: { name: 'Error', message }, retryable: reply.retryable });
+  }
+
+  /**
+   * The spawn host died (SpawnHost's 'exit' handler): a process it had not started yet fails to
+   * spawn, one it had started "exits" with no status (its group is killed by the registry).
+   */
+  #hostDies(): void {
+    for (const p of this.procs.filter((q) => q.live)) {
+      if (p.phase === 'starting') {
+        p.sendBack({ type: 'proc.spawnError', error: { message: 'the spawn host died (signal SIGKILL)' } });
+        p.phase = 'exited';
+        p.exit = { code: null, signal: null };
+        p.sendBack({ type: 'proc.exit', code: null, signal: null });
+      } else {
+        this.#exitProcess(p, { code: null, signal: null, detail: 'the spawn host died (signal SIGKILL)' });
+      }
+    }
+  }
+
+  /** The process ends; a command that ran its task answers with its exit status first. */
+  #exitProcess(p: FakeProc, exit: ProcessExit): void {
+    const run = p.running;
+    if (this.config.kind === 'command' && run && exit.code !== null && !exit.memory) {
+      if (exit.code === 0) {
+        this.#reply(p, run, { type: 'result', result: { task: run.taskId, attempt: run.attempt, by: p.workerId } }, '');
+      } else {
+        this.#reply(p, run, { type: 'failed', retryable: exit.code !== EXIT_NON_RETRYABLE }, `command exited with code ${exit.code}`);
+      }
+    } else if (run) {
+      run.diedDuring = exit;
+    }
+    p.phase = 'exited';
+    p.pendingExit = null;
+    p.exit = exit;
+    p.sendBack({ type: 'proc.exit', ...exit, memory: exit.memory ?? false });
+  }
+
+  #spawnFail(i: number, how: 'enoent' | 'load'): void {
+    if (how === 'load' && this.config.kind === 'module') {
+      // The handler module threw while loading: a load error, then exit 78.
+      const loading = this.procs.filter((p) => p.live && p.phase === 'loading' && !p.pendingExit && !p.term && !p.kill);
+      if (loading.length === 0) return;
+      const p = loading[i % loading.length];
+      p.sendBack({ type: 'proc.spawnError', error: { name: 'Error', message: 'handler failed to load' } });
+      p.pendingExit = { code: EXIT_LOAD_FAILED, signal: null };
+      return;
+    }
+    const starting = this.procs.filter((p) => p.live && p.phase === 'starting');
+    if (starting.length === 0) return;
+    const p = starting[i % starting.length];
+    // The driver on an 'error' before 'spawn' (ENOENT): spawnError, then an exit with no status.
+    p.sendBack({ type: 'proc.spawnError', error: { message: 'spawn ENOENT', code: 'ENOENT' } });
+    p.phase = 'exited';
+    p.exit = { code: null, signal: null };
+    p.sendBack({ type: 'proc.exit', code: null, signal: null });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Time
+
+  /**
+   * What happens within a tick of the event loop, before any timer can fire: a forked process
+   * gets its 'spawn' event (or its error), and a SIGKILLed process exits.
+   */
+  #catchUp(): void {
+    for (let round = 0; round < 100; round++) {
+      const due = this.procs.filter((p) => p.live && (p.phase === 'starting' || (p.kill && p.spawned)));
+      if (due.length === 0) return;
+      for (const p of due) this.#step(p);
+    }
+    this.violate('processes keep starting and dying within one tick');
+  }
+
+  #timers(): { start: number; timeout: number }[] {
+    const clock = this.clock as unknown as { timeouts: Map<number, { start: number; timeout: number }> };
+    return [...clock.timeouts.values()];
+  }
+
+  #nextDue(): number | undefined {
+    let next: number | undefined;
+    for (const t of this.#timers()) next = Math.min(next ?? Infinity, t.start + t.timeout);
+    return next;
+  }
+
+  #setTime(t: number): void {
+    this.clock.set(Math.max(t, this.clock.now()));
+    this.#catchUp();
+  }
+
+  /**
+   * `SimulatedClock.increment` jumps to the end and fires every due timer there; this walks
+   * from timer to timer so that each fires at its own time.
+   */
+  #advance(ms: number): void {
+    this.#catchUp();
+    const end = this.clock.now() + ms;
+    for (let i = 0; i < 10_000; i++) {
+      const next = this.#nextDue();
+      if (next === undefined || next > end) break;
+      this.#setTime(next);
+    }
+    this.#setTime(end);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Instruments
+
+  #instrument(): void {
+    const source = this.pool.source;
+    const open = source.open.bind(source);
+    source.open = (consumer: SourceConsumer, prefetch: number) =>
+      open(
+        {
+          deliver: (delivery) => {
+            if (this.#done) this.violate(`delivery ${delivery.id} after the pool stopped`);
+            if (this.deliveries.has(delivery.id)) this.violate(`delivery id ${delivery.id} reused`);
+            this.deliveries.set(delivery.id, { delivery, settles: [], releases: 0, run: null });
+            const held = [...this.deliveries.values()].filter((d) => d.settles.length + d.releases === 0).length;
+            if (held > this.config.concurrency) this.violate(`${held} unsettled deliveries > prefetch ${this.config.concurrency}`);
+            consumer.deliver(delivery);
+          },
+          drained: () => consumer.drained(),
+        },
+        prefetch,
+      );
+    const settle = source.settle.bind(source);
+    source.settle = (delivery: Delivery, settlement: Settlement) => {
+      const d = this.#settling(delivery, 'settled');
+      d?.settles.push(settlement);
+      this.#lastSettle = { delivery, settlement };
+      settle(delivery, settlement);
+    };
+    const pause = source.pause.bind(source);
+    source.pause = () => {
+      this.#intakePaused = true;
+      pause();
+    };
+    const resume = source.resume.bind(source);
+    source.resume = () => {
+      this.#intakePaused = false;
+      resume();
+    };
+    const release = source.release.bind(source);
+    source.release = (delivery: Delivery) => {
+      const d = this.#settling(delivery, 'released');
+      if (d) d.releases++;
+      release(delivery);
+    };
+
+    this.pool.on('attempt', (event) => this.#onAttempt(event));
+    this.pool.on('outcome', (result) => this.#onOutcome(result));
+    this.pool.on('worker:reaped', (report) => this.#onReaped(report));
+    this.pool.on('breaker:tripped', () => this.#trips++);
+  }
+
+  #settling(delivery: Delivery, what: string): DeliveryRecord | undefined {
+    const d = this.deliveries.get(delivery.id);
+    if (!d) {
+      this.violate(`${what} ${delivery.id}, which was never delivered`);
+      return undefined;
+    }
+    if (d.settles.length + d.releases > 0) {
+      this.violate(`${delivery.id} ${what} again (settled ${d.settles.length}, released ${d.releases} before)`);
+    }
+    if (this.#done) this.violate(`${delivery.id} ${what} after the pool stopped`);
+    if (what === 'settled' && (this.#state === 'stopping' || this.#state === 'stopped')) {
+      this.violate(`${delivery.id} settled while ${this.#state}`);
+    }
+    return d;
+  }
+
+  #onAttempt(event: AttemptEvent): void {
+    const task = this.tasks.get(event.taskId);
+    const last = this.#lastSettle;
+    this.#lastSettle = null;
+    if (!task) {
+      this.violate(`attempt of unknown task ${event.taskId}`);
+      return;
+    }
+    const where = `${event.taskId} attempt ${event.attempt}`;
+    if (task.attempts.some((a) => a.attempt === event.attempt)) this.violate(`a second outcome for ${where}`);
+    const previous = task.attempts.at(-1);
+    if (event.attempt !== (previous ? previous.attempt + 1 : 1)) {
+      this.violate(`${where} follows attempt ${previous?.attempt ?? 'none'}`);
+    }
+    if (previous && previous.settlement.action !== 'retry') this.violate(`${where} after a final settlement`);
+    if (task.outcomes.length > 0) this.violate(`${where} after the task's final outcome`);
+    task.attempts.push(event);
+    if (!last || last.delivery.task.id !== event.taskId || last.delivery.attempt !== event.attempt) {
+      this.violate(`${where} was not settled with the source`);
+      return;
+    }
+    // The settlement policy, restated: ack a result; dead-letter what may not be retried or
+    // has used its attempts; else retry with the next attempt after a backoff with jitter.
+    const { outcome, settlement } = event;
+    const expected: Settlement['action'] =
+      outcome.status === 'resolved'
+        ? 'ack'
+        : !outcome.retryable || event.attempt >= this.config.attempts
+          ? 'dead-letter'
+          : 'retry';
+    if (settlement !== last.settlement) this.violate(`${where}: the attempt event and the source got different settlements`);
+    if (settlement.action !== expected) this.violate(`${where}: ${JSON.stringify(outcome)} settled ${JSON.stringify(settlement)}, expected ${expected}`);
+    if (settlement.action === 'retry') {
+      const ceiling = Math.min(this.t.retryMaxDelay, this.t.retryDelay * 2 ** (event.attempt - 1));
+      if (settlement.delay < ceiling / 2 || settlement.delay > ceiling) {
+        this.violate(`${where}: retry in ${settlement.delay} ms, outside [${ceiling / 2}, ${ceiling}]`);
+      }
+      if (settlement.attempt !== event.attempt + 1) this.violate(`${where}: retried as attempt ${settlement.attempt}`);
+    }
+    // Only a handler's own error may say "not retryable".
+    if (outcome.status === 'failed' && outcome.kind !== 'error' && !outcome.retryable) {
+      this.violate(`${where}: a ${outcome.kind} outcome marked not retryable`);
+    }
+    this.#checkOutcome(where, last.delivery, event.outcome);
+  }
+
+  /** The outcome is what the process did with the delivery. */
+  #checkOutcome(where: string, delivery: Delivery, outcome: Outcome): void {
+    const ran = this.deliveries.get(delivery.id)?.run ?? null;
+    const run = ran?.run;
+    const now = this.clock.now();
+    const bad = (why: string) => this.violate(`${where}: outcome ${JSON.stringify(outcome)} but ${why}`);
+    if (outcome.status === 'resolved') {
+      if (run?.reply?.type !== 'result') bad('the process sent no result');
+      else if (!isDeepStrictEqual(run.reply.result, outcome.result)) bad(`the process sent ${JSON.stringify(run.reply.result)}`);
+      return;
+    }
+    switch (outcome.kind) {
+      case 'error':
+        if (run?.reply?.type !== 'failed') bad('the process reported no failure');
+        else if (run.reply.retryable !== outcome.retryable) bad(`the process said retryable=${run.reply.retryable}`);
+        return;
+      case 'timeout':
+        if (!run) bad('no process ran it');
+        else if (now - run.at < this.t.timeout) bad(`it ran for ${now - run.at} ms only`);
+        return;
+      case 'crash':
+        if (!run?.diedDuring || run.diedDuring.memory) bad(`its process did not die during it (${JSON.stringify(run?.diedDuring)})`);
+        return;
+      case 'memory':
+        if (!run?.diedDuring?.memory) bad('its process did not exceed its memory');
+        return;
+      case 'spawn':
+        if (run) bad(`${ran!.proc.workerId} ran it`);
+        return;
+      case 'malformed':
+        bad('tasks here are well formed');
+        return;
+    }
+  }
+
+  #onOutcome(result: TaskResult): void {
+    const task = this.tasks.get(result.id);
+    if (!task) {
+      this.violate(`final outcome of unknown task ${result.id}`);
+      return;
+    }
+    if (task.outcomes.length > 0) this.violate(`a second final outcome for ${result.id}`);
+    task.outcomes.push(result);
+    const last = task.attempts.at(-1);
+    if (!last) {
+      this.violate(`final outcome of ${result.id} without an attempt`);
+      return;
+    }
+    if (last.settlement.action === 'retry') this.violate(`final outcome of ${result.id} after a retry settlement`);
+    if (result.attempts !== last.attempt) this.violate(`final outcome of ${result.id} says ${result.attempts} attempts, saw ${last.attempt}`);
+    if (result.status !== last.outcome.status) this.violate(`final outcome of ${result.id} is ${result.status}, last attempt ${last.outcome.status}`);
+  }
+
+  #onReaped(report: WorkerReport): void {
+    const reports = this.reaped.get(report.workerId) ?? [];
+    reports.push(report);
+    this.reaped.set(report.workerId, reports);
+    if (reports.length > 1) this.violate(`${report.workerId} reaped ${reports.length} times`);
+    const p = this.procs.find((q) => q.workerId === report.workerId);
+    if (!p) {
+      this.violate(`${report.workerId} reaped without a process`);
+      return;
+    }
+    if (!p.exit) this.violate(`${report.workerId} reaped while its process is ${p.phase}`);
+    else if (report.exitCode !== p.exit.code || report.signal !== p.exit.signal) {
+      this.violate(`${report.workerId} reaped with exit ${report.exitCode}/${report.signal}, the process exited ${p.exit.code}/${p.exit.signal}`);
+    }
+    if (report.pid !== p.pid) this.violate(`${report.workerId} reaped with pid ${report.pid}, the process had ${p.pid}`);
+    if (p.threw) {
+      // Its machine ended in error: the pool counts that as a crash (see #breaker).
+      if (p.reports.length > 0) this.violate(`${report.workerId} reported ${p.reports.length} outcomes though its slot threw`);
+      return;
+    }
+    // A worker whose process failed to start, or was not ready within spawnTimeout, reports
+    // one `spawn` failure (a spare too: the breaker must see spares that cannot start).
+    const deadline = p.startedAt + this.t.spawnTimeout;
+    const ends = [p.readyAt, p.firstSignalAt, p.spawnFailedAt].filter((t): t is number => t !== null);
+    const end = Math.min(...ends, Infinity);
+    const ambiguous = end === deadline;
+    const expected = !ambiguous && (end > deadline || (p.spawnFailedAt !== null && p.spawnFailedAt === end));
+    const spawnReports = p.reports.filter((o) => o.status === 'failed' && o.kind === 'spawn').length;
+    if (!ambiguous && spawnReports !== (expected ? 1 : 0)) {
+      this.violate(
+        `${report.workerId} reported ${spawnReports} spawn failures, expected ${expected ? 1 : 0} (started ${p.startedAt}, ready ${p.readyAt}, failed ${p.spawnFailedAt}, signalled ${p.firstSignalAt})`,
+      );
+    }
+    if (p.reports.length > Math.max(1, p.runs.length)) this.violate(`${report.workerId} reported ${p.reports.length} outcomes for ${p.runs.length} tasks`);
+    // A worker dies while idle at most once, and only as a crash (or over its memory cap).
+    if (p.idleDeaths.length > 1) this.violate(`${report.workerId} reported ${p.idleDeaths.length} idle deaths`);
+    for (const o of p.idleDeaths) if (o.status !== 'failed' || !isCrash(o)) this.violate(`${report.workerId} reported an idle death that is not a crash`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The root machine, event by event (inspection): bounds and the crash breaker
+
+  #inspect(event: InspectionEvent): void {
+    if (event.type !== '@xstate.snapshot' || event.actorRef.sessionId !== event.rootId) return;
+    const snapshot = event.snapshot as unknown as RootSnapshot;
+    const prev = this.#state;
+    const next = typeof snapshot.value === 'string' ? snapshot.value : JSON.stringify(snapshot.value);
+    this.#state = next;
+    if (snapshot.status === 'error') this.violate(`the pool machine failed on ${event.event.type}`);
+    if (snapshot.status === 'done') this.#done = true;
+    const children = Object.keys(snapshot.children).filter((id) => id.startsWith('worker.')).length;
+    if (children > this.config.concurrency) this.violate(`${children} worker children > concurrency ${this.config.concurrency}`);
+    const slots = Object.keys(snapshot.context.workers).length;
+    if (slots > this.config.concurrency) this.violate(`${slots} worker slots > concurrency ${this.config.concurrency}`);
+    if (event.event.type === 'worker.outcome') {
+      const { workerId, deliveryId, outcome } = event.event as unknown as { workerId: string; deliveryId: string | null; outcome: Outcome };
+      const proc = this.procs.find((p) => p.workerId === workerId);
+      const idleDeath = deliveryId === null && outcome.status === 'failed' && outcome.kind !== 'spawn';
+      (idleDeath ? proc?.idleDeaths : proc?.reports)?.push(outcome);
+    }
+    this.#breaker(prev, next, event.event);
+  }
+
+  #inWindow(inclusive: boolean): number {
+    const now = this.clock.now();
+    return this.#crashes.filter((t) => (inclusive ? t + this.t.crashWindow >= now : t + this.t.crashWindow > now)).length;
+  }
+
+  /**
+   * The breaker: a crash-kind outcome (or a worker machine ending in error: its slot failed)
+   * counted while running trips it when, with it, more than maxCrashes fall within
+   * crashWindow; nothing else pauses a running pool but `pause`; only `resume` or the
+   * cooldown of a breaker pause resumes it.
+   */
+  #breaker(prev: string, next: string, event: AnyEventObject): void {
+    const now = this.clock.now();
+    const { maxCrashes } = this.config;
+    let tripped = false;
+    const crashed =
+      event.type === 'worker.outcome'
+        ? prev !== 'stopping' && isCrash((event as unknown as { outcome: Outcome }).outcome)
+        : event.type.startsWith('xstate.error.actor.worker.');
+    if (crashed && prev !== 'stopped') {
+      // A crash expiring at this very instant may be counted or not: ties go either way.
+      const strict = this.#inWindow(false);
+      const loose = this.#inWindow(true);
+      this.#crashes = this.#crashes.filter((t) => t + this.t.crashWindow >= now);
+      this.#crashes.push(now);
+      if (prev === 'running') {
+        if (strict + 1 > maxCrashes && next !== 'paused') {
+          this.violate(`the breaker did not trip: ${strict + 1} crashes within crashWindow > maxCrashes ${maxCrashes}`);
+        }
+        if (loose + 1 <= maxCrashes && next === 'paused') {
+          this.violate(`the breaker tripped on ${loose + 1} crashes within crashWindow, maxCrashes ${maxCrashes}`);
+        }
+        if (next === 'paused') {
+          tripped = true;
+          this.#trippedAt = now;
+          this.#tripEvents++;
+        }
+      }
+    }
+    if (prev === 'running' && next === 'paused' && !tripped && event.type !== 'pause') {
+      this.violate(`running → paused on ${event.type}`);
+    }
+    if (prev === 'paused' && next === 'running' && event.type !== 'resume') {
+      if (this.#trippedAt === null) this.violate(`a user pause ended on ${event.type}`);
+      else if (now < this.#trippedAt + this.t.breakerCooldown) {
+        this.violate(`the breaker pause ended after ${now - this.#trippedAt} ms, before breakerCooldown`);
+      }
+    }
+    if (event.type === 'pause' && next === 'paused') this.#trippedAt = null;
+    if (next !== 'paused') this.#trippedAt = null;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Invariants after every command
+
+  /** Each timer did its job: nothing outlives its deadline. */
+  #checkTimers(): void {
+    const now = this.clock.now();
+    for (const p of this.procs) {
+      if (!p.live) continue;
+      const run = p.running;
+      if (run) {
+        const d = this.deliveries.get(run.deliveryId)!;
+        if (d.settles.length + d.releases === 0 && now >= run.at + this.t.timeout) {
+          this.violate(`${p.workerId} still runs ${run.deliveryId} ${now - run.at} ms after it started (taskTimeout ${this.t.timeout})`);
+        }
+      }
+      if (p.readyAt === null && p.firstSignalAt === null && p.spawnFailedAt === null && now >= p.startedAt + this.t.spawnTimeout) {
+        this.violate(`${p.workerId} still starting ${now - p.startedAt} ms after its spawn, not signalled (spawnTimeout ${this.t.spawnTimeout})`);
+      }
+      if (p.firstSignalAt !== null && p.killAt === null && now >= p.firstSignalAt + this.t.killGrace) {
+        this.violate(`${p.workerId} signalled at ${p.firstSignalAt}, still alive and not SIGKILLed (killGrace ${this.t.killGrace})`);
+      }
+      const last = p.runs.at(-1);
+      // A process told its task was its last exits by itself; else it is signalled after killGrace.
+      if (!run && last?.repliedAt != null && last.last && p.firstSignalAt === null && now >= last.repliedAt + this.t.killGrace) {
+        this.violate(`${p.workerId} served its last task at ${last.repliedAt}, still alive and not signalled (killGrace ${this.t.killGrace})`);
+      }
+      if (!run && last?.repliedAt != null && !last.last && p.firstSignalAt === null && now >= last.repliedAt + this.t.idleTimeout) {
+        this.violate(`${p.workerId} idle since ${last.repliedAt}, not retired (idleTimeout ${this.t.idleTimeout})`);
+      }
+    }
+  }
+
+  check(): void {
+    const { concurrency, spares } = this.config;
+    this.#checkTimers();
+    const alive = this.procs.filter((p) => !p.stopped).length;
+    if (alive > concurrency) this.violate(`${alive} processes alive > concurrency ${concurrency}`);
+    if (this.#trips !== this.#tripEvents) this.violate(`breaker:tripped emitted ${this.#trips} times, tripped ${this.#tripEvents} times`);
+    for (const task of this.tasks.values()) {
+      if (task.outcomes.length > 1) this.violate(`${task.id} has ${task.outcomes.length} final outcomes`);
+    }
+    const snapshot = this.snapshot;
+    if (snapshot.status === 'active') {
+      const ctx = snapshot.context;
+      const children = Object.keys(snapshot.children).filter((id) => id.startsWith('worker.'));
+      if (children.length > concurrency) this.violate(`${children.length} worker children > concurrency`);
+      const state = this.#state;
+      if (state === 'running' || state === 'paused' || state === 'draining') {
+        const expected = this.#inWindow(false);
+        if (ctx.crashes !== expected) this.violate(`the pool counts ${ctx.crashes} crashes within crashWindow, saw ${expected}`);
+      }
+      if (state === 'paused' && this.#trippedAt !== null && this.clock.now() >= this.#trippedAt + this.t.breakerCooldown) {
+        this.violate(`the breaker pause outlived breakerCooldown (tripped at ${this.#trippedAt})`);
+      }
+      if (state === 'running' || state === 'paused' || state === 'draining') {
+        // Every delivery the pool holds unsettled is in its backlog or on one worker slot, once.
+        const places = [...ctx.backlog, ...Object.values(ctx.workers).flatMap((w) => (w.deliveryId === null ? [] : [w.deliveryId]))];
+        const held = [...this.deliveries.values()].filter((d) => d.settles.length + d.releases === 0).map((d) => d.delivery.id);
+        for (const id of held) {
+          const n = places.filter((x) => x === id).length;
+          if (n !== 1) this.violate(`delivery ${id} is held unsettled but is ${n === 0 ? 'neither in the backlog nor on a worker' : `in ${n} places`}: backlog ${JSON.stringify(ctx.backlog)}, workers ${JSON.stringify(ctx.workers)}`);
+        }
+        for (const id of places) if (!held.includes(id)) this.violate(`the pool holds ${id}, which is settled or unknown`);
+        const unknown = Object.keys(ctx.workers).filter((id) => !children.includes(id));
+        if (unknown.length > 0) this.violate(`worker slots without a live worker: ${unknown.join(', ')}`);
+      }
+      // The pool pauses intake while paused (by the user or the breaker), and only then.
+      if ((state === 'paused') !== this.#intakePaused && (state === 'running' || state === 'paused' || state === 'draining')) {
+        this.violate(`the pool is ${state} with intake ${this.#intakePaused ? 'paused' : 'open'}`);
+      }
+      if (state === 'running' || state === 'paused') {
+        // A warm spare that started fine is not terminated while the pool runs (nor churned).
+        for (const p of this.procs) {
+          if (p.firstSignalCmd !== this.log.length || p.runs.length > 0 || p.spawnFailedAt !== null) continue;
+          if (p.readyAt !== null && p.readyAt < p.startedAt + this.t.spawnTimeout) {
+            this.violate(`${p.workerId}, a warm spare ready at ${p.readyAt}, was signalled at ${p.firstSignalAt} while the pool is ${state}`);
+          }
+        }
+        // Warm spares: workers that never ran a task and hold none.
+        const fresh = Object.entries(ctx.workers).filter(
+          ([id, w]) =>
+            w.deliveryId === null &&
+            (w.status === 'ready' || w.status === 'starting') &&
+            !this.procs.find((p) => p.workerId === id)?.runs.length,
+        ).length;
+        if (fresh > spares) this.violate(`${fresh} idle spares > spares ${spares}`);
+      }
+      if (state === 'running') {
+        const live = Object.keys(ctx.workers).length;
+        const idle = Object.values(ctx.workers).filter(
+          (w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'),
+        ).length;
+        if (ctx.backlog.length > 0 && (idle > 0 || live < concurrency)) {
+          this.violate(`${ctx.backlog.length} deliveries wait while ${idle} workers idle, ${live}/${concurrency} live`);
+        }
+        if (idle < spares && live < concurrency) this.violate(`${idle} idle workers < spares ${spares} with ${live}/${concurrency} live`);
+      }
+    }
+    this.#throwViolations();
+  }
+
+  #throwViolations(): void {
+    if (this.violations.length === 0) return;
+    throw new ModelViolation(
+      `${this.violations.join('\n')}\nconfig: ${JSON.stringify(this.config)}\ncommands: ${JSON.stringify(this.log)}`,
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The end of a run: drain (unless stopped), let every process and timer run out, check
+
+  async finish(): Promise<void> {
+    if (this.snapshot.status === 'active' && !this.#stopAsked) {
+      this.#drainP ??= this.#settled(this.pool.drain());
+    }
+    for (let i = 0; i < 5_000 && !this.#done; i++) {
+      let acted = false;
+      for (const p of this.procs.filter((q) => q.live)) acted = this.#step(p) || acted;
+      if (acted) continue;
+      const next = this.#nextDue();
+      if (next === undefined) break;
+      this.#setTime(next);
+    }
+    await flush();
+    if (!this.#done) {
+      this.violate(`the pool never stopped: ${this.#state}, workers ${JSON.stringify(this.snapshot.context.workers)}, backlog ${JSON.stringify(this.snapshot.context.backlog)}, source ${JSON.stringify(this.pool.source.size)}`);
+      this.#throwViolations();
+    }
+    await Promise.all([this.#drainP, this.#stopP]);
+    await flush();
+    this.#finalChecks();
+    this.#throwViolations();
+  }
+
+  /** What this run went through, for coverage statistics. */
+  labels(): string[] {
+    const labels = new Set<string>();
+    labels.add(`kind:${this.config.kind}`);
+    if (this.#stopAsked) labels.add('stopped');
+    else labels.add('drained');
+    if (this.#tripEvents > 0) labels.add('breaker tripped');
+    if (this.#tripEvents > 1) labels.add('breaker tripped twice');
+    for (const task of this.tasks.values()) {
+      for (const a of task.attempts) {
+        labels.add(`outcome:${a.outcome.status === 'resolved' ? 'resolved' : a.outcome.kind}`);
+        labels.add(`settlement:${a.settlement.action}`);
+      }
+      if (task.state === 'rejected') labels.add(`rejected:${task.error instanceof TidepoolError ? task.error.code : 'other'}`);
+    }
+    for (const d of this.deliveries.values()) if (d.releases > 0) labels.add('released');
+    for (const p of this.procs) {
+      if (p.runs.length > 1) labels.add('reused worker');
+      if (p.runs.length === 0 && p.pid !== null) labels.add('spare started');
+      if (p.runs.length > 0 && p.runs[0].at > p.startedAt && this.config.spares > 0) labels.add('task on a spare');
+      if (p.earlySignals > 0) labels.add('signal before spawn');
+      if (p.commands.some((c) => c.type === 'proc.kill')) labels.add('SIGKILL');
+      if (p.commands.some((c) => c.type === 'proc.terminate')) labels.add('SIGTERM');
+      if (p.exit?.memory) labels.add('memory exit');
+    }
+    if (this.procs.length >= this.config.concurrency && this.config.concurrency > 1) labels.add('full pool');
+    if (this.config.maxTasksPerWorker > 1) labels.add('reusable config');
+    labels.add(`commands:${this.log.length < 10 ? '<10' : this.log.length < 30 ? '10-29' : '30+'}`);
+    const tasks = [...this.tasks.values()];
+    if (this.#stopAsked && tasks.some((t) => t.state === 'resolved') && tasks.some((t) => t.state === 'rejected')) labels.add('stopped with work in flight');
+    return [...labels];
+  }
+
+  #finalChecks(): void {
+    const snapshot = this.snapshot;
+    if (snapshot.status !== 'done' || this.#state !== 'stopped') this.violate(`the pool ended ${snapshot.status} in ${this.#state}`);
+    const children = Object.keys(snapshot.children);
+    if (children.length > 0) this.violate(`children left after the pool stopped: ${children.join(', ')}`);
+    // Nothing may keep the process alive (or fire into the stopped pool) afterwards.
+    const timers = this.#timers();
+    if (timers.length > 0) {
+      this.violate(`${timers.length} timers left on the clock after the pool stopped, due at ${timers.map((t) => t.start + t.timeout).join(', ')}`);
+    }
+    for (const p of this.procs) {
+      if (!p.stopped) this.violate(`${p.workerId}'s process actor still running after the pool stopped`);
+      const reports = this.reaped.get(p.workerId)?.length ?? 0;
+      if (reports !== 1) this.violate(`${p.workerId} reaped ${reports} times`);
+    }
+    for (const [id, d] of this.deliveries) {
+      const n = d.settles.length + d.releases;
+      if (n !== 1) this.violate(`delivery ${id} (${d.delivery.task.id} attempt ${d.delivery.attempt}) settled ${d.settles.length} and released ${d.releases} times`);
+    }
+    let failed = 0;
+    for (const task of this.tasks.values()) {
+      if (task.state === 'pending') this.violate(`run(${task.id}) never settled`);
+      if (task.state === 'resolved') {
+        if (task.outcomes.length !== 1 || task.outcomes[0] !== task.result) {
+          this.violate(`${task.id} resolved with ${task.outcomes.length} final outcome events`);
+        }
+        if (task.result?.status === 'failed') failed++;
+      }
+      if (task.state === 'rejected') {
+        const code = task.error instanceof TidepoolError ? task.error.code : String(task.error);
+        const delivered = [...this.deliveries.values()].some((d) => d.delivery.task.id === task.id);
+        if (task.outcomes.length > 0) this.violate(`${task.id} rejected (${code}) after its final outcome`);
+        if (code === 'TIDEPOOL_ERR_POOL_STATE') {
+          if (delivered) this.violate(`${task.id} rejected as not accepted, yet delivered`);
+        } else if (code !== 'TIDEPOOL_ERR_POOL_STOPPED' || !this.#stopAsked) {
+          this.violate(`${task.id} rejected with ${code}${this.#stopAsked ? '' : ' though the pool was drained, not stopped'}`);
+        }
+      }
+    }
+    if (!this.#stopAsked) {
+      const size = this.pool.source.size;
+      if (size.ready + size.delayed + size.unsettled > 0) this.violate(`the queue still holds ${JSON.stringify(size)} after drain`);
+      if (this.pool.source.deadLetters.length !== failed) {
+        this.violate(`${this.pool.source.deadLetters.length} dead letters for ${failed} failed tasks`);
+      }
+    }
+  }
+}
+
+/** Replay a command sequence (a regression case, or a counterexample fast-check printed). */
+export async function replay(config: ModelConfig, cmds: Cmd[]): Promise<PoolModel> {
+  const model = await PoolModel.create(config);
+  for (const cmd of cmds) await model.apply(cmd);
+  await model.finish();
+  return model;
+}
