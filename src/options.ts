@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import { statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { OptionError } from './errors.js';
 
 /**
@@ -10,43 +10,56 @@ import { OptionError } from './errors.js';
  * (`maxTasksPerWorker` → `--max-tasks-per-worker`).
  */
 
-const positiveInt = z.number({ error: 'must be a positive integer' }).int('must be a positive integer').min(1, 'must be a positive integer');
-const nonNegativeInt = z.number({ error: 'must be a non-negative integer' }).int('must be a non-negative integer').min(0, 'must be a non-negative integer');
-const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must hold environment variable names');
+const integer = (min: 0 | 1) => {
+  const message = min === 1 ? 'must be a positive integer' : 'must be a non-negative integer';
+  return v.pipe(v.number(message), v.integer(message), v.minValue(min, message));
+};
+const positiveInt = integer(1);
+const nonNegativeInt = integer(0);
 
-const workerSchema = z.union(
+const workerSchema = v.union(
   [
-    z.strictObject({ module: z.string().min(1) }),
-    z.strictObject({ command: z.array(z.string()).min(1) }),
+    v.strictObject({ module: v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path')) }),
+    v.strictObject({
+      command: v.pipe(v.array(v.string(), 'must be an array of strings'), v.minLength(1, 'must name an executable')),
+    }),
   ],
-  { error: 'must be { module: "path/to/handler.js" } or { command: ["executable", ...args] }' },
+  'must be { module: "path/to/handler.js" } or { command: ["executable", ...args] }',
 );
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-const schema = z.strictObject({
+const envEntry = v.pipe(v.string('must hold strings'), v.regex(/^[A-Za-z_][A-Za-z0-9_]*(=|$)/, 'must hold NAME or NAME=VALUE'));
+
+// valibot, not a bigger schema library: the CLI validates once per start, and the import is
+// part of every `tidepool run` (zod cost ~100 ms of start-up here, valibot ~20 ms).
+const schema = v.strictObject({
   worker: workerSchema,
-  concurrency: positiveInt.optional(),
-  spares: nonNegativeInt.optional(),
-  timeout: positiveInt.optional(),
-  attempts: positiveInt.optional(),
-  retryDelay: nonNegativeInt.optional(),
-  retryMaxDelay: nonNegativeInt.optional(),
-  maxTasksPerWorker: positiveInt.optional(),
-  spawnTimeout: positiveInt.optional(),
-  killGrace: positiveInt.optional(),
-  idleTimeout: positiveInt.optional(),
-  maxCrashes: nonNegativeInt.optional(),
-  crashWindow: positiveInt.optional(),
-  breakerCooldown: positiveInt.optional(),
-  memoryLimit: positiveInt.optional(),
-  env: z.array(z.union([envName, z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*=/, 'must hold NAME or NAME=VALUE')])).optional(),
-  cwd: z.string().min(1).optional(),
-  uid: nonNegativeInt.optional(),
-  gid: nonNegativeInt.optional(),
-  logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).optional(),
-  logger: z.custom<Logger>((v) => typeof v === 'object' && v !== null && typeof (v as Logger).child === 'function', 'must be a pino logger').optional(),
-  inspect: z.custom<unknown>((v) => typeof v === 'function' || (typeof v === 'object' && v !== null), 'must be an inspection observer').optional(),
+  concurrency: v.optional(positiveInt),
+  spares: v.optional(nonNegativeInt),
+  timeout: v.optional(positiveInt),
+  attempts: v.optional(positiveInt),
+  retryDelay: v.optional(nonNegativeInt),
+  retryMaxDelay: v.optional(nonNegativeInt),
+  maxTasksPerWorker: v.optional(positiveInt),
+  spawnTimeout: v.optional(positiveInt),
+  killGrace: v.optional(positiveInt),
+  idleTimeout: v.optional(positiveInt),
+  maxCrashes: v.optional(nonNegativeInt),
+  crashWindow: v.optional(positiveInt),
+  breakerCooldown: v.optional(positiveInt),
+  memoryLimit: v.optional(positiveInt),
+  env: v.optional(v.array(envEntry, 'must be an array of NAME or NAME=VALUE strings')),
+  cwd: v.optional(v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path'))),
+  uid: v.optional(nonNegativeInt),
+  gid: v.optional(nonNegativeInt),
+  logLevel: v.optional(v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`)),
+  logger: v.optional(
+    v.custom<Logger>((x) => typeof x === 'object' && x !== null && typeof (x as Logger).child === 'function', 'must be a pino logger'),
+  ),
+  inspect: v.optional(
+    v.custom<unknown>((x) => typeof x === 'function' || (typeof x === 'object' && x !== null), 'must be an inspection observer'),
+  ),
 });
 
 /** The options of `createPool`, as a user writes them. */
@@ -147,15 +160,16 @@ export const DEFAULTS = {
 /** Validate `options`; throws an `OptionError` naming the first bad option. */
 export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv = process.env): ResolvedOptions {
   if (typeof options !== 'object' || options === null) throw new OptionError('options', 'must be an object');
-  const parsed = schema.safeParse(options);
+  const parsed = v.safeParse(schema, options);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const option = issue.path.length > 0 ? issue.path.map(String).join('.') : 'options';
-    const message =
-      issue.code === 'unrecognized_keys' ? `is not an option: ${issue.keys.join(', ')}` : issue.message;
-    throw new OptionError(issue.code === 'unrecognized_keys' ? (issue.keys[0] ?? option) : option, message);
+    const issue = parsed.issues[0];
+    const path = (issue.path ?? []).map((item) => String(item.key));
+    const option = path.length > 0 ? path.join('.') : 'options';
+    // An unknown key is reported at its own path by a strict object.
+    const unknown = issue.type === 'strict_object' && path.length === 1;
+    throw new OptionError(option, unknown ? 'is not an option' : issue.message);
   }
-  const o = parsed.data;
+  const o = parsed.output;
   const concurrency = o.concurrency ?? availableParallelism();
   const spares = o.spares ?? DEFAULTS.spares;
   if (spares > concurrency) throw new OptionError('spares', `must not exceed concurrency (${concurrency})`);
