@@ -28,10 +28,19 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
 
   const progress = process.stderr.isTTY ? new Progress() : null;
   let failed = 0;
+  // One write per turn of the event loop, not per line: with reused workers, results come
+  // faster than a pipe write each.
+  let out: string[] = [];
+  const flush = () => {
+    if (out.length === 0) return;
+    process.stdout.write(out.join(''));
+    out = [];
+  };
   const write = (result: TaskResult) => {
     if (stopping) return;
     if (result.status === 'failed') failed++;
-    process.stdout.write(`${JSON.stringify(result)}\n`);
+    if (out.length === 0) setImmediate(flush);
+    out.push(`${JSON.stringify(result)}\n`);
     progress?.done(result.status === 'failed');
   };
 
@@ -83,6 +92,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     }
     await Promise.all(runs);
   } finally {
+    flush();
     if (!stopping) await pool.drain();
     progress?.end();
     process.off('SIGINT', stop);

@@ -46,9 +46,10 @@ export interface DriverRuntime {
 type SendBack = (event: ProcessEvent) => void;
 
 /**
- * What the two kinds of worker share: a detached process (its own group), a stderr tail, a
- * memory watchdog, and an exit reported only once the process's pipes have drained, after
- * its whole group has been killed (so grandchildren never outlive their worker).
+ * A forked module worker: a detached process (its own group), a stderr tail, a memory
+ * watchdog, and an exit reported only once its pipes and IPC channel have drained, after its
+ * whole group has been killed (so grandchildren never outlive their worker). The spawn host
+ * does the same for command workers (src/child/spawn-host.js).
  */
 class WorkerProcess {
   readonly child: ChildProcess;
@@ -61,9 +62,9 @@ class WorkerProcess {
   #overMemory = false;
   #unwatch = () => {};
   #pendingSignal: NodeJS.Signals | null = null;
+  /** The exit was reported: the group was swept at the exit already. */
+  #reported = false;
   #flushTimer: NodeJS.Timeout | null = null;
-  /** Called when the process has exited and its pipes are closed, before `proc.exit`. */
-  onFinish: ((code: number | null, signal: NodeJS.Signals | null) => void) | null = null;
 
   constructor(child: ChildProcess, input: ProcessInput, sendBack: SendBack, rt: DriverRuntime) {
     this.child = child;
@@ -103,10 +104,14 @@ class WorkerProcess {
   dispose(): void {
     this.#unwatch();
     if (this.#flushTimer) clearTimeout(this.#flushTimer);
-    if (this.#spawned && this.child.pid !== undefined) {
-      // Kill the group even after the leader's exit: a grandchild may still be in it.
+    if (!this.#spawned || this.child.pid === undefined) return;
+    if (!this.#exited) {
       killGroup(this.child.pid, 'SIGKILL');
-      if (this.#exited) this.#rt.registry.delete(this.child.pid);
+    } else if (!this.#reported) {
+      // Exited, but stopped before the exit was reported: sweep the group again (a grandchild
+      // may have been forked in between) and forget the pid.
+      killGroup(this.child.pid, 'SIGKILL');
+      this.#rt.registry.delete(this.child.pid);
     }
   }
 
@@ -157,7 +162,7 @@ class WorkerProcess {
       if (this.#flushTimer) clearTimeout(this.#flushTimer);
       this.#flushTimer = null;
       this.#rt.registry.delete(pid);
-      this.onFinish?.(code, signal);
+      this.#reported = true;
       const memory = this.#overMemory || (signal === 'SIGABRT' && /heap out of memory|Reached heap limit/.test(this.#stderr));
       const detail = memory ? undefined : this.stderrTail || undefined;
       this.#sendBack({ type: 'proc.exit', code, signal, memory, detail });
@@ -170,8 +175,7 @@ class WorkerProcess {
   }
 
   #describe(): string {
-    const spec = this.#rt.options.worker;
-    return spec.kind === 'module' ? `node ${CHILD_ENTRY}` : spec.argv.join(' ');
+    return `node ${CHILD_ENTRY}`;
   }
 }
 
