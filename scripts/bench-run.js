@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // `tidepool run` against the physical limits of process-per-task on this machine, measured
 // in the same run: a bare `fork` loop, a bare `spawn` loop of /bin/cat, and bare reused
-// children answering IPC. Runs alternate (reference, tidepool, tidepool, reference, ...) so
-// drift on a noisy machine hits both sides; each figure is the median of BENCH_REPEAT runs.
+// children answering IPC. Each repetition is a back-to-back pair (order alternating:
+// reference then tidepool, then tidepool then reference, ...) so drift on a noisy machine hits
+// both sides; rates are medians of BENCH_REPEAT runs, `ratio` is the median of the per-pair
+// ratios tidepool / reference. See docs/benchmarks.md.
 //
 // stdout: one JSON object per scenario. stderr: progress. Exit 1 when tidepool's output is
 // not one "resolved" line per task, a reference run fails, or a worker outlives its run.
@@ -22,8 +24,14 @@ const CLI = join(ROOT, 'bin/tidepool');
 const NOOP = join(ROOT, 'test/fixtures/noop.js');
 const IPC_ECHO = join(ROOT, 'scripts/fixtures/ipc-echo.js');
 const CAT = '/bin/cat';
-/** What the reference children get: the machine's best case (see REFERENCE.md). */
-const BARE_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+/**
+ * What the reference children get: the machine's best case (see REFERENCE.md), only PATH.
+ * `detached` puts each in its own session, as tidepool does with its workers: with the
+ * kernel's autogroup scheduling (sched_autogroup_enabled=1) a new session is a new
+ * scheduling group, and on a shared machine that alone changes a child's share of the CPU.
+ * Both sides must be scheduled alike; it does not change what a fork or spawn costs.
+ */
+const BARE = { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true };
 /**
  * Passed to tidepool's workers (`--env`), so that a worker outliving its run can be found in
  * /proc. One short variable: no measurable cost.
@@ -31,7 +39,31 @@ const BARE_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
 const MARK_NAME = 'TIDEPOOL_BENCH_RUN';
 const MARK = `${process.pid}-${Date.now()}`;
 
+const CLI_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('TIDEPOOL_')));
+
 class BenchError extends Error {}
+
+/** Every child this script has started and not yet seen exit. */
+const children = new Set();
+let interrupted = null;
+
+function track(child) {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  child.once('error', () => {
+    if (child.pid === undefined) children.delete(child);
+  });
+  return child;
+}
+
+// Ctrl-C / SIGTERM: stop the children (on SIGTERM tidepool stops and kills its own workers),
+// let the runs fail, clean up, and exit with 128 + the signal.
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    interrupted = signal;
+    for (const child of children) child.kill('SIGTERM');
+  });
+}
 
 function intEnv(name, fallback) {
   const raw = process.env[name];
@@ -49,10 +81,10 @@ function config() {
   return {
     repeat: intEnv('BENCH_REPEAT', 5),
     scenarios,
-    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 50), concurrency },
-    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 400), concurrency },
+    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 60), concurrency },
+    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 300), concurrency },
     reuse: {
-      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 5000),
+      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 4000),
       concurrency: intEnv('BENCH_REUSE_CONCURRENCY', 2),
       maxTasks: intEnv('BENCH_REUSE_MAX_TASKS', 1000),
     },
@@ -68,11 +100,12 @@ function config() {
  */
 function runTidepool(file, args, expected) {
   return new Promise((resolve, reject) => {
+    if (interrupted) return reject(new BenchError(`interrupted by ${interrupted}`));
     const argv = [CLI, 'run', file, ...args, '--env', `${MARK_NAME}=${MARK}`];
     const started = performance.now();
-    // The user's environment, as a shell would give it: the CLI's own start-up is part of
-    // the figure.
-    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The user's environment, as a shell would give it (the CLI's own start-up is part of
+    // the figure), without TIDEPOOL_* settings: the flags below are the whole configuration.
+    const child = track(spawn(process.execPath, argv, { env: CLI_ENV, stdio: ['ignore', 'pipe', 'pipe'] }));
     const out = [];
     const err = [];
     child.stdout.on('data', (c) => out.push(c));
@@ -90,9 +123,9 @@ function runTidepool(file, args, expected) {
 }
 
 function checkOutput(stdout, expected, code, signal) {
-  if (signal !== null || code !== 0) return `exited with ${signal ?? `code ${code}`} (expected 0)`;
+  const exit = signal !== null || code !== 0 ? `exited with ${signal ?? `code ${code}`} (expected 0)` : null;
   const lines = stdout.split('\n').filter((l) => l !== '');
-  if (lines.length !== expected) return `printed ${lines.length} lines, expected ${expected}`;
+  if (lines.length !== expected) return `printed ${lines.length} lines, expected ${expected}${exit ? `; ${exit}` : ''}`;
   const ids = new Set();
   for (const line of lines) {
     let result;
@@ -101,23 +134,52 @@ function checkOutput(stdout, expected, code, signal) {
     } catch {
       return `printed a line that is not JSON: ${line.slice(0, 200)}`;
     }
-    if (result.status !== 'resolved') return `a task did not resolve: ${line.slice(0, 500)}`;
+    if (result.status !== 'resolved') return `a task did not resolve: ${line.slice(0, 500)}${exit ? `; ${exit}` : ''}`;
     ids.add(result.id);
   }
   if (ids.size !== expected) return `printed ${ids.size} distinct ids, expected ${expected}`;
-  return null;
+  return exit;
 }
 
-/** Live processes carrying this run's mark: tidepool workers that outlived their run. */
+/** Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]. */
+function statFields(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+const OWN_GROUP = Number(statFields('self')[2]);
+/** This script and its ancestors (`npm run bench`, a shell), which share its process group. */
+const ANCESTORS = (() => {
+  const pids = new Set();
+  for (let pid = process.pid; pid > 1 && !pids.has(pid); ) {
+    pids.add(pid);
+    try {
+      pid = Number(statFields(pid)[1]);
+    } catch {
+      break;
+    }
+  }
+  return pids;
+})();
+const TIDEPOOL_PATHS = [join(ROOT, 'dist/'), join(ROOT, 'bin/tidepool')];
+
+/**
+ * Live processes tidepool left behind: workers carrying this run's mark (they run in their
+ * own process groups), and tidepool processes in this script's process group (the CLI and
+ * helpers it forks without a group of their own, such as the spawn host).
+ */
 function leftovers() {
   const found = [];
   const needle = `${MARK_NAME}=${MARK}\0`;
   for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
+    if (!/^\d+$/.test(entry) || ANCESTORS.has(Number(entry))) continue;
     try {
-      if (`${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle)) {
-        const state = /^State:\s+(\S)/m.exec(readFileSync(`/proc/${entry}/status`, 'latin1'))?.[1];
-        if (state !== 'Z') found.push(Number(entry));
+      const [state, , pgrp] = statFields(entry);
+      if (state === 'Z') continue;
+      const marked = `${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle);
+      const cmdline = Number(pgrp) === OWN_GROUP ? readFileSync(`/proc/${entry}/cmdline`, 'latin1') : '';
+      if (marked || TIDEPOOL_PATHS.some((path) => cmdline.includes(path))) {
+        found.push(`${entry} (${readFileSync(`/proc/${entry}/cmdline`, 'latin1').replace(/\0/g, ' ').trim().slice(0, 120)})`);
       }
     } catch {
       // Gone, or not ours.
@@ -152,7 +214,7 @@ function loop(n, concurrency, start) {
     let failure = null;
     const t0 = performance.now();
     const next = () => {
-      if (failure === null && started < n) {
+      if (failure === null && interrupted === null && started < n) {
         const i = started++;
         live++;
         let ended = false;
@@ -164,7 +226,8 @@ function loop(n, concurrency, start) {
           next();
         });
       } else if (live === 0) {
-        if (failure) reject(failure);
+        if (interrupted) reject(new BenchError(`interrupted by ${interrupted}`));
+        else if (failure) reject(failure);
         else resolve(performance.now() - t0);
       }
     };
@@ -175,7 +238,7 @@ function loop(n, concurrency, start) {
 /** Single use: fork the no-op module itself, which loads and exits (no message at all). */
 function bareFork(n, concurrency) {
   return loop(n, concurrency, (_i, done) => {
-    const child = fork(NOOP, [], { env: BARE_ENV, stdio: 'ignore', execArgv: [] });
+    const child = track(fork(NOOP, [], { ...BARE, stdio: 'ignore', execArgv: [] }));
     child.once('error', (err) => {
       if (child.pid === undefined) done(err);
     });
@@ -187,7 +250,7 @@ function bareFork(n, concurrency) {
 function bareSpawn(n, concurrency) {
   return loop(n, concurrency, (i, done) => {
     const input = `${JSON.stringify({ id: `bare:${i}` })}\n`;
-    const child = spawn(CAT, [], { env: BARE_ENV, stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = track(spawn(CAT, [], { ...BARE, stdio: ['pipe', 'pipe', 'ignore'] }));
     const out = [];
     child.once('error', (err) => {
       if (child.pid === undefined) done(err);
@@ -208,12 +271,11 @@ function bareSpawn(n, concurrency) {
  * retired (disconnected, exit awaited) after `maxTasks`, like tidepool's reused workers.
  */
 function bareIpc(n, concurrency, maxTasks) {
-  const children = Math.ceil(n / maxTasks);
   let sent = 0;
-  return loop(children, concurrency, (_i, done) => {
+  return loop(Math.ceil(n / maxTasks), concurrency, (_i, done) => {
     const budget = Math.min(maxTasks, n - sent);
     sent += budget;
-    const child = fork(IPC_ECHO, [], { env: BARE_ENV, stdio: 'ignore', execArgv: [] });
+    const child = track(fork(IPC_ECHO, [], { ...BARE, stdio: 'ignore', execArgv: [] }));
     let served = 0;
     let failure = null;
     const send = () => child.send({ k: 'run', task: { id: `bare:${sent - budget + served}` }, last: false });
@@ -245,6 +307,7 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const round = (x, digits) => Number(x.toFixed(digits));
+const rate = (tasks, ms) => (tasks * 1000) / ms;
 
 function scenarios(cfg, dir) {
   const tasksFile = (n) => {
@@ -259,7 +322,7 @@ function scenarios(cfg, dir) {
       target: 0.9,
       args: ['--worker', NOOP, '--concurrency', String(cfg.module.concurrency), '--log-level', 'warn'],
       reference: {
-        name: 'bare child_process.fork loop of test/fixtures/noop.js (loads and exits; no IPC message), env PATH only, stdio ignore',
+        name: 'bare child_process.fork loop of test/fixtures/noop.js (loads and exits; no IPC message), env PATH only, detached, stdio ignore',
         run: (n) => bareFork(n, cfg.module.concurrency),
       },
     },
@@ -269,7 +332,7 @@ function scenarios(cfg, dir) {
       target: 0.8,
       args: ['--command', CAT, '--concurrency', String(cfg.command.concurrency), '--log-level', 'warn'],
       reference: {
-        name: 'bare child_process.spawn loop of /bin/cat (task JSON to stdin, stdout read until close), env PATH only',
+        name: 'bare child_process.spawn loop of /bin/cat (task JSON to stdin, stdout read until close), env PATH only, detached',
         run: (n) => bareSpawn(n, cfg.command.concurrency),
       },
     },
@@ -286,7 +349,7 @@ function scenarios(cfg, dir) {
         '--log-level', 'warn',
       ],
       reference: {
-        name: `${cfg.reuse.concurrency} bare forked children (scripts/fixtures/ipc-echo.js) answering IPC round trips, one in flight each, retired after ${cfg.reuse.maxTasks}; env PATH only`,
+        name: `${cfg.reuse.concurrency} bare forked children (scripts/fixtures/ipc-echo.js) answering IPC round trips, one in flight each, retired after ${cfg.reuse.maxTasks}; env PATH only, detached`,
         run: (n) => bareIpc(n, cfg.reuse.concurrency, cfg.reuse.maxTasks),
       },
     },
@@ -302,6 +365,7 @@ async function measure(s, repeat) {
     await assertNoLeftovers();
     return ms;
   };
+  const began = performance.now();
   // Warm-up (not counted): page cache, first-run compilation.
   const warm = Math.min(s.tasks, s.concurrency * 2);
   await s.reference.run(warm);
@@ -311,36 +375,44 @@ async function measure(s, repeat) {
   const tide = [];
   const startup = [];
   for (let r = 0; r < repeat; r++) {
-    // ABBA order: neither side always runs first.
+    // ABBA order: neither side always runs first; each repetition is a back-to-back pair.
     const order = r % 2 === 0 ? ['bare', 'tidepool'] : ['tidepool', 'bare'];
     for (const side of order) {
-      if (side === 'bare') bare.push((s.tasks * 1000) / (await s.reference.run(s.tasks)));
-      else tide.push((s.tasks * 1000) / (await tidepool(file, s.tasks)));
+      if (side === 'bare') bare.push(await s.reference.run(s.tasks));
+      else tide.push(await tidepool(file, s.tasks));
     }
     // The CLI's fixed cost (start-up, pool start, drain) on no task at all.
     startup.push(await tidepool(empty, 0));
     process.stderr.write(
-      `bench: ${s.scenario} ${r + 1}/${repeat}: reference ${bare.at(-1).toFixed(1)}/s, tidepool ${tide.at(-1).toFixed(1)}/s, empty run ${startup.at(-1).toFixed(0)} ms\n`,
+      `bench: ${s.scenario} ${r + 1}/${repeat}: reference ${rate(s.tasks, bare.at(-1)).toFixed(1)}/s, ` +
+        `tidepool ${rate(s.tasks, tide.at(-1)).toFixed(1)}/s, empty run ${startup.at(-1).toFixed(0)} ms\n`,
     );
   }
-  const digits = s.scenario === 'module-single-use' ? 2 : 1;
-  const tidepoolRate = median(tide);
-  const referenceRate = median(bare);
-  const ratio = tidepoolRate / referenceRate;
+  const digits = s.tasks < 1000 ? 2 : 1;
+  const tideRates = tide.map((ms) => rate(s.tasks, ms));
+  const bareRates = bare.map((ms) => rate(s.tasks, ms));
+  // The median of the per-pair ratios: a pair ran back to back, so a slow spell of the
+  // machine hits both of its sides.
+  const ratio = median(tideRates.map((t, i) => t / bareRates[i]));
+  process.stderr.write(`bench: ${s.scenario} took ${((performance.now() - began) / 1000).toFixed(1)} s\n`);
   return {
     scenario: s.scenario,
     concurrency: s.concurrency,
     tasks: s.tasks,
     ...(s.maxTasksPerWorker ? { maxTasksPerWorker: s.maxTasksPerWorker } : {}),
     tidepool: {
-      tasksPerSec: round(tidepoolRate, digits),
-      samples: tide.map((x) => round(x, digits)),
+      tasksPerSec: round(median(tideRates), digits),
+      samples: tideRates.map((x) => round(x, digits)),
+      // What the CLI costs with no task at all, and the rate with that cost taken out.
       emptyRunMs: round(median(startup), 0),
+      tasksPerSecWithoutEmptyRun: tide.every((ms, i) => ms > startup[i])
+        ? round(median(tide.map((ms, i) => rate(s.tasks, ms - startup[i]))), digits)
+        : null,
     },
     reference: {
       name: s.reference.name,
-      tasksPerSec: round(referenceRate, digits),
-      samples: bare.map((x) => round(x, digits)),
+      tasksPerSec: round(median(bareRates), digits),
+      samples: bareRates.map((x) => round(x, digits)),
     },
     ratio: round(ratio, 3),
     target: s.target,
@@ -366,6 +438,11 @@ async function main() {
 }
 
 main().catch((err) => {
+  if (interrupted) {
+    process.stderr.write(`bench: interrupted by ${interrupted}\n`);
+    process.exitCode = 128 + (interrupted === 'SIGINT' ? 2 : 15);
+    return;
+  }
   process.stderr.write(`bench: FAILED: ${err instanceof BenchError ? err.message : err?.stack ?? err}\n`);
   process.exitCode = 1;
 });
