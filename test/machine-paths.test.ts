@@ -9,7 +9,7 @@ import { workerMachine } from '../machines/worker.js';
 import type { ProcessCommand, ProcessEvent, WorkerCommand, WorkerInput } from '../machines/worker.js';
 import { Coverage, enables, enumerate, pendingDelays, pureInitial, pureTransition, transitionKeysOf } from './helpers/coverage.js';
 import type { PlannedAction, PureStep } from './helpers/coverage.js';
-import { createFakeProcesses } from './helpers/fake-process.js';
+import { createFakeProcesses, recordSlots } from './helpers/fake-process.js';
 
 /*
  * Path coverage of both machines (xstate/graph `getShortestPaths`), executed.
@@ -668,15 +668,7 @@ function poolRunner(config: PoolConfig, model: Model<PoolState, PoolStimulus>, c
       worker: workerMachine.provide({ actors: { process: fakes.logic }, delays: POOL_WORKER_DELAYS }),
       startup: fromPromise(() => gate.promise),
     },
-    actions: {
-      settle: record('settle'),
-      release: record('release'),
-      reaped: record('reaped'),
-      pauseIntake: record('pauseIntake'),
-      resumeIntake: record('resumeIntake'),
-      closeIntake: record('closeIntake'),
-      breakerTripped: record('breakerTripped'),
-    },
+    actions: recordSlots(record),
     delays: POOL_DELAYS,
   });
 

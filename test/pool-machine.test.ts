@@ -3,7 +3,7 @@ import { createActor, fromPromise, SimulatedClock, waitFor } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
 import type { BreakerParams, PoolInput, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
 import { workerMachine } from '../machines/worker.js';
-import { createFakeProcesses } from './helpers/fake-process.js';
+import { createFakeProcesses, recordSlots } from './helpers/fake-process.js';
 import type { FakeOptions, FakeProcess } from './helpers/fake-process.js';
 
 const WORKER_DELAYS = { spawnTimeout: 100, taskTimeout: 1_000, killGrace: 50, idleTimeout: 500 } as const;
@@ -46,15 +46,7 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
       worker: workerMachine.provide({ actors: { process: fakes.logic }, delays: WORKER_DELAYS }),
       startup: fromPromise(options.startup ?? (async () => {})),
     },
-    actions: {
-      settle: record('settle'),
-      release: record('release'),
-      reaped: record('reaped'),
-      pauseIntake: record('pauseIntake'),
-      resumeIntake: record('resumeIntake'),
-      closeIntake: record('closeIntake'),
-      breakerTripped: record('breakerTripped'),
-    },
+    actions: recordSlots(record),
     delays: POOL_DELAYS,
   });
   const clock = new SimulatedClock();

@@ -75,3 +75,19 @@ export function createFakeProcesses(options: FakeOptions = {}): FakeProcesses {
     },
   };
 }
+
+/** The pool machine's slots (src/ fills them; tests record them). */
+export const POOL_SLOTS = [
+  'settle',
+  'release',
+  'reaped',
+  'pauseIntake',
+  'resumeIntake',
+  'closeIntake',
+  'breakerTripped',
+] as const;
+
+/** Every pool slot filled with `record(name)`, for `poolMachine.provide({ actions })`. */
+export function recordSlots<T>(record: (name: (typeof POOL_SLOTS)[number]) => T): Record<(typeof POOL_SLOTS)[number], T> {
+  return Object.fromEntries(POOL_SLOTS.map((name) => [name, record(name)])) as Record<(typeof POOL_SLOTS)[number], T>;
+}
