@@ -11,7 +11,7 @@ import { TidepoolError } from './errors.js';
 import { resolveOptions } from './options.js';
 import type { PoolOptions, ResolvedOptions } from './options.js';
 import { processActor } from './process/driver.js';
-import { registry } from './process/registry.js';
+import { ProcessRegistry, registry } from './process/registry.js';
 import { SpawnHost } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
@@ -95,6 +95,8 @@ export class Pool extends EventEmitter<PoolEvents> {
   #done: Promise<unknown> | null = null;
 
   readonly #internals: PoolInternals;
+  /** This pool's live process groups; the process-wide registry holds them too. */
+  readonly #registry = new ProcessRegistry(registry);
   /** Starts command workers (none for module workers). */
   readonly #host: SpawnHost | null;
 
@@ -116,9 +118,9 @@ export class Pool extends EventEmitter<PoolEvents> {
     return this.#actor;
   }
 
-  /** Live worker processes, from the registry outside XState. */
+  /** This pool's live worker processes, from its registry outside XState. */
   get liveProcesses(): number[] {
-    return registry.pids();
+    return this.#registry.pids();
   }
 
   /** Open the source and begin taking work. */
@@ -138,7 +140,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.#done = toPromise(actor).catch((err: unknown) => {
       // The machine failed (an action threw): no child of it may survive.
       this.logger.error({ err }, 'pool machine failed; killing every worker');
-      registry.killAll('SIGKILL');
+      this.#registry.killAll('SIGKILL');
       throw err;
     });
     this.#done.catch(() => {});
@@ -255,7 +257,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       actors: {
         process: this.#internals.processActor ?? processActor({
           options: o,
-          registry,
+          registry: this.#registry,
           logger: log,
           taskFor: (deliveryId) => this.#deliveries.get(deliveryId),
           host: this.#host ?? undefined,

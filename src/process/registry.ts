@@ -6,13 +6,21 @@ import { readFileSync } from 'node:fs';
  */
 export class ProcessRegistry {
   readonly #groups = new Set<number>();
+  readonly #parent: ProcessRegistry | null;
+
+  /** A pool's registry has the process-wide one as parent: what it holds, the parent holds. */
+  constructor(parent: ProcessRegistry | null = null) {
+    this.#parent = parent;
+  }
 
   add(pid: number): void {
     this.#groups.add(pid);
+    this.#parent?.add(pid);
   }
 
   delete(pid: number): void {
     this.#groups.delete(pid);
+    this.#parent?.delete(pid);
   }
 
   get size(): number {
