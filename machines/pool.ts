@@ -221,7 +221,8 @@ export const poolMachine = setup({
       const slot = context.workers[actorId];
       enqueue.stopChild(actorId);
       if (!slot) return;
-      const { [actorId]: _gone, ...workers } = context.workers;
+      const workers: Record<string, WorkerSlot> = {};
+      for (const id in context.workers) if (id !== actorId) workers[id] = context.workers[id];
       enqueue.assign({
         workers,
         backlog: slot.deliveryId === null ? context.backlog : [slot.deliveryId, ...context.backlog],
@@ -232,6 +233,12 @@ export const poolMachine = setup({
      * then top up warm spares (draining sets `spares` to 0).
      */
     dispatch: enqueueActions(({ context, enqueue }) => {
+      // Nothing to hand out and no spare to start (the common case after an outcome, a
+      // leaving or a reap): leave the context as it is.
+      if (context.backlog.length === 0) {
+        const live = liveCount(context);
+        if (live >= context.maxWorkers || idleCount(context) >= context.spares) return;
+      }
       const workers = { ...context.workers };
       const backlog = [...context.backlog];
       let seq = context.seq;

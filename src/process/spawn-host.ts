@@ -105,10 +105,8 @@ export class SpawnHost {
     }
     if (this.#pending.size === 0 && this.#child) hold(this.#child, false);
     if (event.k === HOST.SPAWN_ERROR) handlers.spawnError(event.error);
-    else if (event.k === HOST.EXIT) {
-      const { k: _k, id: _id, ...exit } = event;
-      handlers.exit(exit);
-    }
+    // The event itself: the handler reads only the exit's fields (no copy per task).
+    else if (event.k === HOST.EXIT) handlers.exit(event);
   }
 }
 
