@@ -120,7 +120,7 @@ describe('pool model (real processes)', () => {
             concurrency,
             maxTasksPerWorker,
             attempts: 2,
-            timeout: 300,
+            timeout: 500, // 8x the slowest task that should resolve: room for a loaded machine
             killGrace: 100,
             retryDelay: 1,
             maxCrashes: 1_000,

@@ -49,7 +49,7 @@ describe('pool property (real processes)', () => {
           worker: { module: fixture('mixed.js') },
           ...config,
           spares: Math.min(config.spares, config.concurrency),
-          timeout: 300,
+          timeout: 500, // 12x the slowest task that should resolve: room for a loaded machine
           killGrace: 100,
           retryDelay: 1,
           maxCrashes: 1_000,
