@@ -70,12 +70,13 @@ export interface PoolOutput {
 
 const WORKER_PREFIX = 'worker.';
 
-const liveCount = (context: PoolContext) => Object.keys(context.workers).length;
+type Workers = PoolContext['workers'];
 
-const idleCount = (context: PoolContext) =>
-  Object.values(context.workers).filter(
-    (w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'),
-  ).length;
+const liveCount = (workers: Workers) => Object.keys(workers).length;
+
+/** Workers that could take a delivery now or once started: warm spares. */
+const idleCount = (workers: Workers) =>
+  Object.values(workers).filter((w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting')).length;
 
 type WorkerEventOf<T extends PoolEvent['type']> = Extract<PoolEvent, { type: T }>;
 
@@ -151,7 +152,7 @@ export const poolMachine = setup({
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
     pausedByUser: ({ context }) => context.pausedBy === 'user',
     drainRequested: ({ context }) => context.drainRequested,
-    finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && liveCount(context) === 0,
+    finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && liveCount(context.workers) === 0,
   },
   actions: {
     // ---- slots filled by src/ (params typed by the *Params interfaces above) ----
@@ -236,8 +237,7 @@ export const poolMachine = setup({
       // Nothing to hand out and no spare to start (the common case after an outcome, a
       // leaving or a reap): leave the context as it is.
       if (context.backlog.length === 0) {
-        const live = liveCount(context);
-        if (live >= context.maxWorkers || idleCount(context) >= context.spares) return;
+        if (liveCount(context.workers) >= context.maxWorkers || idleCount(context.workers) >= context.spares) return;
       }
       const workers = { ...context.workers };
       const backlog = [...context.backlog];
@@ -258,19 +258,14 @@ export const poolMachine = setup({
         if (idle !== undefined) {
           workers[idle] = { status: workers[idle].status === 'ready' ? 'busy' : 'starting', deliveryId };
           enqueue.sendTo(idle, { type: 'task.assign', deliveryId } satisfies WorkerCommand);
-        } else if (Object.keys(workers).length < context.maxWorkers) {
+        } else if (liveCount(workers) < context.maxWorkers) {
           spawn(deliveryId);
         } else {
           break;
         }
         backlog.shift();
       }
-      {
-        const idle = () =>
-          Object.values(workers).filter((w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'))
-            .length;
-        while (idle() < context.spares && Object.keys(workers).length < context.maxWorkers) spawn(null);
-      }
+      while (idleCount(workers) < context.spares && liveCount(workers) < context.maxWorkers) spawn(null);
       enqueue.assign({ workers, backlog, seq });
     }),
     /** Retire idle workers: draining keeps no spares. */

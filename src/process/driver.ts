@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
 import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
-import { EXIT, MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
+import { MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
@@ -379,4 +379,4 @@ export function processActor(rt: DriverRuntime) {
   return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt, spec.argv);
 }
 
-export { EXIT as CHILD_EXIT, MAX_OUTPUT };
+export { MAX_OUTPUT };
