@@ -22,5 +22,5 @@ export type {
   SettleParams,
   WorkerSlot,
 } from './pool.js';
-export { CRASH_KINDS } from './types.js';
+export { CRASH_KINDS, isCrash } from './types.js';
 export type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';

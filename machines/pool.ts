@@ -1,6 +1,6 @@
-import { assign, enqueueActions, fromPromise, raise, setup } from 'xstate';
+import { assign, enqueueActions, fromPromise, setup } from 'xstate';
 import type { ActorRefFrom } from 'xstate';
-import { CRASH_KINDS } from './types.js';
+import { isCrash } from './types.js';
 import type { Outcome, WorkerReport } from './types.js';
 import { workerMachine } from './worker.js';
 import type { WorkerCommand, WorkerInput, WorkerToPoolEvent } from './worker.js';
@@ -74,9 +74,17 @@ type Workers = PoolContext['workers'];
 
 const liveCount = (workers: Workers) => Object.keys(workers).length;
 
-/** Workers that could take a delivery now or once started: warm spares. */
-const idleCount = (workers: Workers) =>
-  Object.values(workers).filter((w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting')).length;
+/** A worker that could take a delivery now or once started: a warm spare. */
+const isIdle = (w: WorkerSlot) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting');
+
+const idleCount = (workers: Workers) => Object.values(workers).filter(isIdle).length;
+
+/**
+ * A delivery a departing worker still held (handed to it after it had stopped listening) goes
+ * back to the front of the backlog, not to the source: it was never run.
+ */
+const requeue = (backlog: string[], deliveryId: string | null): string[] =>
+  deliveryId === null ? backlog : [deliveryId, ...backlog];
 
 type WorkerEventOf<T extends PoolEvent['type']> = Extract<PoolEvent, { type: T }>;
 
@@ -143,10 +151,7 @@ export const poolMachine = setup({
   },
   guards: {
     breakerTrips: ({ context, event }) =>
-      event.type === 'worker.outcome' &&
-      event.outcome.status === 'failed' &&
-      CRASH_KINDS.includes(event.outcome.kind) &&
-      context.crashes + 1 > context.maxCrashes,
+      event.type === 'worker.outcome' && isCrash(event.outcome) && context.crashes + 1 > context.maxCrashes,
     /** A worker machine that ended in error (its process slot failed) counts as a crash. */
     errorTrips: ({ context }) => context.crashes + 1 > context.maxCrashes,
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
@@ -158,7 +163,7 @@ export const poolMachine = setup({
     // ---- slots filled by src/ (params typed by the *Params interfaces above) ----
     /** Settle the delivery with the attempt's outcome (ack, retry or dead-letter). */
     settle: (_: unknown, _params: unknown) => {},
-    /** Give deliveries back to the source unsettled (hard stop, orphaned deliveries). */
+    /** Give deliveries back to the source unsettled (hard stop only). */
     release: (_: unknown, _params: unknown) => {},
     /** A worker machine reached `reaped`. */
     reaped: (_: unknown, _params: unknown) => {},
@@ -189,14 +194,14 @@ export const poolMachine = setup({
       const { workerId, deliveryId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
       if (deliveryId !== null) enqueue({ type: 'settle', params: { deliveryId, outcome } satisfies SettleParams });
       const slot = context.workers[workerId];
-      const crashed = outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);
-      const stranded = slot && slot.deliveryId !== null && slot.deliveryId !== deliveryId ? [slot.deliveryId] : [];
-      enqueue.assign({
-        workers: slot ? { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } } : context.workers,
-        backlog: stranded.length > 0 ? [...stranded, ...context.backlog] : context.backlog,
-        crashes: crashed ? context.crashes + 1 : context.crashes,
-      });
-      if (crashed) enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
+      if (slot) {
+        const stranded = slot.deliveryId === deliveryId ? null : slot.deliveryId;
+        enqueue.assign({
+          workers: { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } },
+          backlog: requeue(context.backlog, stranded),
+        });
+      }
+      if (isCrash(outcome)) enqueue('countCrash');
     }),
     crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
     countCrash: enqueueActions(({ context, enqueue }) => {
@@ -213,7 +218,7 @@ export const poolMachine = setup({
       if (!slot) return {};
       return {
         workers: { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } },
-        backlog: slot.deliveryId === null ? context.backlog : [slot.deliveryId, ...context.backlog],
+        backlog: requeue(context.backlog, slot.deliveryId),
       };
     }),
     /** Stop the finished child and free its slot; a delivery it still held goes back to the backlog. */
@@ -224,10 +229,7 @@ export const poolMachine = setup({
       if (!slot) return;
       const workers: Record<string, WorkerSlot> = {};
       for (const id in context.workers) if (id !== actorId) workers[id] = context.workers[id];
-      enqueue.assign({
-        workers,
-        backlog: slot.deliveryId === null ? context.backlog : [slot.deliveryId, ...context.backlog],
-      });
+      enqueue.assign({ workers, backlog: requeue(context.backlog, slot.deliveryId) });
     }),
     /**
      * Hand backlog deliveries to idle workers, spawn workers just in time up to `maxWorkers`,
@@ -272,7 +274,7 @@ export const poolMachine = setup({
     retireIdle: enqueueActions(({ context, enqueue }) => {
       const workers = { ...context.workers };
       for (const [id, slot] of Object.entries(context.workers)) {
-        if (slot.deliveryId !== null || (slot.status !== 'ready' && slot.status !== 'starting')) continue;
+        if (!isIdle(slot)) continue;
         workers[id] = { status: 'leaving', deliveryId: null };
         enqueue.sendTo(id, { type: 'worker.retire' } satisfies WorkerCommand);
       }

@@ -54,3 +54,6 @@ export interface WorkerReport {
   /** The status or failure kind of its last attempt, if it ran one. */
   last: Outcome['status'] | FailureKind | null;
 }
+
+/** Whether an outcome counts toward the crash breaker. */
+export const isCrash = (outcome: Outcome): boolean => outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);

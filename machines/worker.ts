@@ -118,10 +118,7 @@ export const workerMachine = setup({
     hasServed: ({ context }) => context.served > 0,
   },
   actions: {
-    /**
-     * Report the attempt's outcome to the pool and detach the delivery. A worker without a
-     * delivery (a spare that failed to start) has nothing to report.
-     */
+    /** Report the attempt's outcome to the pool and detach the delivery. */
     report: enqueueActions(({ context, enqueue }, params: { outcome: Outcome }) => {
       // A worker without a task (a spare) reports only failures (it could not start, or died
       // while idle), so that the crash breaker sees them: else such spares would be

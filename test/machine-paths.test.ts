@@ -9,7 +9,7 @@ import { workerMachine } from '../machines/worker.js';
 import type { ProcessCommand, ProcessEvent, WorkerCommand, WorkerInput } from '../machines/worker.js';
 import { Coverage, enables, enumerate, pendingDelays, pureInitial, pureTransition, transitionKeysOf } from './helpers/coverage.js';
 import type { PlannedAction, PureStep } from './helpers/coverage.js';
-import { createFakeProcesses, recordSlots } from './helpers/fake-process.js';
+import { createFakeProcesses, deferred, recordSlots } from './helpers/fake-process.js';
 
 /*
  * Path coverage of both machines (xstate/graph `getShortestPaths`), executed.
@@ -637,16 +637,6 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
 
     stopWhen: (state) => state.depth >= config.maxDepth,
   };
-}
-
-function deferred() {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
 }
 
 /**

@@ -3,7 +3,7 @@ import { createActor, fromPromise, SimulatedClock, waitFor } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
 import type { BreakerParams, PoolInput, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
 import { workerMachine } from '../machines/worker.js';
-import { createFakeProcesses, recordSlots } from './helpers/fake-process.js';
+import { createFakeProcesses, deferred, recordSlots } from './helpers/fake-process.js';
 import type { FakeOptions, FakeProcess } from './helpers/fake-process.js';
 
 const WORKER_DELAYS = { spawnTimeout: 100, taskTimeout: 1_000, killGrace: 50, idleTimeout: 500 } as const;
@@ -119,16 +119,6 @@ function spawnFail(p: Pool, workerId: string) {
   const proc = p.proc(workerId);
   proc.send({ type: 'proc.spawnError', error: { message: 'spawn ENOENT', code: 'ENOENT' } });
   proc.exit({ code: null, signal: null });
-}
-
-function deferred() {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
 }
 
 describe('pool machine: starting', () => {

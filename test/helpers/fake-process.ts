@@ -91,3 +91,14 @@ export const POOL_SLOTS = [
 export function recordSlots<T>(record: (name: (typeof POOL_SLOTS)[number]) => T): Record<(typeof POOL_SLOTS)[number], T> {
   return Object.fromEntries(POOL_SLOTS.map((name) => [name, record(name)])) as Record<(typeof POOL_SLOTS)[number], T>;
 }
+
+/** A promise with its resolve and reject exposed (a startup the test settles by hand). */
+export function deferred() {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
