@@ -2,7 +2,7 @@
 // The entry of a module worker process. It must import almost nothing: every module loaded
 // here is paid again on every task (no pino, no xstate, no validation library).
 import { pathToFileURL } from 'node:url';
-import { EXIT, MSG, isNonRetryable, serializeError } from './protocol.js';
+import { EXIT, MSG, isNonRetryable, killGroup, serializeError } from './protocol.js';
 
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
@@ -36,11 +36,8 @@ function send(message, then) {
 // The manager is gone: leave, whatever the handler is doing, and take the process group
 // (grandchildren the handler started) along; nobody else is left to kill it.
 process.on('disconnect', () => {
-  try {
-    process.kill(-process.pid, 'SIGKILL');
-  } catch {
-    // Not a group leader (started by hand, not by the pool): just leave.
-  }
+  killGroup(process.pid, 'SIGKILL');
+  // Not a group leader (started by hand, not by the pool): just leave.
   process.exit(EXIT.OK);
 });
 

@@ -38,6 +38,25 @@ export const HOST = /** @type {const} */ ({
   EXIT: 'exit',
 });
 
+/** After a worker exits, how long to wait for its pipes to close before reporting the exit. */
+export const FLUSH_LIMIT_MS = 1_000;
+
+/**
+ * Signal a worker's process group (its pid is the group id: workers start detached). Shared by
+ * the manager and the spawn host.
+ * @param {number} pid
+ * @param {NodeJS.Signals} signal
+ * @returns {boolean} false when the group is already gone (ESRCH)
+ */
+export function killGroup(pid, signal) {
+  try {
+    process.kill(-pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Bytes of a worker's stderr kept for its failure message. */
 export const STDERR_TAIL = 2048;
 /** A command's stdout beyond this fails the attempt (the result would not fit a message anyway). */

@@ -5,13 +5,11 @@
 // bare cost, on the other core. It also means command workers die with the manager: when
 // the IPC channel closes, the host kills every group it started.
 import { spawn } from 'node:child_process';
-import { HOST, MAX_OUTPUT, STDERR_TAIL } from './protocol.js';
+import { FLUSH_LIMIT_MS, HOST, MAX_OUTPUT, STDERR_TAIL, killGroup } from './protocol.js';
 
 /** @typedef {import('./protocol.js').HostCommand} HostCommand */
 /** @typedef {import('./protocol.js').HostEvent} HostEvent */
 
-/** After the process exits, how long to wait for its pipes to close before reporting. */
-const FLUSH_LIMIT_MS = 1_000;
 
 /** @type {Map<number, { child: import('node:child_process').ChildProcess, pid: number | undefined, pending: NodeJS.Signals | null }>} */
 const live = new Map();
@@ -19,18 +17,6 @@ const live = new Map();
 /** @param {HostEvent} event */
 function send(event) {
   if (process.connected) process.send?.(event);
-}
-
-/**
- * @param {number} pid
- * @param {NodeJS.Signals} signal
- */
-function killGroup(pid, signal) {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // ESRCH: the group is gone already.
-  }
 }
 
 /** @param {Extract<HostCommand, { k: 'spawn' }>} command */

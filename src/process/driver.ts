@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
 import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
-import { MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
+import { FLUSH_LIMIT_MS, MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
@@ -18,8 +18,6 @@ const CHILD_ENTRY = fileURLToPath(new URL('../child/main.js', import.meta.url));
 
 /** A command exiting with this code (EX_DATAERR) fails without retries, like `NonRetryableError`. */
 export const EXIT_NON_RETRYABLE = 65;
-/** After the process exits, how long to wait for its pipes to close before reporting. */
-const FLUSH_LIMIT_MS = 1_000;
 const MEMORY_POLL_MS = 100;
 
 export interface DriverOptions {

@@ -1,4 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { killGroup } from '../child/protocol.js';
+
+export { killGroup };
 
 /**
  * Every live worker process group, outside XState: if the pool's actor fails (an action that
@@ -37,16 +40,6 @@ export class ProcessRegistry {
   }
 }
 
-/** Signal a worker's process group (its pid is the group id: workers start detached). */
-export function killGroup(pid: number, signal: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pid, signal);
-    return true;
-  } catch {
-    // ESRCH: the group is already gone. EPERM cannot happen for our own children.
-    return false;
-  }
-}
 
 /** Resident set size of a process in bytes, or null when it is gone. */
 export function residentBytes(pid: number): number | null {
