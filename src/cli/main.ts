@@ -65,9 +65,11 @@ const kebab = (name: string) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase(
 
 /** The flag behind a pool option's name (`worker.command` → `--command`). */
 function flagFor(option: string): string {
-  if (option.startsWith('worker.')) return `--${option.slice('worker.'.length).split('.')[0] === 'command' ? 'command' : 'worker'}`;
-  return `--${kebab(option.split('.')[0]!)}`;
+  const [head, next] = option.split('.');
+  if (head === 'worker') return next === 'command' ? '--command' : '--worker';
+  return `--${kebab(head!)}`;
 }
+
 const envName = (flag: string) => `TIDEPOOL_${flag.toUpperCase().replace(/-/g, '_')}`;
 
 /** Split a command line on white space, honouring single and double quotes. */

@@ -183,18 +183,18 @@ function errnoInfo(err: NodeJS.ErrnoException, what: string): ErrorInfo {
   return info;
 }
 
-function spawnOptions(o: DriverOptions) {
-  return { env: o.env, cwd: o.cwd, uid: o.uid, gid: o.gid, detached: true } as const;
-}
-
 /** The process slot for module workers: fork + IPC, the handler's default export runs in the child. */
 function moduleProcess(rt: DriverRuntime, modulePath: string) {
   return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
-    const { memoryLimit } = rt.options;
+    const { env, cwd, uid, gid, memoryLimit } = rt.options;
     let child: ChildProcess;
     try {
       child = fork(CHILD_ENTRY, [modulePath], {
-        ...spawnOptions(rt.options),
+        env,
+        cwd,
+        uid,
+        gid,
+        detached: true,
         // Never the manager's own flags (a test runner's loaders, inspectors).
         execArgv: memoryLimit === null ? [] : [`--max-old-space-size=${memoryLimit}`],
         // The handler's stdout goes to the manager's stderr: stdout is for results.
