@@ -17,11 +17,18 @@ const integer = (min: 0 | 1) => {
 const positiveInt = integer(1);
 const nonNegativeInt = integer(0);
 
+/** The OS takes arguments, environment entries and paths as C strings: a NUL would cut them. */
+const noNul = v.check((x: string) => !x.includes('\0'), 'must not contain a NUL character');
+const path = v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path'), noNul);
+
 const workerSchema = v.union(
   [
-    v.strictObject({ module: v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path')) }),
+    v.strictObject({ module: path }),
     v.strictObject({
-      command: v.pipe(v.array(v.string(), 'must be an array of strings'), v.minLength(1, 'must name an executable')),
+      command: v.pipe(
+        v.array(v.pipe(v.string(), noNul), 'must be an array of strings without NUL characters'),
+        v.minLength(1, 'must name an executable'),
+      ),
     }),
   ],
   'must be { module: "path/to/handler.js" } or { command: ["executable", ...args] }',
@@ -29,7 +36,11 @@ const workerSchema = v.union(
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-const envEntry = v.pipe(v.string('must hold strings'), v.regex(/^[A-Za-z_][A-Za-z0-9_]*(=|$)/, 'must hold NAME or NAME=VALUE'));
+const envEntry = v.pipe(
+  v.string('must hold strings'),
+  v.regex(/^[A-Za-z_][A-Za-z0-9_]*(=|$)/, 'must hold NAME or NAME=VALUE'),
+  noNul,
+);
 
 // valibot, not a bigger schema library: the CLI validates once per start, and the import is
 // part of every `tidepool run` (zod cost ~100 ms of start-up here, valibot ~20 ms).
@@ -50,7 +61,7 @@ const schema = v.strictObject({
   breakerCooldown: v.optional(positiveInt),
   memoryLimit: v.optional(positiveInt),
   env: v.optional(v.array(envEntry, 'must be an array of NAME or NAME=VALUE strings')),
-  cwd: v.optional(v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path'))),
+  cwd: v.optional(path),
   uid: v.optional(nonNegativeInt),
   gid: v.optional(nonNegativeInt),
   logLevel: v.optional(v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`)),

@@ -13,6 +13,7 @@ import type { PoolOptions, ResolvedOptions } from './options.js';
 import { processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
 import { SpawnHost } from './process/spawn-host.js';
+import type { HostEdition } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { MemorySource } from './sources/memory.js';
@@ -70,6 +71,8 @@ type PoolActorRef = Actor<typeof poolMachine>;
 export interface PoolInternals {
   processActor?: ReturnType<typeof processActor>;
   clock?: MemoryClock;
+  /** Which spawn host starts command workers (default `auto`: Perl if installed, else Node). */
+  spawnHost?: HostEdition;
 }
 
 /** Ids the pool assigns to tasks that come without one. */
@@ -109,7 +112,8 @@ export class Pool extends EventEmitter<PoolEvents> {
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
     this.source = new MemorySource(internals.clock);
-    this.#host = this.options.worker.kind === 'command' ? new SpawnHost(this.logger) : null;
+    const { worker, env, cwd, uid, gid } = this.options;
+    this.#host = worker.kind === 'command' ? new SpawnHost({ argv: worker.argv, env, cwd, uid, gid }, this.logger, internals.spawnHost) : null;
   }
 
   /** The root actor (the pool machine), for inspection and snapshots. Set by `start()`. */

@@ -151,7 +151,7 @@ describe('tidepool run', () => {
     process.kill(pid, 'SIGKILL');
     expect((await done).signal).toBe('SIGKILL');
     try {
-      // The spawn host sees its IPC channel close and kills every group it started.
+      // The spawn host sees its stdin close and kills every group it started.
       await until(() => alive(workers).length === 0, `workers ${workers} to die`, 3_000);
     } finally {
       for (const w of alive(workers)) process.kill(w, 'SIGKILL');

@@ -43,6 +43,14 @@ describe('resolveOptions', () => {
     expect(rejects({ worker: { command: [] } }).option).toBe('worker.command');
   });
 
+  it('rejects a NUL character where the OS takes C strings', () => {
+    const nul = rejects({ worker: { command: ['cat', 'a\0b'] } });
+    expect(nul.option).toBe('worker.command.1');
+    expect(nul.message).toMatch(/NUL/);
+    expect(rejects({ worker, env: ['X=a\0b'] }).option).toBe('env.0');
+    expect(rejects({ worker, cwd: '/tmp\0x' }).option).toBe('cwd');
+  });
+
   it('checks the module exists once, up front', () => {
     expect(rejects({ worker: { module: '/nonexistent/handler.js' } }).option).toBe('worker.module');
   });

@@ -303,7 +303,7 @@ describe('pool model regressions', () => {
  * 'spawn' event and deliver it on spawn (in the driver and in the spawn host).
  */
 describe('found by the model, confirmed with real processes', () => {
-  // Long enough that a start-up under load (the spawn host is a fresh Node process) never
+  // Long enough that a start-up under load (the spawn host is a fresh process) never
   // comes near it, so only a lost SIGTERM can make the pool wait this long.
   const KILL_GRACE = 5_000;
   for (const kind of ['module', 'command'] as const) {

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
-import type { Pool, PoolOptions, TaskResult, WorkerReport } from '../src/index.js';
+import type { Pool, PoolInternals, PoolOptions, TaskResult, WorkerReport } from '../src/index.js';
+import { MAX_OUTPUT } from '../src/process/driver.js';
 import { alive, fixture, until } from './helpers/procs.js';
 
 /**
@@ -25,7 +26,7 @@ afterEach(async () => {
   spawned.clear();
 });
 
-async function startPool(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>): Promise<Pool> {
+async function startPoolWith(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>, internals?: PoolInternals): Promise<Pool> {
   const pool = createPool({
     concurrency: 2,
     attempts: 1,
@@ -33,12 +34,14 @@ async function startPool(options: Partial<PoolOptions> & Pick<PoolOptions, 'work
     killGrace: 300,
     logLevel: 'silent',
     ...options,
-  });
+  }, internals);
   pool.on('worker:spawned', ({ pid }) => spawned.add(pid));
   pools.push(pool);
   await pool.start();
   return pool;
 }
+
+const startPool = (options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>) => startPoolWith(options);
 
 const failed = (result: TaskResult) => {
   if (result.status !== 'failed') throw new Error(`expected a failure, got ${JSON.stringify(result)}`);
@@ -168,7 +171,10 @@ describe('module workers', () => {
   });
 });
 
-describe('command workers', () => {
+// Both editions of the spawn host (src/child/spawn-host.pl and spawn-host.js) pass the same tests.
+describe.each(['perl', 'node'] as const)('command workers (%s spawn host)', (edition) => {
+  const startPool = (options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>) => startPoolWith(options, { spawnHost: edition });
+
   it('resolves with stdout parsed as JSON (the task arrives on stdin)', async () => {
     const pool = await startPool({ worker: { command: ['cat'] } });
     const result = await pool.run({ id: 'c1', params: { x: [1, 2] } });
@@ -220,6 +226,50 @@ describe('command workers', () => {
     const grow = 'cat >/dev/null; s=x; while :; do s="$s$s"; done';
     const pool = await startPool({ worker: { command: ['sh', '-c', grow] }, memoryLimit: 32 });
     expect(failed(await pool.run({}))).toMatchObject({ kind: 'memory' });
+  });
+
+  it('fails without retry when stdout passes the output cap, and kills the command', async () => {
+    const pool = await startPool({ worker: { command: ['sh', '-c', `head -c ${MAX_OUTPUT + 1} /dev/zero; sleep 30`] }, attempts: 3 });
+    const result = await pool.run({});
+    expect(failed(result)).toMatchObject({ kind: 'error', message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` });
+    expect(result.attempts).toBe(1);
+  });
+
+  it('passes input larger than a pipe buffer, and does not hang on a command that never reads it', async () => {
+    const big = { id: 'big', blob: 'x'.repeat(300_000) };
+    const echo = await startPool({ worker: { command: ['cat'] } });
+    expect(await echo.run(big)).toMatchObject({ status: 'resolved', result: big });
+    const deaf = await startPool({ worker: { command: ['sh', '-c', 'echo ignored'] } });
+    expect(await deaf.run(big)).toMatchObject({ status: 'resolved', result: 'ignored\n' });
+  });
+
+  it('gives a warm spare its task when one arrives', async () => {
+    const pool = await startPool({ worker: { command: ['cat'] }, spares: 1, concurrency: 1 });
+    const spawnedFirst = new Promise<void>((resolve) => pool.once('worker:spawned', () => resolve()));
+    await spawnedFirst;
+    expect(await pool.run({ id: 'late' })).toMatchObject({ status: 'resolved', result: { id: 'late' } });
+  });
+
+  it('runs the command in cwd, with the allowlisted environment', async () => {
+    const pool = await startPool({ worker: { command: ['sh', '-c', 'cat >/dev/null; echo "$PWD $EXTRA ${SECRET_THING:-unset}"'] }, cwd: dir, env: ['EXTRA=yes'] });
+    process.env.SECRET_THING = 'leaked';
+    try {
+      expect(await pool.run({})).toMatchObject({ status: 'resolved', result: `${dir} yes unset\n` });
+    } finally {
+      delete process.env.SECRET_THING;
+    }
+  });
+
+  it('fails with kind spawn, naming the cause, when cwd does not exist', async () => {
+    const pool = await startPool({ worker: { command: ['cat'] }, cwd: join(dir, 'missing') });
+    const error = failed(await pool.run({}));
+    expect(error.kind).toBe('spawn');
+    expect(error.message).toMatch(/ENOENT/);
+  });
+
+  it.runIf(process.getuid?.() === 0)('runs the command as uid and gid (needs root)', async () => {
+    const pool = await startPool({ worker: { command: ['sh', '-c', 'cat >/dev/null; echo "$(id -u) $(id -g) $(id -G)"'] }, uid: 65534, gid: 65534 });
+    expect(await pool.run({})).toMatchObject({ status: 'resolved', result: '65534 65534 65534\n' });
   });
 });
 

@@ -1,7 +1,8 @@
 // @ts-check
-// The parent–child protocols, in one place: module workers (MSG) and the spawn host that
-// starts command workers (HOST). Plain JavaScript so that the child entries run without a
-// build step and load nothing but this file (and, for a module worker, the handler).
+// The module worker protocol (MSG), and the limits and helpers the manager, the module worker
+// and the spawn hosts share (the spawn host's frames are in host-protocol.js). Plain
+// JavaScript so that the child entries run without a build step and load nothing but this
+// file (and, for a module worker, the handler).
 
 /**
  * Message kinds. Parent → child: `run`. Child → parent: `ready`, `result`, `error`,
@@ -22,21 +23,6 @@ export const MSG = /** @type {const} */ ({
  * - `TERMINATED`: left on SIGTERM (128 + 15).
  */
 export const EXIT = /** @type {const} */ ({ OK: 0, LOAD_FAILED: 78, TERMINATED: 143 });
-
-/**
- * Spawn host messages. Manager → host: `spawn` (with the stdin data when it is known),
- * `stdin`, `signal`. Host → manager: `spawned`,
- * `spawn-error` (never started; no exit follows), `exit` (after the group is killed and the
- * pipes are drained, with stdout and the stderr tail).
- */
-export const HOST = /** @type {const} */ ({
-  SPAWN: 'spawn',
-  STDIN: 'stdin',
-  SIGNAL: 'signal',
-  SPAWNED: 'spawned',
-  SPAWN_ERROR: 'spawn-error',
-  EXIT: 'exit',
-});
 
 /** After a worker exits, how long to wait for its pipes to close before reporting the exit. */
 export const FLUSH_LIMIT_MS = 1_000;
@@ -64,13 +50,6 @@ export const MAX_OUTPUT = 16 * 1024 * 1024;
 
 /**
  * @typedef {{ name?: string, message: string, code?: string, stack?: string }} ErrorInfo
- * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number }} SpawnSpec
- * @typedef {{ k: 'spawn', id: number, spec: SpawnSpec, stdin?: string }
- *   | { k: 'stdin', id: number, data: string }
- *   | { k: 'signal', id: number, signal: NodeJS.Signals }} HostCommand
- * @typedef {{ k: 'spawned', id: number, pid: number }
- *   | { k: 'spawn-error', id: number, error: ErrorInfo }
- *   | { k: 'exit', id: number, code: number | null, signal: string | null, stdout: string, stderr: string, overflow: boolean }} HostEvent
  * @typedef {{ k: 'run', task: unknown, attempt: number, taskId: string, workerId: string, last: boolean }} RunMessage
  * @typedef {{ k: 'ready' }
  *   | { k: 'result', value: unknown }

@@ -1,26 +1,35 @@
 // @ts-check
-// The spawn host: a small process that starts command workers for the manager. Forking
-// from the manager would copy its large heap's page tables on every task and make each page
-// it writes afterwards fault (copy-on-write); a process this small forks at the machine's
-// bare cost, on the other core. It also means command workers die with the manager: when
-// the IPC channel closes, the host kills every group it started.
+// The spawn host, Node edition: starts command workers for the manager and reports how they
+// ended, in the frames of host-protocol.js. The manager uses it where no `perl` is installed
+// (spawn-host.pl, the Perl edition, forks more cheaply). Either way the manager never forks
+// its own large heap per task, and command workers die with the manager: when the manager's
+// end of stdin closes, the host kills every group it started.
+//
+// Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
 import { spawn } from 'node:child_process';
-import { FLUSH_LIMIT_MS, HOST, MAX_OUTPUT, STDERR_TAIL, killGroup } from './protocol.js';
+import { getSystemErrorMap } from 'node:util';
+import { FrameReader, HOST, frame, parseConfigure } from './host-protocol.js';
+import { killGroup } from './protocol.js';
 
-/** @typedef {import('./protocol.js').HostCommand} HostCommand */
-/** @typedef {import('./protocol.js').HostEvent} HostEvent */
+const [MAX_OUTPUT, STDERR_TAIL, FLUSH_LIMIT_MS] = process.argv.slice(2).map(Number);
 
+/** @type {import('./host-protocol.js').SpawnSpec | null} */
+let spec = null;
 
-/** @type {Map<number, { child: import('node:child_process').ChildProcess, pid: number | undefined, pending: NodeJS.Signals | null }>} */
+/** @type {Map<string, { child: import('node:child_process').ChildProcess, pid: number }>} */
 const live = new Map();
 
-/** @param {HostEvent} event */
-function send(event) {
-  if (process.connected) process.send?.(event);
+/** @param {Buffer} bytes */
+function send(bytes) {
+  process.stdout.write(bytes);
 }
 
-/** @param {Extract<HostCommand, { k: 'spawn' }>} command */
-function start({ id, spec, stdin }) {
+/**
+ * @param {string} id
+ * @param {Buffer | undefined} stdin undefined: left open for an input frame
+ */
+function start(id, stdin) {
+  if (!spec) throw new Error('spawn host: spawn before configure');
   const child = spawn(spec.argv[0], spec.argv.slice(1), {
     env: spec.env,
     cwd: spec.cwd,
@@ -29,76 +38,89 @@ function start({ id, spec, stdin }) {
     detached: true,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  /** @type {{ child: typeof child, pid: number | undefined, pending: NodeJS.Signals | null }} */
-  const entry = { child, pid: undefined, pending: null };
-  live.set(id, entry);
+  // libuv forks and execs synchronously: a pid means the command started, and a failure to
+  // start comes as an 'error' event without one.
+  const pid = child.pid;
+  if (pid === undefined) {
+    child.once('error', (err) => {
+      const { code = 'EUNKNOWN', errno } = /** @type {NodeJS.ErrnoException} */ (err);
+      const description = (errno !== undefined && getSystemErrorMap().get(errno)?.[1]) || err.message;
+      send(frame(`${HOST.FAILED} ${id}`, [code, 'spawn', description].join('\0')));
+    });
+    return;
+  }
+  live.set(id, { child, pid });
+  send(frame(`${HOST.SPAWNED} ${id} ${pid}`));
   /** @type {Buffer[]} */
   const out = [];
   let outBytes = 0;
   let overflow = false;
-  let stderr = '';
-  child.once('spawn', () => {
-    entry.pid = child.pid;
-    send({ k: HOST.SPAWNED, id, pid: /** @type {number} */ (child.pid) });
-    if (entry.pending) killGroup(/** @type {number} */ (child.pid), entry.pending);
-  });
-  child.on('error', (err) => {
-    if (entry.pid !== undefined) return; // a failed kill or write; the exit follows
-    live.delete(id);
-    const code = /** @type {NodeJS.ErrnoException} */ (err).code;
-    send({ k: HOST.SPAWN_ERROR, id, error: { name: err.name, message: `${spec.argv.join(' ')}: ${err.message}`, ...(code ? { code } : {}) } });
-  });
+  let tail = Buffer.alloc(0);
+  // After start, errors are failed kills or writes on a dying process; the exit follows.
+  child.on('error', () => {});
   // A command that exits without reading its input makes the write fail with EPIPE.
   child.stdin?.on('error', () => {});
   if (stdin !== undefined) child.stdin?.end(stdin);
   child.stdout?.on('data', (/** @type {Buffer} */ chunk) => {
+    if (overflow) return;
     outBytes += chunk.length;
     if (outBytes > MAX_OUTPUT) {
-      if (!overflow && entry.pid !== undefined) killGroup(entry.pid, 'SIGKILL');
       overflow = true;
+      out.length = 0;
+      killGroup(pid, 'SIGKILL');
       return;
     }
     out.push(chunk);
   });
   child.stderr?.on('data', (/** @type {Buffer} */ chunk) => {
     process.stderr.write(chunk);
-    stderr = (stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
+    tail = Buffer.concat([tail, chunk]);
+    if (tail.length > STDERR_TAIL) tail = tail.subarray(tail.length - STDERR_TAIL);
   });
   child.once('exit', (code, signal) => {
     // Whatever the worker left in its group goes with it; that also closes pipes a
     // grandchild inherited, so 'close' cannot wait forever.
-    if (entry.pid !== undefined) killGroup(entry.pid, 'SIGKILL');
+    killGroup(pid, 'SIGKILL');
     let done = false;
     const finish = () => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       live.delete(id);
-      send({ k: HOST.EXIT, id, code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: stderr.trim(), overflow });
+      const stdout = Buffer.concat(out);
+      const header = `${HOST.EXITED} ${id} ${code ?? '-'} ${signal ?? '-'} ${overflow ? 1 : 0} ${stdout.length} ${tail.length}\n`;
+      send(Buffer.concat([Buffer.from(header, 'latin1'), stdout, tail]));
     };
     const timer = setTimeout(finish, FLUSH_LIMIT_MS);
     child.once('close', finish);
   });
 }
 
-process.on('message', (/** @type {HostCommand} */ command) => {
-  switch (command.k) {
-    case HOST.SPAWN:
-      return start(command);
-    case HOST.STDIN: {
-      const entry = live.get(command.id);
-      if (entry && entry.child.stdin && !entry.child.stdin.destroyed) entry.child.stdin.end(command.data);
-      return;
-    }
-    case HOST.SIGNAL: {
-      const entry = live.get(command.id);
-      if (!entry) return;
-      if (entry.pid !== undefined) killGroup(entry.pid, command.signal);
-      // Not started yet: the signal waits for the 'spawn' event instead of being lost.
-      else if (entry.pending !== 'SIGKILL') entry.pending = command.signal;
-      return;
+const reader = new FrameReader();
+process.stdin.on('data', (/** @type {Buffer} */ chunk) => {
+  for (const { kind, fields, payload } of reader.push(chunk)) {
+    const entry = live.get(fields[0]);
+    switch (kind) {
+      case HOST.CONFIGURE:
+        spec = parseConfigure(payload);
+        break;
+      case HOST.SPAWN:
+        start(fields[0], fields[1] === '-' ? undefined : payload);
+        break;
+      case HOST.INPUT:
+        if (entry?.child.stdin && !entry.child.stdin.destroyed) entry.child.stdin.end(payload);
+        break;
+      case HOST.SIGNAL:
+        if (entry) killGroup(entry.pid, /** @type {NodeJS.Signals} */ (fields[1]));
+        break;
     }
   }
+});
+
+// The manager is gone (or done with us): no worker outlives it.
+process.stdin.on('end', () => {
+  for (const { pid } of live.values()) killGroup(pid, 'SIGKILL');
+  process.exit(0);
 });
 
 // The manager decides when workers stop; a Ctrl-C reaching the whole terminal group must not
@@ -106,8 +128,4 @@ process.on('message', (/** @type {HostCommand} */ command) => {
 process.on('SIGINT', () => {});
 process.on('SIGTERM', () => {});
 
-// The manager is gone (or done with us): no worker outlives it.
-process.on('disconnect', () => {
-  for (const { pid } of live.values()) if (pid !== undefined) killGroup(pid, 'SIGKILL');
-  process.exit(0);
-});
+send(frame(`${HOST.UP} ${process.pid}`));

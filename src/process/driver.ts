@@ -11,7 +11,7 @@ import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
 import { killGroup, residentBytes } from './registry.js';
 import type { ProcessRegistry } from './registry.js';
-import { SpawnHost } from './spawn-host.js';
+import type { SpawnHost } from './spawn-host.js';
 
 /** The child entry of module workers; plain JavaScript, so it runs from src and from dist. */
 const CHILD_ENTRY = fileURLToPath(new URL('../child/main.js', import.meta.url));
@@ -37,7 +37,7 @@ export interface DriverRuntime {
   /** The task behind a delivery id, if the pool still holds it. */
   taskFor(deliveryId: string): { task: Task; attempt: number } | undefined;
   onSpawned?(workerId: string, pid: number): void;
-  /** Starts command workers; the owner closes it when done. Created on demand if absent. */
+  /** Starts command workers (required for them); the owner closes it when done. */
   host?: SpawnHost;
 }
 
@@ -47,7 +47,7 @@ type SendBack = (event: ProcessEvent) => void;
  * A forked module worker: a detached process (its own group), a stderr tail, a memory
  * watchdog, and an exit reported only once its pipes and IPC channel have drained, after its
  * whole group has been killed (so grandchildren never outlive their worker). The spawn host
- * does the same for command workers (src/child/spawn-host.js).
+ * does the same for command workers (src/child/spawn-host.pl and spawn-host.js).
  */
 class WorkerProcess {
   readonly child: ChildProcess;
@@ -254,20 +254,20 @@ function moduleProcess(rt: DriverRuntime, modulePath: string) {
  * The process slot for command workers: the task as JSON on stdin, the result on stdout. The
  * spawn host starts the process (see spawn-host.ts for why); signals go to its group directly.
  */
-function commandProcess(rt: DriverRuntime, argv: string[]) {
-  const host = rt.host ?? new SpawnHost(rt.logger);
+function commandProcess(rt: DriverRuntime) {
+  const host = rt.host;
+  if (!host) throw new Error('command workers need a spawn host');
   return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
-    const { env, cwd, uid, gid, memoryLimit } = rt.options;
+    const { memoryLimit } = rt.options;
     let pid: number | null = null;
     let exited = false;
     let ran = false;
     let overMemory = false;
     let unwatch = () => {};
-    // Spawned for a task (just in time): its input goes with the spawn, one message fewer.
+    // Spawned for a task (just in time): its input goes with the spawn, one frame fewer.
     const held = input.deliveryId === null ? undefined : rt.taskFor(input.deliveryId);
     const prewritten = held === undefined ? undefined : taskLine(held.task);
     const id = host.spawn(
-      { argv, env, cwd, uid, gid },
       {
         spawned: (spawnedPid) => {
           pid = spawnedPid;
@@ -292,16 +292,17 @@ function commandProcess(rt: DriverRuntime, argv: string[]) {
           exited = true;
           unwatch();
           if (pid !== null) rt.registry.delete(pid);
-          // Only an exit status is the command's answer; a signal (or a lost host) is for
-          // the machine to classify.
-          if (ran && code !== null && !overMemory) {
-            if (overflow) {
-              sendBack({
-                type: 'proc.failed',
-                error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
-                retryable: false,
-              });
-            } else if (code === 0) {
+          if (ran && overflow) {
+            // The host killed the group for it: the output, not a signal, is the cause.
+            sendBack({
+              type: 'proc.failed',
+              error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
+              retryable: false,
+            });
+          } else if (ran && code !== null && !overMemory) {
+            // Only an exit status is the command's answer; a signal (or a lost host) is for
+            // the machine to classify.
+            if (code === 0) {
               sendBack({ type: 'proc.result', result: parseOutput(stdout) });
             } else {
               sendBack({
@@ -374,7 +375,7 @@ export function parseOutput(text: string): unknown {
 /** The `process` slot of the worker machine for the configured kind of worker. */
 export function processActor(rt: DriverRuntime) {
   const spec = rt.options.worker;
-  return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt, spec.argv);
+  return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt);
 }
 
 export { MAX_OUTPUT };

@@ -1,0 +1,143 @@
+// @ts-check
+// The spawn host protocol: how the manager talks to the process that starts its command
+// workers. Two editions of the host speak it, spawn-host.pl (Perl) and spawn-host.js (Node);
+// the manager's side is src/process/spawn-host.ts.
+//
+// The host's stdin carries frames from the manager, its stdout frames to the manager; its
+// stderr is the manager's, and receives the workers' stderr as it comes. A frame is a header
+// line of space-separated ASCII fields, `KIND field ...\n`, followed by as many payload bytes
+// as its header says (payloads are raw bytes: no escaping, no JSON).
+//
+// Manager → host
+//   C <len>\n<payload>       configure, once, first: NUL-separated fields
+//                            argc, argv..., envc, NAME=value..., cwd, uid, gid (empty: unset)
+//   S <id> <len>\n<stdin>    spawn worker <id>; write <stdin> to it, then close its stdin
+//   S <id> -\n               spawn worker <id> with its stdin left open (a warm spare)
+//   I <id> <len>\n<stdin>    write <stdin> to worker <id>, then close its stdin
+//   K <id> <SIGNAL>\n        signal the process group of worker <id> (e.g. SIGTERM)
+//   end of file              the manager is gone or done: kill every group, exit
+//
+// Host → manager
+//   R <pid>\n                the host is up
+//   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
+//   F <id> <len>\n<payload>  worker <id> never started (no X follows): NUL-separated
+//                            errno code (ENOENT), step (exec, chdir, spawn, ...), description
+//   X <id> <code> <signal> <overflow> <outlen> <errlen>\n<stdout><stderr tail>
+//                            worker <id> exited: <code> or <signal> is `-`; <overflow> is 1
+//                            when stdout passed MAX_OUTPUT (the group was killed and stdout
+//                            dropped). Sent once the group has been killed and the pipes
+//                            have closed, or FLUSH_LIMIT_MS after the exit.
+//
+// The host is started with the limits as arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
+
+/** Frame kinds. */
+export const HOST = /** @type {const} */ ({
+  CONFIGURE: 'C',
+  SPAWN: 'S',
+  INPUT: 'I',
+  SIGNAL: 'K',
+  UP: 'R',
+  SPAWNED: 'P',
+  FAILED: 'F',
+  EXITED: 'X',
+});
+
+/**
+ * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number }} SpawnSpec
+ * @typedef {{ kind: string, fields: string[], payload: Buffer }} Frame
+ */
+
+/**
+ * The payload length a header announces.
+ * @param {string} kind
+ * @param {string[]} fields the header's fields after the kind
+ */
+function payloadLength(kind, fields) {
+  switch (kind) {
+    case HOST.CONFIGURE:
+      return Number(fields[0]);
+    case HOST.SPAWN:
+    case HOST.INPUT:
+    case HOST.FAILED:
+      return fields[1] === '-' ? 0 : Number(fields[1]);
+    case HOST.EXITED:
+      return Number(fields[4]) + Number(fields[5]);
+    default:
+      return 0;
+  }
+}
+
+/** Splits a byte stream into frames. */
+export class FrameReader {
+  /** @type {Buffer} */
+  #buffer = Buffer.alloc(0);
+
+  /**
+   * @param {Buffer} chunk
+   * @returns {Frame[]} the frames completed by this chunk
+   */
+  push(chunk) {
+    let buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
+    /** @type {Frame[]} */
+    const frames = [];
+    for (;;) {
+      const nl = buffer.indexOf(10);
+      if (nl < 0) break;
+      const [kind, ...fields] = buffer.toString('latin1', 0, nl).split(' ');
+      const length = payloadLength(kind, fields);
+      if (!Number.isSafeInteger(length) || length < 0) throw new Error(`spawn host protocol: bad frame header "${buffer.toString('latin1', 0, nl)}"`);
+      if (buffer.length < nl + 1 + length) break;
+      frames.push({ kind, fields, payload: buffer.subarray(nl + 1, nl + 1 + length) });
+      buffer = buffer.subarray(nl + 1 + length);
+    }
+    this.#buffer = buffer;
+    return frames;
+  }
+}
+
+/**
+ * A frame as bytes.
+ * @param {string} header the header line without its newline
+ * @param {string | Buffer} [payload]
+ */
+export function frame(header, payload) {
+  if (payload === undefined) return Buffer.from(`${header}\n`, 'latin1');
+  const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+  return Buffer.concat([Buffer.from(`${header} ${body.length}\n`, 'latin1'), body]);
+}
+
+/**
+ * The configure payload for a spec.
+ * @param {SpawnSpec} spec
+ */
+export function configurePayload(spec) {
+  const env = Object.entries(spec.env).map(([name, value]) => `${name}=${value}`);
+  const optional = (/** @type {string | number | undefined} */ value) => (value === undefined ? '' : String(value));
+  return [String(spec.argv.length), ...spec.argv, String(env.length), ...env, optional(spec.cwd), optional(spec.uid), optional(spec.gid)].join('\0');
+}
+
+/**
+ * The spec in a configure payload.
+ * @param {Buffer} payload
+ * @returns {SpawnSpec}
+ */
+export function parseConfigure(payload) {
+  const fields = payload.toString('utf8').split('\0');
+  const argc = Number(fields.shift());
+  const argv = fields.splice(0, argc);
+  const envc = Number(fields.shift());
+  /** @type {Record<string, string>} */
+  const env = {};
+  for (const entry of fields.splice(0, envc)) {
+    const eq = entry.indexOf('=');
+    env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  const [cwd, uid, gid] = fields;
+  return {
+    argv,
+    env,
+    ...(cwd ? { cwd } : {}),
+    ...(uid ? { uid: Number(uid) } : {}),
+    ...(gid ? { gid: Number(gid) } : {}),
+  };
+}

@@ -1,0 +1,292 @@
+#!/usr/bin/perl
+# The spawn host, Perl edition: starts command workers for the manager and reports how they
+# ended. The frames it reads and writes are described in src/child/protocol.js (HOST); the
+# Node edition (spawn-host.js) speaks the same protocol. The manager prefers this one where a
+# `perl` is installed: forking from this ~5 MB process costs about half of what forking from a
+# Node process does, and every command worker is a fork.
+#
+# Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS (the limits, from protocol.js).
+# Uses only modules of perl-base (Debian's essential Perl).
+use strict;
+use warnings;
+use Config;
+use Errno ();
+use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
+use IO::Select;
+use POSIX ();
+
+my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS) = @ARGV;
+die "usage: spawn-host.pl MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS\n" unless defined $FLUSH_LIMIT_MS;
+
+my $TICKS = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
+my @SIGNAME = split ' ', $Config{sig_name};
+
+# The manager decides when workers stop: a Ctrl-C reaching the whole terminal group must not
+# kill the host under them. A command that does not read its input makes writes fail with
+# EPIPE instead of killing the host. A child's exit interrupts select(), so it is seen at once.
+$SIG{INT} = $SIG{TERM} = $SIG{PIPE} = 'IGNORE';
+$SIG{CHLD} = sub { };
+
+binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
+
+# The worker's command line, environment, directory and ids, from the configure frame.
+my (@argv, %env, $cwd, $uid, $gid);
+my %jobs;     # id -> job
+my %by_pid;   # pid -> job
+my %by_fd;    # fileno -> [job, stream]: 'stdin', 'stdout' or 'stderr'
+my $readers = IO::Select->new(\*STDIN);
+my $writers = IO::Select->new;
+my $from_manager = '';
+
+sub now_ms { my ($real) = POSIX::times(); return $real * 1000 / $TICKS }
+
+# Blocking write of a whole buffer, through interruptions.
+sub write_all {
+  my ($fh, $data) = @_;
+  my $off = 0;
+  while ($off < length $data) {
+    my $n = syswrite($fh, $data, length($data) - $off, $off);
+    if (defined $n) { $off += $n; next }
+    next if $!{EINTR};
+    return 0;
+  }
+  return 1;
+}
+
+sub to_manager { write_all(\*STDOUT, $_[0]) or shutdown_host() }   # the manager is gone
+
+sub errno_name {
+  my ($errno) = @_;
+  local $! = $errno;
+  for my $name (keys %!) { return $name if $!{$name} }
+  return "E$errno";
+}
+
+sub spawn_failed {
+  my ($id, $code, $step, $description) = @_;
+  my $payload = join "\0", $code, $step, $description;
+  to_manager("F $id " . length($payload) . "\n$payload");
+}
+
+sub spawn_job {
+  my ($id, $stdin) = @_;   # $stdin undef: kept open for an input frame
+  my @pipes;
+  for (1 .. 4) {
+    pipe(my $r, my $w) or return spawn_failed($id, errno_name($! + 0), 'pipe', "$!");
+    push @pipes, $r, $w;
+  }
+  # Perl opens these close-on-exec, so the status pipe reads EOF once exec has succeeded.
+  my ($in_r, $in_w, $out_r, $out_w, $err_r, $err_w, $status_r, $status_w) = @pipes;
+  my $pid = fork;
+  return spawn_failed($id, errno_name($! + 0), 'fork', "$!") unless defined $pid;
+  if ($pid == 0) {
+    my $step = 'exec';
+    eval {
+      $SIG{$_} = 'DEFAULT' for qw(INT TERM PIPE CHLD);
+      $step = 'setsid'; POSIX::setsid() or die;   # its own group and session, like `detached`
+      $step = 'dup2';
+      POSIX::dup2(fileno $in_r, 0) // die;
+      POSIX::dup2(fileno $out_w, 1) // die;
+      POSIX::dup2(fileno $err_w, 2) // die;
+      if (defined $cwd) { $step = 'chdir'; chdir $cwd or die }
+      if (defined $gid) { $step = 'setgid'; $) = "$gid $gid"; POSIX::setgid($gid) or die }
+      if (defined $uid) { $step = 'setuid'; POSIX::setuid($uid) or die }
+      %ENV = %env;
+      $step = 'exec';
+      no warnings 'exec';   # the failure is reported below, not printed
+      exec { $argv[0] } @argv;
+    };
+    my $errno = $! + 0;
+    my $payload = join "\0", errno_name($errno), $step, do { local $! = $errno; "$!" };
+    syswrite($status_w, $payload);
+    POSIX::_exit(127);
+  }
+  close $_ for $in_r, $out_w, $err_w, $status_w;
+  my ($why, $n) = ('');
+  do { $n = sysread($status_r, $why, 4096) } while (!defined $n && $!{EINTR});
+  close $status_r;
+  if ($n) {
+    waitpid($pid, 0);
+    close $_ for $in_w, $out_r, $err_r;
+    my ($code, $step, $description) = split /\0/, $why, 3;
+    return spawn_failed($id, $code, $step, $description);
+  }
+  my $job = {
+    id => $id, pid => $pid, stdin => $in_w, pending => '', close_stdin => 0,
+    stdout => '', out_bytes => 0, overflow => 0, tail => '', open => 2, status => undef, deadline => undef,
+  };
+  $jobs{$id} = $by_pid{$pid} = $job;
+  $by_fd{fileno $out_r} = [$job, 'stdout', $out_r];
+  $by_fd{fileno $err_r} = [$job, 'stderr', $err_r];
+  $readers->add($out_r, $err_r);
+  my $flags = fcntl($in_w, F_GETFL, 0);
+  fcntl($in_w, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
+  $by_fd{fileno $in_w} = [$job, 'stdin', $in_w];
+  to_manager("P $id $pid\n");
+  input_for($job, $stdin) if defined $stdin;
+}
+
+# Queue the task's input for the command's stdin, then close it.
+sub input_for {
+  my ($job, $data) = @_;
+  return unless $job->{stdin};
+  $job->{pending} .= $data;
+  $job->{close_stdin} = 1;
+  flush_stdin($job);
+}
+
+sub flush_stdin {
+  my ($job) = @_;
+  my $fh = $job->{stdin};
+  while (length $job->{pending}) {
+    my $n = syswrite($fh, $job->{pending});
+    if (defined $n) { substr($job->{pending}, 0, $n) = ''; next }
+    if ($!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR}) { $writers->add($fh) unless $writers->exists($fh); return }
+    $job->{pending} = '';   # EPIPE: the command does not read its input; its exit says the rest
+  }
+  close_stdin($job) if $job->{close_stdin};
+}
+
+sub close_stdin {
+  my ($job) = @_;
+  my $fh = $job->{stdin} or return;
+  $writers->remove($fh);
+  delete $by_fd{fileno $fh};
+  close $fh;
+  $job->{stdin} = undef;
+}
+
+sub read_job {
+  my ($fh) = @_;
+  my ($job, $stream) = @{ $by_fd{fileno $fh} };
+  my $n = sysread($fh, my $chunk, 65536);
+  return if !defined $n && $!{EINTR};
+  if ($n) {
+    if ($stream eq 'stderr') {
+      write_all(\*STDERR, $chunk);   # the worker's own diagnostics, forwarded
+      $job->{tail} = substr($job->{tail} . $chunk, -$STDERR_TAIL);
+    } elsif (!$job->{overflow}) {
+      $job->{out_bytes} += $n;
+      if ($job->{out_bytes} > $MAX_OUTPUT) {
+        $job->{overflow} = 1;
+        $job->{stdout} = '';
+        kill 'KILL', -$job->{pid};
+      } else {
+        $job->{stdout} .= $chunk;
+      }
+    }
+    return;
+  }
+  $readers->remove($fh);
+  delete $by_fd{fileno $fh};
+  close $fh;
+  $job->{open}--;
+}
+
+# Collect exit statuses. Whatever a worker left in its group goes with it, which also closes
+# pipes a grandchild inherited, so its output cannot keep the exit waiting for long.
+sub reap {
+  while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
+    my $job = delete $by_pid{$pid} or next;
+    $job->{status} = $?;
+    $job->{deadline} = now_ms() + $FLUSH_LIMIT_MS;
+    kill 'KILL', -$pid;
+    close_stdin($job);
+  }
+}
+
+# Report exits whose output is complete (or waited for long enough).
+sub report_exits {
+  my $now;
+  for my $job (values %jobs) {
+    next unless defined $job->{status};
+    if ($job->{open} > 0) {
+      $now //= now_ms();
+      next if $now < $job->{deadline};
+      for my $fd (keys %by_fd) {
+        my ($owner, $stream, $fh) = @{ $by_fd{$fd} };
+        next unless $owner == $job;
+        $readers->remove($fh);
+        delete $by_fd{$fd};
+        close $fh;
+      }
+    }
+    delete $jobs{$job->{id}};
+    my $st = $job->{status};
+    my $code = POSIX::WIFEXITED($st) ? POSIX::WEXITSTATUS($st) : '-';
+    my $signal = POSIX::WIFSIGNALED($st) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($st)] : '-';
+    to_manager(
+      "X $job->{id} $code $signal $job->{overflow} " . length($job->{stdout}) . ' ' . length($job->{tail}) . "\n"
+        . $job->{stdout} . $job->{tail},
+    );
+  }
+}
+
+# How long select() may block: until the next flush deadline. A child's exit signal
+# interrupts select(), but one that arrives between the last reap and the call interrupts
+# nothing, so while workers run the wait is bounded: 1 ms once a worker's pipes have closed
+# (it is exiting: its status is a moment away), 200 ms otherwise.
+sub timeout {
+  my $wait;
+  for my $job (values %jobs) {
+    my $t = defined $job->{deadline} ? ($job->{deadline} - now_ms()) / 1000 : $job->{open} ? 0.2 : 0.001;
+    $t = 0 if $t < 0;
+    $wait = $t if !defined $wait || $t < $wait;
+  }
+  return $wait;
+}
+
+# The manager is gone (or done with us): no worker outlives it.
+sub shutdown_host {
+  kill 'KILL', -$_->{pid} for values %jobs;
+  exit 0;
+}
+
+sub configure {
+  my ($payload) = @_;
+  my @fields = split /\0/, $payload, -1;
+  my $argc = shift @fields;
+  @argv = splice @fields, 0, $argc;
+  my $envc = shift @fields;
+  %env = map { split /=/, $_, 2 } splice @fields, 0, $envc;
+  ($cwd, $uid, $gid) = map { length ? $_ : undef } @fields;
+}
+
+# Frames from the manager: C (configure), S (spawn), I (input), K (signal). See protocol.js.
+sub read_manager {
+  my $n = sysread(\*STDIN, $from_manager, 65536, length $from_manager);
+  return if !defined $n && $!{EINTR};
+  shutdown_host() unless $n;
+  while ((my $nl = index $from_manager, "\n") >= 0) {
+    my @head = split / /, substr($from_manager, 0, $nl);
+    my $kind = $head[0];
+    my $len = $kind eq 'C' ? $head[1] : $kind eq 'S' || $kind eq 'I' ? $head[2] : 0;
+    $len = 0 if $len eq '-';
+    last if length($from_manager) < $nl + 1 + $len;
+    my $payload = substr($from_manager, $nl + 1, $len);
+    substr($from_manager, 0, $nl + 1 + $len) = '';
+    if ($kind eq 'C') { configure($payload) }
+    elsif ($kind eq 'S') { spawn_job($head[1], $head[2] eq '-' ? undef : $payload) }
+    elsif ($kind eq 'I') { input_for($jobs{$head[1]}, $payload) if $jobs{$head[1]} }
+    elsif ($kind eq 'K') {
+      my $job = $jobs{$head[1]};
+      kill $head[2], -$job->{pid} if $job && !defined $job->{status};
+    }
+  }
+}
+
+to_manager("R $$\n");
+for (;;) {
+  my ($readable, $writable) = IO::Select::select($readers, $writers->count ? $writers : undef, undef, timeout());
+  for my $fh (@{ $readable || [] }) {
+    if (fileno $fh == 0) { read_manager() }
+    elsif ($by_fd{fileno $fh}) { read_job($fh) }
+  }
+  for my $fh (@{ $writable || [] }) {
+    my $entry = $by_fd{fileno $fh} or next;
+    $writers->remove($fh);
+    flush_stdin($entry->[0]);
+  }
+  reap();
+  report_exits();
+}

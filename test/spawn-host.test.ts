@@ -1,0 +1,149 @@
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { FrameReader, configurePayload, frame, parseConfigure } from '../src/child/host-protocol.js';
+import { SpawnHost } from '../src/process/spawn-host.js';
+import type { HostEdition, HostExit } from '../src/process/spawn-host.js';
+import { alive, until } from './helpers/procs.js';
+
+/**
+ * The spawn host on its own: its framing, and both editions (Perl and Node) driven directly
+ * by the manager's side, with real processes.
+ */
+
+const dir = mkdtempSync(join(tmpdir(), 'tidepool-host-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('host frames', () => {
+  it('reassembles frames cut anywhere, payloads with newlines and NULs included', () => {
+    const bytes = Buffer.concat([
+      frame('S 1', 'line one\nline two\0end'),
+      frame('P 1 4242'),
+      Buffer.from('X 1 0 - 0 4 3\nout\nerr'),
+    ]);
+    const reader = new FrameReader();
+    const frames = [];
+    for (const byte of bytes) frames.push(...reader.push(Buffer.from([byte])));
+    expect(frames.map((f) => [f.kind, f.fields, f.payload.toString()])).toEqual([
+      ['S', ['1', '21'], 'line one\nline two\0end'],
+      ['P', ['1', '4242'], ''],
+      ['X', ['1', '0', '-', '0', '4', '3'], 'out\nerr'],
+    ]);
+  });
+
+  it('rejects a header whose length is not a number', () => {
+    expect(() => new FrameReader().push(Buffer.from('S 1 many\n'))).toThrow(/bad frame header "S 1 many"/);
+  });
+
+  it('round-trips a configuration', () => {
+    const spec = { argv: ['sh', '-c', 'echo "a b"=c'], env: { PATH: '/bin', EMPTY: '', EQ: 'x=y' }, cwd: '/tmp', uid: 0, gid: 7 };
+    expect(parseConfigure(Buffer.from(configurePayload(spec)))).toEqual(spec);
+    expect(parseConfigure(Buffer.from(configurePayload({ argv: ['cat'], env: {} })))).toEqual({ argv: ['cat'], env: {} });
+  });
+});
+
+const logger = pino({ level: 'silent' });
+let hosts: SpawnHost[] = [];
+afterEach(() => {
+  for (const host of hosts) host.close();
+  hosts = [];
+});
+
+function open(argv: string[], edition: HostEdition): SpawnHost {
+  const host = new SpawnHost({ argv, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } }, logger, edition);
+  hosts.push(host);
+  return host;
+}
+
+type Ending = { spawned: number | null; exit?: HostExit; error?: { message: string; code?: string } };
+
+function run(host: SpawnHost, stdin?: string): { id: string; ending: Promise<Ending> } {
+  let spawned: number | null = null;
+  let id = '';
+  const ending = new Promise<Ending>((resolve) => {
+    id = host.spawn(
+      {
+        spawned: (pid) => (spawned = pid),
+        spawnError: (error) => resolve({ spawned, error }),
+        exit: (exit) => resolve({ spawned, exit }),
+      },
+      stdin,
+    );
+  });
+  return { id, ending };
+}
+
+describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
+  it('reports stdout, the stderr tail and the exit status', async () => {
+    const host = open(['sh', '-c', 'cat; echo oops >&2; exit 4'], edition);
+    const { exit, spawned } = await run(host, 'hello').ending;
+    expect(spawned).toBeGreaterThan(0);
+    expect(exit).toEqual({ code: 4, signal: null, stdout: 'hello', stderr: 'oops', overflow: false });
+  });
+
+  it('signals a process it has not reported started yet', async () => {
+    const host = open(['sleep', '30'], edition);
+    const { id, ending } = run(host, '');
+    host.signal(id, 'SIGTERM');
+    expect((await ending).exit).toMatchObject({ code: null, signal: 'SIGTERM' });
+  });
+
+  it('kills every group it started, grandchildren too, when the manager lets it go', async () => {
+    const pids = join(dir, `${edition}-pids`);
+    const host = open(['sh', '-c', `echo $$ >> ${pids}; sleep 1000 & echo $! >> ${pids}; wait`], edition);
+    const first = run(host, '');
+    const second = run(host, '');
+    const noted = () => {
+      try {
+        return readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number);
+      } catch {
+        return [];
+      }
+    };
+    await until(() => noted().length === 4, 'both commands and their grandchildren to start');
+    expect(alive(noted())).toHaveLength(4);
+    // What a manager's death looks like to the host: its stdin closes.
+    host.close();
+    try {
+      await until(() => alive(noted()).length === 0, 'every group to die', 3_000);
+    } finally {
+      for (const pid of alive(noted())) process.kill(pid, 'SIGKILL');
+    }
+    // The host left with them; what it still held is reported lost.
+    for (const { ending } of [first, second]) {
+      expect((await ending).exit).toMatchObject({ code: null, signal: null, stderr: 'the spawn host died (exit code 0)' });
+    }
+  });
+
+  it('reports a command that cannot start, with its errno code', async () => {
+    const host = open(['/nonexistent/job'], edition);
+    const { error, spawned } = await run(host, '').ending;
+    expect(spawned).toBeNull();
+    expect(error).toMatchObject({ code: 'ENOENT' });
+    expect(error?.message).toMatch(/^\/nonexistent\/job: (exec|spawn) failed: .*\(ENOENT\)$/i);
+  });
+});
+
+describe('choosing the host', () => {
+  it('falls back to the Node host when the Perl one does not come up', async () => {
+    const fakeBin = join(dir, 'fake-bin');
+    mkdirSync(fakeBin, { recursive: true });
+    const perl = join(fakeBin, 'perl');
+    writeFileSync(perl, '#!/bin/sh\nexit 3\n');
+    chmodSync(perl, 0o755);
+    const saved = process.env.PATH;
+    process.env.PATH = `${fakeBin}:${saved}`;
+    try {
+      const host = open(['cat'], 'auto');
+      expect(host.edition).toBe('perl');
+      const lost = await run(host, 'x').ending;
+      expect(lost.error?.message).toMatch(/spawn host died \(exit code 3\)/);
+      expect(host.edition).toBe('node');
+      expect((await run(host, 'back').ending).exit).toMatchObject({ code: 0, stdout: 'back' });
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+});
