@@ -400,8 +400,8 @@ export const poolMachine = setup({
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
         'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
         'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
+        // No worker idles here (each is retired when ready), so none leaves on an idle timeout.
         'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
-        'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
         'worker.outcome': { actions: ['workerReported', 'dispatch'] },
         stop: 'stopping',
       },

@@ -10,14 +10,27 @@ import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, Worke
  * exactly as long as the machine and its cleanup always runs) and the named delays.
  */
 
-/** Events the process actor sends back to its worker machine. */
+/**
+ * A process's answer to its task, when the answer and the exit come together: a command's
+ * exit status and stdout are both known only once it has exited.
+ */
+export type ProcessAnswer =
+  | { status: 'resolved'; result: unknown }
+  | { status: 'failed'; error: ErrorInfo; retryable: boolean };
+
+/**
+ * Events the process actor sends back to its worker machine. A module worker reports each
+ * step (`proc.spawned`, `proc.ready`, `proc.result`, `proc.exit`); a command, ready as soon as
+ * it has started and done when it exits, folds them: `proc.ready` with its pid, then
+ * `proc.exit` with its answer.
+ */
 export type ProcessEvent =
   | { type: 'proc.spawned'; pid: number }
-  | { type: 'proc.ready' }
+  | { type: 'proc.ready'; pid?: number }
   | { type: 'proc.result'; result: unknown }
   | { type: 'proc.failed'; error: ErrorInfo; retryable: boolean }
   | { type: 'proc.spawnError'; error: ErrorInfo }
-  | ({ type: 'proc.exit' } & ProcessExit);
+  | ({ type: 'proc.exit'; answer?: ProcessAnswer } & ProcessExit);
 
 /** Commands the worker machine sends to its process actor. */
 export type ProcessCommand =
@@ -116,6 +129,8 @@ export const workerMachine = setup({
     expectsExit: ({ context }) => context.expectExit,
     reusable: ({ context }) => context.exit === null && context.served < context.maxTasks,
     hasServed: ({ context }) => context.served > 0,
+    answeredResolved: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'resolved',
+    answeredFailed: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'failed',
   },
   actions: {
     /** Report the attempt's outcome to the pool and detach the delivery. */
@@ -146,10 +161,11 @@ export const workerMachine = setup({
     }),
     recordExit: assign({
       exit: ({ event }) => {
-        const { type: _type, ...exit } = event as Extract<WorkerEvent, { type: 'proc.exit' }>;
-        return exit;
+        const { code, signal, memory, detail } = event as Extract<WorkerEvent, { type: 'proc.exit' }>;
+        return { code, signal, memory, detail };
       },
     }),
+    recordPid: assign({ pid: ({ context, event }) => (event as { pid?: number }).pid ?? context.pid }),
     /** The process will not exit by itself any more: it has to be signalled. */
     unexpectExit: assign({ expectExit: false }),
     /** Hard stop: the delivery is released by the pool, not settled. */
@@ -177,8 +193,11 @@ export const workerMachine = setup({
     input: ({ context }) => ({ workerId: context.workerId, deliveryId: context.deliveryId }),
   },
   // Every state that can see an exit handles it itself (transient and final states cannot).
+  // A pid is recorded whenever it comes: a worker may be terminating before its process has
+  // reported that it started (a command reports it with `proc.ready`).
   on: {
     'proc.spawned': { actions: assign({ pid: ({ event }) => event.pid }) },
+    'proc.ready': { actions: 'recordPid' },
   },
   initial: 'spawning',
   states: {
@@ -191,7 +210,10 @@ export const workerMachine = setup({
       },
       on: {
         'task.assign': { actions: assign({ deliveryId: ({ event }) => event.deliveryId }) },
-        'proc.ready': [{ guard: 'hasTask', target: 'running' }, { target: 'ready' }],
+        'proc.ready': [
+          { guard: 'hasTask', target: 'running', actions: 'recordPid' },
+          { target: 'ready', actions: 'recordPid' },
+        ],
         'proc.spawnError': {
           target: 'failed',
           actions: {
@@ -224,7 +246,7 @@ export const workerMachine = setup({
       entry: 'announceReady',
       after: {
         // Only a worker that has served goes idle; a fresh spare waits as long as it is wanted.
-        idleTimeout: { guard: 'hasServed', target: 'terminating' },
+        idleTimeout: { guard: 'hasServed', target: 'terminating', actions: 'announceLeaving' },
       },
       on: {
         'task.assign': {
@@ -234,11 +256,7 @@ export const workerMachine = setup({
         // Dying while idle is a crash without a task.
         'proc.exit': {
           target: 'reaped',
-          actions: [
-            'recordExit',
-            { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) },
-            'announceLeaving',
-          ],
+          actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
         },
         'worker.retire': { target: 'terminating' },
         'worker.kill': { target: 'terminating' },
@@ -269,10 +287,34 @@ export const workerMachine = setup({
             }),
           },
         },
-        'proc.exit': {
-          target: 'failed',
-          actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
-        },
+        'proc.exit': [
+          {
+            guard: 'answeredResolved',
+            target: 'resolved',
+            actions: [
+              'recordExit',
+              { type: 'report', params: ({ event }) => ({ outcome: { status: 'resolved', result: (event.answer as { result: unknown }).result } }) },
+            ],
+          },
+          {
+            guard: 'answeredFailed',
+            target: 'failed',
+            actions: [
+              'recordExit',
+              {
+                type: 'report',
+                params: ({ event }) => {
+                  const { error, retryable } = event.answer as Extract<ProcessAnswer, { status: 'failed' }>;
+                  return { outcome: failure('error', error.message, { retryable, error }) };
+                },
+              },
+            ],
+          },
+          {
+            target: 'failed',
+            actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
+          },
+        ],
         'worker.kill': { target: 'terminating', actions: 'dropTask' },
       },
     },
@@ -283,9 +325,11 @@ export const workerMachine = setup({
       // A failed worker is never reused: its state is unknown.
       always: 'terminating',
     },
+    /*
+     * The pool knows this worker is leaving: it retired or killed it, or it just reported an
+     * outcome; an idle timeout, the one way in that is neither, announces it.
+     */
     terminating: {
-      // The pool may still count this worker as idle (an idle timeout, a spawn timeout).
-      entry: 'announceLeaving',
       initial: 'choosing',
       on: {
         'proc.exit': { target: 'reaped', actions: 'recordExit' },

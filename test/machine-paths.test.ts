@@ -229,9 +229,20 @@ function workerModel(): Model<WorkerState, WorkerStimulus> {
         { type: 'proc.spawnError', error: { name: 'Error', message: 'spawn ENOENT', code: 'ENOENT' } },
         { type: 'proc.exit', code: null, signal: 'SIGSEGV' },
         { type: 'proc.exit', code: null, signal: 'SIGKILL', memory: true, detail: 'heap limit' },
+        // A command's exit carries its answer.
+        { type: 'proc.exit', code: 0, signal: null, answer: { status: 'resolved', result: `r${c.served}` } },
+        {
+          type: 'proc.exit',
+          code: 3,
+          signal: null,
+          answer: { status: 'failed', error: { message: 'command exited with code 3' }, retryable: true },
+        },
       ];
-      // The driver reports the pid once, before the process is ready.
-      if (c.pid === null && snap.value === 'spawning') proc.unshift({ type: 'proc.spawned', pid: PID });
+      // The driver reports the pid once, before the process is ready (a command, with it),
+      // possibly after the worker was told to stop.
+      if (c.pid === null && c.exit === null) {
+        proc.unshift({ type: 'proc.spawned', pid: PID }, { type: 'proc.ready', pid: PID });
+      }
       // The pool assigns only to a worker without a task, and retires only idle ones.
       const commands: WorkerCommand[] = [{ type: 'worker.kill' }];
       if (c.deliveryId === null) {
@@ -358,6 +369,7 @@ const DRIVER_FAULT = new Error('driver fault');
  */
 const STARTUP_ID = (poolMachine.root.states.starting.invoke[0] as { id: string }).id;
 const COOLDOWN_EVENT = { type: `xstate.after.breakerCooldown.${poolMachine.root.states.paused.id}` };
+const IDLE_EVENT = { type: `xstate.after.idleTimeout.${workerMachine.root.states.ready.id}` };
 
 type EnvEvent = Extract<
   PoolEvent,
@@ -375,7 +387,9 @@ type PoolStimulus =
   /** The fake process of the pool's `worker`-th worker (in slot order) does something. */
   | { type: 'proc'; worker: number; action: ProcAction }
   /** The process actor of that worker fails (a driver bug): the worker machine ends in error. */
-  | { type: 'fault'; worker: number };
+  | { type: 'fault'; worker: number }
+  /** That worker's idle timeout fires (the one worker timer whose effect the pool sees). */
+  | { type: 'idle'; worker: number };
 
 const PROC_EVENTS: Record<ProcAction, ProcessEvent[]> = {
   start: [{ type: 'proc.spawned', pid: PID }, { type: 'proc.ready' }],
@@ -573,6 +587,9 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
           next.faults++;
           run.deliver(workerIdAt(state, stimulus.worker), errorEvent('process', DRIVER_FAULT));
           break;
+        case 'idle':
+          run.deliver(workerIdAt(state, stimulus.worker), IDLE_EVENT);
+          break;
       }
       const { pool: p, workers, processes, closed, received, calls, transitions } = run;
       return { ...next, pool: p, workers, processes, closed, received, calls, transitions };
@@ -605,6 +622,7 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
           if (enables(w.snap, events[events.length - 1])) out.push({ type: 'proc', worker: index, action });
         }
         if (state.faults < MAX_FAULTS) out.push({ type: 'fault', worker: index });
+        if (enables(w.snap, IDLE_EVENT)) out.push({ type: 'idle', worker: index });
       });
       return out;
     },
@@ -744,6 +762,10 @@ function poolRunner(config: PoolConfig, model: Model<PoolState, PoolStimulus>, c
           counters.faults++;
           (actor.getSnapshot().children as Record<string, AnyActorRef>)[workerId].send(errorEvent('process', DRIVER_FAULT));
           break;
+        case 'idle':
+          // As the worker's own timer would deliver it (worker timers never fire in pool paths).
+          (actor.getSnapshot().children as Record<string, AnyActorRef>)[workerId].send(IDLE_EVENT);
+          break;
       }
       check(i);
     }
@@ -782,6 +804,8 @@ function describeStimulus(s: WorkerStimulus | PoolStimulus): string {
       return 'breaker cooldown';
     case 'fault':
       return `worker#${s.worker} process actor error`;
+    case 'idle':
+      return `worker#${s.worker} idle timeout`;
   }
 }
 

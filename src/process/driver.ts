@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
-import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
+import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
 import { FLUSH_LIMIT_MS, MAX_OUTPUT, MSG, STDERR_TAIL } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
@@ -272,7 +272,6 @@ function commandProcess(rt: DriverRuntime) {
         spawned: (spawnedPid) => {
           pid = spawnedPid;
           rt.registry.add(spawnedPid);
-          sendBack({ type: 'proc.spawned', pid: spawnedPid });
           rt.onSpawned?.(input.workerId, spawnedPid);
           if (memoryLimit !== null) {
             unwatch = watchMemory(spawnedPid, memoryLimit, () => {
@@ -280,7 +279,8 @@ function commandProcess(rt: DriverRuntime) {
               killGroup(spawnedPid, 'SIGKILL');
             });
           }
-          sendBack({ type: 'proc.ready' });
+          // Ready as soon as it runs: its task is on its stdin, or goes there on `proc.run`.
+          sendBack({ type: 'proc.ready', pid: spawnedPid });
         },
         spawnError: (error) => {
           exited = true;
@@ -292,27 +292,14 @@ function commandProcess(rt: DriverRuntime) {
           exited = true;
           unwatch();
           if (pid !== null) rt.registry.delete(pid);
-          if (ran && overflow) {
-            // The host killed the group for it: the output, not a signal, is the cause.
-            sendBack({
-              type: 'proc.failed',
-              error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` },
-              retryable: false,
-            });
-          } else if (ran && code !== null && !overMemory) {
-            // Only an exit status is the command's answer; a signal (or a lost host) is for
-            // the machine to classify.
-            if (code === 0) {
-              sendBack({ type: 'proc.result', result: parseOutput(stdout) });
-            } else {
-              sendBack({
-                type: 'proc.failed',
-                error: { message: `command exited with code ${code}${stderr ? `: ${stderr}` : ''}` },
-                retryable: code !== EXIT_NON_RETRYABLE,
-              });
-            }
-          }
-          sendBack({ type: 'proc.exit', code, signal, memory: overMemory, detail: overMemory ? undefined : stderr || undefined });
+          sendBack({
+            type: 'proc.exit',
+            code,
+            signal,
+            memory: overMemory,
+            detail: overMemory ? undefined : stderr || undefined,
+            answer: ran && !overMemory ? commandAnswer(code, stdout, stderr, overflow) : undefined,
+          });
         },
       },
       prewritten,
@@ -342,6 +329,24 @@ function commandProcess(rt: DriverRuntime) {
       signal('SIGKILL');
     };
   });
+}
+
+/**
+ * What a command answered, from how it exited: stdout on exit 0, a failure on another exit
+ * status or an overflow. A signal (or a lost host) is no answer: the machine classifies it.
+ */
+function commandAnswer(code: number | null, stdout: string, stderr: string, overflow: boolean): ProcessAnswer | undefined {
+  // The host killed the group for it: the output, not the signal, is the cause.
+  if (overflow) {
+    return { status: 'failed', error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` }, retryable: false };
+  }
+  if (code === null) return undefined;
+  if (code === 0) return { status: 'resolved', result: parseOutput(stdout) };
+  return {
+    status: 'failed',
+    error: { message: `command exited with code ${code}${stderr ? `: ${stderr}` : ''}` },
+    retryable: code !== EXIT_NON_RETRYABLE,
+  };
 }
 
 /** A task as a command reads it: one JSON line. */

@@ -4,7 +4,7 @@ import { fromCallback, SimulatedClock } from 'xstate';
 import type { AnyEventObject, InspectionEvent } from 'xstate';
 import type { PoolContext } from '../../machines/pool.js';
 import type { Outcome, ProcessExit, WorkerReport } from '../../machines/types.js';
-import type { ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
+import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
 import { TidepoolError } from '../../src/errors.js';
 import { createPool, type AttemptEvent, type Pool, type TaskResult } from '../../src/pool.js';
 import type { Settlement } from '../../src/settlement.js';
@@ -585,13 +585,14 @@ export class PoolModel {
     const module = this.config.kind === 'module';
     if (p.phase === 'starting') {
       // The 'spawn' event: a command is ready at once, a module once its handler has loaded.
+      // (The command driver folds both into one event: proc.ready with the pid.)
       p.pid = pids++;
-      p.sendBack({ type: 'proc.spawned', pid: p.pid });
       if (module) {
+        p.sendBack({ type: 'proc.spawned', pid: p.pid });
         p.phase = 'loading';
       } else {
         p.phase = 'up';
-        p.sendBack({ type: 'proc.ready' });
+        p.sendBack({ type: 'proc.ready', pid: p.pid });
       }
       return true;
     }
@@ -661,10 +662,14 @@ export class PoolModel {
   }
 
   #reply(p: FakeProc, run: Run, reply: NonNullable<Run['reply']>, message: string): void {
-    run.reply = reply;
-    run.repliedAt = this.clock.now();
+    this.#record(run, reply);
     if (reply.type === 'result') p.sendBack({ type: 'proc.result', result: reply.result });
     else p.sendBack({ type: 'proc.failed', error: { name: 'Error', message }, retryable: reply.retryable });
+  }
+
+  #record(run: Run, reply: NonNullable<Run['reply']>): void {
+    run.reply = reply;
+    run.repliedAt = this.clock.now();
   }
 
   /**
@@ -684,14 +689,19 @@ export class PoolModel {
     }
   }
 
-  /** The process ends; a command that ran its task answers with its exit status first. */
+  /** The process ends; a command that ran its task answers with its exit status, in the same event. */
   #exitProcess(p: FakeProc, exit: ProcessExit): void {
     const run = p.running;
+    let answer: ProcessAnswer | undefined;
     if (this.config.kind === 'command' && run && exit.code !== null && !exit.memory) {
       if (exit.code === 0) {
-        this.#reply(p, run, { type: 'result', result: { task: run.taskId, attempt: run.attempt, by: p.workerId } }, '');
+        const result = { task: run.taskId, attempt: run.attempt, by: p.workerId };
+        this.#record(run, { type: 'result', result });
+        answer = { status: 'resolved', result };
       } else {
-        this.#reply(p, run, { type: 'failed', retryable: exit.code !== EXIT_NON_RETRYABLE }, `command exited with code ${exit.code}`);
+        const retryable = exit.code !== EXIT_NON_RETRYABLE;
+        this.#record(run, { type: 'failed', retryable });
+        answer = { status: 'failed', error: { name: 'Error', message: `command exited with code ${exit.code}` }, retryable };
       }
     } else if (run) {
       run.diedDuring = exit;
@@ -699,7 +709,7 @@ export class PoolModel {
     p.phase = 'exited';
     p.pendingExit = null;
     p.exit = exit;
-    p.sendBack({ type: 'proc.exit', ...exit, memory: exit.memory ?? false });
+    p.sendBack({ type: 'proc.exit', ...exit, memory: exit.memory ?? false, ...(answer ? { answer } : {}) });
   }
 
   #spawnFail(i: number, how: 'enoent' | 'load'): void {
