@@ -10,7 +10,7 @@
 // not one "resolved" line per task, a reference run fails, or a worker outlives its run.
 //
 // Usage: npm run build && node scripts/bench-run.js
-// Env: BENCH_REPEAT, BENCH_CONCURRENCY, BENCH_TASKS (all scenarios), BENCH_MODULE_TASKS,
+// Env: BENCH_CLI_ENV, BENCH_REPEAT, BENCH_CONCURRENCY, BENCH_TASKS (all scenarios), BENCH_MODULE_TASKS,
 //      BENCH_COMMAND_TASKS, BENCH_REUSE_TASKS, BENCH_REUSE_CONCURRENCY,
 //      BENCH_REUSE_MAX_TASKS, BENCH_SCENARIOS (comma list of module,command,reuse).
 import { fork, spawn } from 'node:child_process';
@@ -39,7 +39,17 @@ const BARE = { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: tru
 const MARK_NAME = 'TIDEPOOL_BENCH_RUN';
 const MARK = `${process.pid}-${Date.now()}`;
 
-const CLI_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('TIDEPOOL_')));
+/**
+ * The CLI's environment. By default the same as the references' children get, PATH only, so
+ * both sides' workers run in the same environment (tidepool's allowlist finds nothing else to
+ * pass on). BENCH_CLI_ENV=caller gives it this script's environment instead, minus TIDEPOOL_*
+ * settings, as a shell would: the workers then also get HOME, LANG, ... and the CLI itself
+ * NODE_EXTRA_CA_CERTS if set (see docs/benchmarks.md for what that costs).
+ */
+const CLI_ENV =
+  process.env.BENCH_CLI_ENV === 'caller'
+    ? Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('TIDEPOOL_')))
+    : { ...BARE.env };
 
 class BenchError extends Error {}
 
@@ -81,10 +91,10 @@ function config() {
   return {
     repeat: intEnv('BENCH_REPEAT', 5),
     scenarios,
-    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 60), concurrency },
-    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 300), concurrency },
+    module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 200), concurrency },
+    command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 2000), concurrency },
     reuse: {
-      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 4000),
+      tasks: intEnv('BENCH_REUSE_TASKS', tasks ?? 10000),
       concurrency: intEnv('BENCH_REUSE_CONCURRENCY', 2),
       maxTasks: intEnv('BENCH_REUSE_MAX_TASKS', 1000),
     },
@@ -103,8 +113,8 @@ function runTidepool(file, args, expected) {
     if (interrupted) return reject(new BenchError(`interrupted by ${interrupted}`));
     const argv = [CLI, 'run', file, ...args, '--env', `${MARK_NAME}=${MARK}`];
     const started = performance.now();
-    // The user's environment, as a shell would give it (the CLI's own start-up is part of
-    // the figure), without TIDEPOOL_* settings: the flags below are the whole configuration.
+    // The flags below are the whole configuration (no TIDEPOOL_* variables in CLI_ENV); the
+    // CLI's own start-up is part of the figure.
     const child = track(spawn(process.execPath, argv, { env: CLI_ENV, stdio: ['ignore', 'pipe', 'pipe'] }));
     const out = [];
     const err = [];

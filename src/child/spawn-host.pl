@@ -12,7 +12,6 @@ use warnings;
 use Config;
 use Errno ();
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
-use IO::Select;
 use POSIX ();
 
 my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS) = @ARGV;
@@ -22,20 +21,28 @@ my $TICKS = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 my @SIGNAME = split ' ', $Config{sig_name};
 
 # The manager decides when workers stop: a Ctrl-C reaching the whole terminal group must not
-# kill the host under them. A command that does not read its input makes writes fail with
-# EPIPE instead of killing the host. A child's exit interrupts select(), so it is seen at once.
+# kill the host under them. SIGINT and SIGTERM are blocked as well as ignored, so one sent to a
+# child between its fork and its exec stays pending instead of being discarded: the child
+# unblocks them, with their default action, just before it execs. A command that does not
+# read its input makes writes fail with EPIPE instead of killing the host. A child's exit
+# interrupts select(), so it is seen at once.
+my $STOP_SIGNALS = POSIX::SigSet->new(POSIX::SIGINT(), POSIX::SIGTERM());
+POSIX::sigprocmask(POSIX::SIG_BLOCK(), $STOP_SIGNALS);
 $SIG{INT} = $SIG{TERM} = $SIG{PIPE} = 'IGNORE';
 $SIG{CHLD} = sub { };
 
 binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
 
-# The worker's command line, environment, directory and ids, from the configure frame.
-my (@argv, %env, $cwd, $uid, $gid);
+# The worker's command line, directory and ids, from the configure frame (and its environment,
+# which becomes the host's own).
+my (@argv, $cwd, $uid, $gid);
 my %jobs;     # id -> job
 my %by_pid;   # pid -> job
 my %by_fd;    # fileno -> [job, stream]: 'stdin', 'stdout' or 'stderr'
-my $readers = IO::Select->new(\*STDIN);
-my $writers = IO::Select->new;
+# select() bit vectors: the pipes to read (the manager's stdin, fd 0, always) and the stdins
+# with input still to write.
+my ($readers, $writers) = ('', '');
+vec($readers, 0, 1) = 1;
 my $from_manager = '';
 
 sub now_ms { my ($real) = POSIX::times(); return $real * 1000 / $TICKS }
@@ -83,6 +90,7 @@ sub spawn_job {
     my $step = 'exec';
     eval {
       $SIG{$_} = 'DEFAULT' for qw(INT TERM PIPE CHLD);
+      POSIX::sigprocmask(POSIX::SIG_SETMASK(), POSIX::SigSet->new);
       $step = 'setsid'; POSIX::setsid() or die;   # its own group and session, like `detached`
       $step = 'dup2';
       POSIX::dup2(fileno $in_r, 0) // die;
@@ -91,7 +99,6 @@ sub spawn_job {
       if (defined $cwd) { $step = 'chdir'; chdir $cwd or die }
       if (defined $gid) { $step = 'setgid'; $) = "$gid $gid"; POSIX::setgid($gid) or die }
       if (defined $uid) { $step = 'setuid'; POSIX::setuid($uid) or die }
-      %ENV = %env;
       $step = 'exec';
       no warnings 'exec';   # the failure is reported below, not printed
       exec { $argv[0] } @argv;
@@ -102,27 +109,20 @@ sub spawn_job {
     POSIX::_exit(127);
   }
   close $_ for $in_r, $out_w, $err_w, $status_w;
-  my ($why, $n) = ('');
-  do { $n = sysread($status_r, $why, 4096) } while (!defined $n && $!{EINTR});
-  close $status_r;
-  if ($n) {
-    waitpid($pid, 0);
-    close $_ for $in_w, $out_r, $err_r;
-    my ($code, $step, $description) = split /\0/, $why, 3;
-    return spawn_failed($id, $code, $step, $description);
-  }
+  # The child's exec is confirmed (P) or refused (F) when its status pipe speaks; meanwhile
+  # the host goes on with other work, and the task already waits on the command's stdin.
   my $job = {
-    id => $id, pid => $pid, stdin => $in_w, pending => '', close_stdin => 0,
-    stdout => '', out_bytes => 0, overflow => 0, tail => '', open => 2, status => undef, deadline => undef,
+    id => $id, pid => $pid, stdin => $in_w, pending => '', close_stdin => 0, started => 0, why => '',
+    stdout => '', out_bytes => 0, overflow => 0, tail => '', open => 3, status => undef, deadline => undef,
   };
   $jobs{$id} = $by_pid{$pid} = $job;
+  $by_fd{fileno $status_r} = [$job, 'status', $status_r];
   $by_fd{fileno $out_r} = [$job, 'stdout', $out_r];
   $by_fd{fileno $err_r} = [$job, 'stderr', $err_r];
-  $readers->add($out_r, $err_r);
+  vec($readers, fileno $_, 1) = 1 for $status_r, $out_r, $err_r;
   my $flags = fcntl($in_w, F_GETFL, 0);
   fcntl($in_w, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
   $by_fd{fileno $in_w} = [$job, 'stdin', $in_w];
-  to_manager("P $id $pid\n");
   input_for($job, $stdin) if defined $stdin;
 }
 
@@ -141,7 +141,7 @@ sub flush_stdin {
   while (length $job->{pending}) {
     my $n = syswrite($fh, $job->{pending});
     if (defined $n) { substr($job->{pending}, 0, $n) = ''; next }
-    if ($!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR}) { $writers->add($fh) unless $writers->exists($fh); return }
+    if ($!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR}) { vec($writers, fileno $fh, 1) = 1; return }
     $job->{pending} = '';   # EPIPE: the command does not read its input; its exit says the rest
   }
   close_stdin($job) if $job->{close_stdin};
@@ -150,7 +150,7 @@ sub flush_stdin {
 sub close_stdin {
   my ($job) = @_;
   my $fh = $job->{stdin} or return;
-  $writers->remove($fh);
+  vec($writers, fileno $fh, 1) = 0;
   delete $by_fd{fileno $fh};
   close $fh;
   $job->{stdin} = undef;
@@ -162,7 +162,9 @@ sub read_job {
   my $n = sysread($fh, my $chunk, 65536);
   return if !defined $n && $!{EINTR};
   if ($n) {
-    if ($stream eq 'stderr') {
+    if ($stream eq 'status') {
+      $job->{why} .= $chunk;
+    } elsif ($stream eq 'stderr') {
       write_all(\*STDERR, $chunk);   # the worker's own diagnostics, forwarded
       $job->{tail} = substr($job->{tail} . $chunk, -$STDERR_TAIL);
     } elsif (!$job->{overflow}) {
@@ -177,10 +179,25 @@ sub read_job {
     }
     return;
   }
-  $readers->remove($fh);
+  vec($readers, fileno $fh, 1) = 0;
   delete $by_fd{fileno $fh};
   close $fh;
   $job->{open}--;
+  started($job) if $stream eq 'status';
+}
+
+# The status pipe closed: at the exec (nothing was written), or at the exit of a child whose
+# exec failed (it wrote why).
+sub started {
+  my ($job) = @_;
+  if (length $job->{why}) {
+    my ($code, $step, $description) = split /\0/, $job->{why}, 3;
+    $job->{failed} = 1;
+    spawn_failed($job->{id}, $code, $step, $description);
+  } else {
+    $job->{started} = 1;
+    to_manager("P $job->{id} $job->{pid}\n");
+  }
 }
 
 # Collect exit statuses. Whatever a worker left in its group goes with it, which also closes
@@ -206,12 +223,14 @@ sub report_exits {
       for my $fd (keys %by_fd) {
         my ($owner, $stream, $fh) = @{ $by_fd{$fd} };
         next unless $owner == $job;
-        $readers->remove($fh);
+        vec($readers, $fd, 1) = 0;
         delete $by_fd{$fd};
         close $fh;
+        started($job) if $stream eq 'status';
       }
     }
     delete $jobs{$job->{id}};
+    next if $job->{failed};   # reported with F already
     my $st = $job->{status};
     my $code = POSIX::WIFEXITED($st) ? POSIX::WEXITSTATUS($st) : '-';
     my $signal = POSIX::WIFSIGNALED($st) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($st)] : '-';
@@ -248,7 +267,8 @@ sub configure {
   my $argc = shift @fields;
   @argv = splice @fields, 0, $argc;
   my $envc = shift @fields;
-  %env = map { split /=/, $_, 2 } splice @fields, 0, $envc;
+  # The host's own environment becomes the workers': children inherit it as it is.
+  %ENV = map { split /=/, $_, 2 } splice @fields, 0, $envc;
   ($cwd, $uid, $gid) = map { length ? $_ : undef } @fields;
 }
 
@@ -270,22 +290,27 @@ sub read_manager {
     elsif ($kind eq 'I') { input_for($jobs{$head[1]}, $payload) if $jobs{$head[1]} }
     elsif ($kind eq 'K') {
       my $job = $jobs{$head[1]};
-      kill $head[2], -$job->{pid} if $job && !defined $job->{status};
+      # Before its exec the child may not lead its own group yet: then it is signalled alone.
+      kill($head[2], -$job->{pid}) || kill($head[2], $job->{pid}) if $job && !defined $job->{status};
     }
   }
 }
 
 to_manager("R $$\n");
 for (;;) {
-  my ($readable, $writable) = IO::Select::select($readers, $writers->count ? $writers : undef, undef, timeout());
-  for my $fh (@{ $readable || [] }) {
-    if (fileno $fh == 0) { read_manager() }
-    elsif ($by_fd{fileno $fh}) { read_job($fh) }
-  }
-  for my $fh (@{ $writable || [] }) {
-    my $entry = $by_fd{fileno $fh} or next;
-    $writers->remove($fh);
-    flush_stdin($entry->[0]);
+  my ($can_read, $can_write) = ($readers, $writers);
+  my $ready = select($can_read, $writers =~ /[^\0]/ ? $can_write : undef, undef, timeout());
+  if ($ready > 0) {
+    read_manager() if vec($can_read, 0, 1);
+    for my $fd (grep { vec($can_read, $_, 1) || vec($can_write, $_, 1) } keys %by_fd) {
+      my $entry = $by_fd{$fd} or next;   # closed by an earlier read in this round
+      if ($entry->[1] eq 'stdin') {
+        vec($writers, $fd, 1) = 0;
+        flush_stdin($entry->[0]);
+      } else {
+        read_job($entry->[2]);
+      }
+    }
   }
   reap();
   report_exits();
