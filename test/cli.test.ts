@@ -100,6 +100,38 @@ describe('tidepool run', () => {
     expect(run.lines[0]).toMatchObject({ id: 'q', result: 'a b\n' });
   });
 
+  it('streams a large input: reading stops while READ_AHEAD tasks wait', async () => {
+    // One worker that never finishes: the queue fills up, and the CLI must stop reading its
+    // stdin instead of holding the whole input. Writes then stall on the full pipe.
+    const child = spawn(process.execPath, [BIN, 'run', '--command', 'sleep 1000', '--concurrency', '1', '--log-level', 'silent'], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+    const line = `{"pad":"${'x'.repeat(80)}"}\n`;
+    const chunk = line.repeat(1000); // ~90 KB: READ_AHEAD lines
+    let written = 0;
+    // Write until the pipe pushes back for good (or far more than READ_AHEAD lines went in).
+    while (written < 60 * chunk.length) {
+      const flushed = child.stdin.write(chunk);
+      written += chunk.length;
+      if (!flushed) {
+        const drained = await Promise.race([
+          new Promise((r) => child.stdin.once('drain', () => r(true))),
+          new Promise((r) => setTimeout(() => r(false), 1_000)),
+        ]);
+        if (!drained) break;
+      }
+    }
+    try {
+      // Read ahead: READ_AHEAD lines in the queue, readline's and the pipe's buffers; nowhere
+      // near the 5 MB a reader without backpressure takes in.
+      expect(written).toBeLessThan(12 * chunk.length);
+    } finally {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+
   it('stops on SIGTERM: exit 143, no worker left behind', async () => {
     let pid = 0;
     const workers = new Set<number>();

@@ -12,6 +12,12 @@ export const EXIT_CODES = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 const PROGRESS_HZ = 10;
 
 /**
+ * Tasks read ahead of the workers: reading stops while this many wait in the queue, and goes
+ * on once half of them have been taken, so a large input is streamed, not held in memory.
+ */
+export const READ_AHEAD = 1000;
+
+/**
  * `tidepool run`: JSON Lines in, one JSON line per task out (completion order). A line that
  * is not a JSON object fails as `malformed` with id `line:<n>`; a task without an id gets
  * `line:<n>` too, so every output line can be matched to its input line.
@@ -46,9 +52,19 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
 
   await pool.start();
   let stopping: NodeJS.Signals | null = null;
+  // Set while the reader waits for room in the queue; called once there is (or the run stops).
+  let wakeReader: (() => void) | null = null;
+  const checkRoom = () => {
+    if (wakeReader && (stopping || pool.source.size.ready <= READ_AHEAD / 2)) {
+      wakeReader();
+      wakeReader = null;
+    }
+  };
+  pool.on('attempt', checkRoom);
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = signal;
+    checkRoom();
     if (signal !== 'SIGPIPE') pool.logger.warn({ signal }, `${signal}: stopping; unfinished tasks are not reported`);
     stream.destroy();
     void pool.stop();
@@ -67,6 +83,10 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
   const lines = createInterface({ input: stream, crlfDelay: Infinity });
   try {
     for await (const line of lines) {
+      if (pool.source.size.ready >= READ_AHEAD) {
+        await new Promise<void>((resolve) => (wakeReader = resolve));
+        if (stopping) break;
+      }
       lineNo++;
       if (line.trim() === '') continue;
       const id = `line:${lineNo}`;
@@ -98,6 +118,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
     process.stdout.off('error', onStdoutError);
+    pool.off('attempt', checkRoom);
   }
   if (stopping) return 128 + (stopping === 'SIGINT' ? 2 : stopping === 'SIGPIPE' ? 13 : 15);
   return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;
