@@ -21,14 +21,15 @@ my $TICKS = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 my @SIGNAME = split ' ', $Config{sig_name};
 
 # The manager decides when workers stop: a Ctrl-C reaching the whole terminal group must not
-# kill the host under them. SIGINT and SIGTERM are blocked as well as ignored, so one sent to a
-# child between its fork and its exec stays pending instead of being discarded: the child
-# unblocks them, with their default action, just before it execs. A command that does not
-# read its input makes writes fail with EPIPE instead of killing the host. A child's exit
-# interrupts select(), so it is seen at once.
-my $STOP_SIGNALS = POSIX::SigSet->new(POSIX::SIGINT(), POSIX::SIGTERM());
-POSIX::sigprocmask(POSIX::SIG_BLOCK(), $STOP_SIGNALS);
-$SIG{INT} = $SIG{TERM} = $SIG{PIPE} = 'IGNORE';
+# kill the host under them, and a command that does not read its input must make the write
+# fail with EPIPE, not kill the host. Blocking SIGINT, SIGTERM and SIGPIPE (rather than
+# ignoring them) does both and leaves their default actions in place for the children, which
+# inherit the mask and clear it just before exec: a SIGTERM that reaches a child between its
+# fork and its exec waits there instead of being lost. A child's exit interrupts select(), so
+# it is seen at once.
+my $HELD = POSIX::SigSet->new(POSIX::SIGINT(), POSIX::SIGTERM(), POSIX::SIGPIPE());
+my $NONE = POSIX::SigSet->new;
+POSIX::sigprocmask(POSIX::SIG_BLOCK(), $HELD);
 $SIG{CHLD} = sub { };
 
 binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
@@ -89,8 +90,7 @@ sub spawn_job {
   if ($pid == 0) {
     my $step = 'exec';
     eval {
-      $SIG{$_} = 'DEFAULT' for qw(INT TERM PIPE CHLD);
-      POSIX::sigprocmask(POSIX::SIG_SETMASK(), POSIX::SigSet->new);
+      POSIX::sigprocmask(POSIX::SIG_SETMASK(), $NONE);   # the CHLD handler goes at exec
       $step = 'setsid'; POSIX::setsid() or die;   # its own group and session, like `detached`
       $step = 'dup2';
       POSIX::dup2(fileno $in_r, 0) // die;
