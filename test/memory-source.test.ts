@@ -26,4 +26,23 @@ describe('memory source', () => {
     source.close();
     expect(() => source.submit({ id: 'late' })).toThrow(expect.objectContaining({ code: 'TIDEPOOL_ERR_POOL_STATE' }));
   });
+
+  it('delivers a long queue in order, a released delivery first', async () => {
+    const source = new MemorySource();
+    const delivered: Parameters<MemorySource['settle']>[0][] = [];
+    await source.open({ deliver: (d) => delivered.push(d), drained: () => {} }, 1);
+    for (let i = 0; i < 5000; i++) source.submit({ id: `t${i}` });
+    const order: string[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const d = delivered[delivered.length - 1];
+      order.push(d.task.id);
+      source.settle(d, { action: 'ack' });
+    }
+    // Past the point where the consumed prefix is dropped, a release still goes to the front.
+    source.release(delivered[delivered.length - 1]);
+    const released = delivered[delivered.length - 1];
+    expect(released.task.id).toBe('t3000');
+    expect(order).toEqual(Array.from({ length: 3000 }, (_, i) => `t${i}`));
+    expect(source.size).toEqual({ ready: 1999, delayed: 0, unsettled: 1 });
+  });
 });

@@ -25,7 +25,7 @@ export interface DeadLetter {
  */
 export class MemorySource implements Source {
   readonly deadLetters: DeadLetter[] = [];
-  #ready: Delivery[] = [];
+  readonly #ready = new Fifo<Delivery>();
   #unsettled = new Set<string>();
   #timers = new Set<unknown>();
   readonly #clock: Clock;
@@ -111,7 +111,7 @@ export class MemorySource implements Source {
     const consumer = this.#consumer;
     if (!consumer || this.#disposed) return;
     while (!this.#paused && this.#unsettled.size < this.#prefetch && this.#ready.length > 0) {
-      const delivery = this.#ready.shift()!;
+      const delivery = this.#ready.shift();
       this.#unsettled.add(delivery.id);
       consumer.deliver(delivery);
     }
@@ -119,5 +119,39 @@ export class MemorySource implements Source {
       this.#drained = true;
       consumer.drained();
     }
+  }
+}
+
+/**
+ * A FIFO whose shift is O(1) at any length (a large array's shift moves every element), with
+ * an unshift for the rare delivery put back at the front.
+ */
+class Fifo<T> {
+  #items: T[] = [];
+  #head = 0;
+
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+
+  push(item: T): void {
+    this.#items.push(item);
+  }
+
+  unshift(item: T): void {
+    if (this.#head > 0) this.#items[--this.#head] = item;
+    else this.#items.unshift(item);
+  }
+
+  /** The first item; only call when `length > 0`. */
+  shift(): T {
+    const item = this.#items[this.#head];
+    this.#items[this.#head++] = undefined as T;
+    // Drop the consumed prefix once it is most of the array.
+    if (this.#head >= 1024 && this.#head * 2 >= this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return item;
   }
 }
