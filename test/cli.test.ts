@@ -106,6 +106,8 @@ describe('tidepool run', () => {
     const child = spawn(process.execPath, [BIN, 'run', '--command', 'sleep 1000', '--concurrency', '1', '--log-level', 'silent'], {
       stdio: ['pipe', 'ignore', 'ignore'],
     });
+    // Writes still queued when the CLI is stopped below fail with EPIPE: expected.
+    child.stdin.on('error', () => {});
     const line = `{"pad":"${'x'.repeat(80)}"}\n`;
     const chunk = line.repeat(1000); // ~90 KB: READ_AHEAD lines
     let written = 0;
