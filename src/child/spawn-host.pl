@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # The spawn host, Perl edition: starts command workers for the manager and reports how they
-# ended. The frames it reads and writes are described in src/child/protocol.js (HOST); the
+# ended. The frames it reads and writes are described in src/child/host-protocol.js; the
 # Node edition (spawn-host.js) speaks the same protocol. The manager prefers this one where a
 # `perl` is installed: forking from this ~5 MB process costs about half of what forking from a
 # Node process does, and every command worker is a fork.
@@ -39,7 +39,7 @@ binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
 my (@argv, $cwd, $uid, $gid);
 my %jobs;     # id -> job
 my %by_pid;   # pid -> job
-my %by_fd;    # fileno -> [job, stream]: 'stdin', 'stdout' or 'stderr'
+my %by_fd;    # fileno -> [job, stream, handle]; stream: 'status', 'stdin', 'stdout' or 'stderr'
 # select() bit vectors: the pipes to read (the manager's stdin, fd 0, always) and the stdins
 # with input still to write.
 my ($readers, $writers) = ('', '');
@@ -90,7 +90,8 @@ sub spawn_job {
   if ($pid == 0) {
     my $step = 'exec';
     eval {
-      POSIX::sigprocmask(POSIX::SIG_SETMASK(), $NONE);   # the CHLD handler goes at exec
+      # INT, TERM and PIPE back to their default actions (exec resets the CHLD handler).
+      POSIX::sigprocmask(POSIX::SIG_SETMASK(), $NONE);
       $step = 'setsid'; POSIX::setsid() or die;   # its own group and session, like `detached`
       $step = 'dup2';
       POSIX::dup2(fileno $in_r, 0) // die;
@@ -112,7 +113,7 @@ sub spawn_job {
   # The child's exec is confirmed (P) or refused (F) when its status pipe speaks; meanwhile
   # the host goes on with other work, and the task already waits on the command's stdin.
   my $job = {
-    id => $id, pid => $pid, stdin => $in_w, pending => '', close_stdin => 0, started => 0, why => '',
+    id => $id, pid => $pid, stdin => $in_w, pending => '', close_stdin => 0, why => '',
     stdout => '', out_bytes => 0, overflow => 0, tail => '', open => 3, status => undef, deadline => undef,
   };
   $jobs{$id} = $by_pid{$pid} = $job;
@@ -195,7 +196,6 @@ sub started {
     $job->{failed} = 1;
     spawn_failed($job->{id}, $code, $step, $description);
   } else {
-    $job->{started} = 1;
     to_manager("P $job->{id} $job->{pid}\n");
   }
 }
@@ -272,7 +272,7 @@ sub configure {
   ($cwd, $uid, $gid) = map { length ? $_ : undef } @fields;
 }
 
-# Frames from the manager: C (configure), S (spawn), I (input), K (signal). See protocol.js.
+# Frames from the manager: C (configure), S (spawn), I (input), K (signal). See host-protocol.js.
 sub read_manager {
   my $n = sysread(\*STDIN, $from_manager, 65536, length $from_manager);
   return if !defined $n && $!{EINTR};
@@ -301,9 +301,13 @@ for (;;) {
   my ($can_read, $can_write) = ($readers, $writers);
   my $ready = select($can_read, $writers =~ /[^\0]/ ? $can_write : undef, undef, timeout());
   if ($ready > 0) {
+    # The ready pipes, taken before any is closed: the manager's frames may close one and
+    # open another under the same number in this round, and that one is not ready.
+    my @ready = map { [$_, $by_fd{$_}] } grep { vec($can_read, $_, 1) || vec($can_write, $_, 1) } keys %by_fd;
     read_manager() if vec($can_read, 0, 1);
-    for my $fd (grep { vec($can_read, $_, 1) || vec($can_write, $_, 1) } keys %by_fd) {
-      my $entry = $by_fd{$fd} or next;   # closed by an earlier read in this round
+    for (@ready) {
+      my ($fd, $entry) = @$_;
+      next unless ($by_fd{$fd} // 0) == $entry;   # closed in this round
       if ($entry->[1] eq 'stdin') {
         vec($writers, $fd, 1) = 0;
         flush_stdin($entry->[0]);
