@@ -92,9 +92,9 @@ async function poolSide(worker, n) {
     n,
     (done) => void pool.run({}).then(done),
     () => {
-      // The spawn host is this process's only child while no module worker runs.
+      // The spawn host (commands, single-use modules) is the oldest child of this process.
       const kids = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim().split(/\s+/);
-      return 'command' in worker && kids[0] ? Number(kids[0]) : null;
+      return kids[0] ? Math.min(...kids.map(Number)) : null;
     },
   );
   await pool.drain();

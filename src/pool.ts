@@ -10,7 +10,7 @@ import { workerMachine } from '../machines/worker.js';
 import { TidepoolError } from './errors.js';
 import { resolveOptions } from './options.js';
 import type { PoolOptions, ResolvedOptions } from './options.js';
-import { processActor } from './process/driver.js';
+import { hostSpec, processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
 import { SpawnHost } from './process/spawn-host.js';
 import type { HostEdition } from './process/spawn-host.js';
@@ -100,7 +100,7 @@ export class Pool extends EventEmitter<PoolEvents> {
   readonly #internals: PoolInternals;
   /** This pool's live process groups; the process-wide registry holds them too. */
   readonly #registry = new ProcessRegistry(registry);
-  /** Starts command workers (none for module workers). */
+  /** Starts command workers and single-use module workers (none for reused ones). */
   readonly #host: SpawnHost | null;
 
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
@@ -112,8 +112,8 @@ export class Pool extends EventEmitter<PoolEvents> {
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
     this.source = new MemorySource(internals.clock);
-    const { worker, env, cwd, uid, gid } = this.options;
-    this.#host = worker.kind === 'command' ? new SpawnHost({ argv: worker.argv, env, cwd, uid, gid }, this.logger, internals.spawnHost) : null;
+    const spec = hostSpec(this.options);
+    this.#host = spec === null ? null : new SpawnHost(spec, this.logger, internals.spawnHost);
   }
 
   /** The root actor (the pool machine), for inspection and snapshots. Set by `start()`. */

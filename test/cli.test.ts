@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { splitCommand } from '../src/cli/main.js';
-import { alive, childrenOf, fixture, until } from './helpers/procs.js';
+import { alive, childrenOf, descendantsOf, fixture, until } from './helpers/procs.js';
 
 /** `tidepool run` end to end: the real bin, real processes, stdout parsed line by line. */
 
@@ -138,9 +138,10 @@ describe('tidepool run', () => {
     let pid = 0;
     const workers = new Set<number>();
     const done = tidepool(['run', '--worker', fixture('hang.js'), '--log-level', 'silent'], '{"id":"x"}\n{"id":"y"}\n', (p) => (pid = p));
-    // Wait until the manager has forked its workers, then note them and signal it.
-    while (childrenOf(pid).length < 2) await new Promise((r) => setTimeout(r, 20));
-    for (const w of childrenOf(pid)) workers.add(w);
+    // Wait until both workers run (children of the spawn host), then note them and signal.
+    const started = () => childrenOf(pid).flatMap(childrenOf);
+    while (started().length < 2) await new Promise((r) => setTimeout(r, 20));
+    for (const w of descendantsOf(pid)) workers.add(w);
     process.kill(pid, 'SIGTERM');
     const run = await done;
     expect(run.code).toBe(143);
@@ -157,9 +158,10 @@ describe('tidepool run', () => {
     while (!pidFiles.every((f) => existsSync(f) && readFileSync(f, 'utf8').endsWith('\n'))) {
       await new Promise((r) => setTimeout(r, 20));
     }
-    const workers = [...childrenOf(pid), ...pidFiles.map((f) => Number(readFileSync(f, 'utf8')))];
-    expect(workers).toHaveLength(4);
-    // No handler runs on SIGKILL: only the closed IPC channel tells the workers.
+    // The spawn host, the two workers it started and their grandchildren.
+    const workers = [...new Set([...descendantsOf(pid), ...pidFiles.map((f) => Number(readFileSync(f, 'utf8')))])];
+    expect(workers).toHaveLength(5);
+    // No handler runs on SIGKILL: only the spawn host's closed stdin tells the workers.
     process.kill(pid, 'SIGKILL');
     const run = await done;
     expect(run.signal).toBe('SIGKILL');

@@ -163,12 +163,19 @@ describe('pool model (real processes)', () => {
   // The kill landed before the worker was ready, so attempt 1 failed as `spawn`, which the
   // model did not allow for. The pool was right; the model now allows it, and this replays
   // the case without its timing: the kill comes the moment the worker is spawned.
-  it('regression: a worker SIGKILLed while starting fails that attempt as spawn, and the task is retried', async () => {
+  // A forked worker (one that serves several tasks) is starting until its handler is loaded:
+  // a kill then is a spawn failure. One the spawn host starts for a single task is running once
+  // it has started: a kill is a crash. Either way the attempt fails and the task is retried.
+  it.each([
+    [2, 'spawn'],
+    [1, 'crash'],
+  ])('regression: a worker SIGKILLed as it starts (maxTasksPerWorker %i) fails that attempt as %s, and the task is retried', async (maxTasksPerWorker, kind) => {
     const pool = createPool({
       worker: { module: fixture('mixed.js') },
       concurrency: 1,
       attempts: 2,
       retryDelay: 1,
+      maxTasksPerWorker,
       logLevel: 'silent',
     });
     const spawned: number[] = [];
@@ -181,7 +188,7 @@ describe('pool model (real processes)', () => {
     await pool.start();
     try {
       const result = await pool.run({ params: { kind: 'resolve' } });
-      expect(attempts).toEqual(['spawn', 'resolved']);
+      expect(attempts).toEqual([kind, 'resolved']);
       expect(result).toMatchObject({ status: 'resolved', attempts: 2 });
       await pool.drain();
       expect(alive(spawned)).toEqual([]);

@@ -118,6 +118,14 @@ describe('module workers', () => {
     expect(readFileSync(file, 'utf8')).toBe('aborted\n');
   });
 
+  it('gives a handler that reads ctx.signal after the deadline an aborted signal', async () => {
+    const pool = await startPool({ worker: { module: fixture('late-signal.js') }, timeout: 200, killGrace: 2_000 });
+    const file = join(dir, 'late-signal.txt');
+    expect(failed(await pool.run({ params: { file } }))).toMatchObject({ kind: 'timeout' });
+    await pool.drain();
+    expect(readFileSync(file, 'utf8')).toBe('aborted: true\n');
+  });
+
   it('fails with kind memory when the worker exceeds its memory cap', async () => {
     const pool = await startPool({ worker: { module: fixture('oom.js') }, memoryLimit: 64 });
     expect(failed(await pool.run({}))).toMatchObject({ kind: 'memory' });

@@ -10,7 +10,10 @@
 //
 // Manager → host
 //   C <len>\n<payload>       configure, once, first: NUL-separated fields
-//                            argc, argv..., envc, NAME=value..., cwd, uid, gid (empty: unset)
+//                            argc, argv..., envc, NAME=value..., cwd, uid, gid (empty: unset),
+//                            answer: empty, the answer is the worker's stdout; `3`, it is what
+//                            the worker writes to fd 3, and its stdout goes to the host's stderr
+//                            (a module worker's console.log must not be taken for its answer)
 //   S <id> <len>\n<stdin>    spawn worker <id>; write <stdin> to it, then close its stdin
 //   S <id> -\n               spawn worker <id> with its stdin left open (a warm spare)
 //   I <id> <len>\n<stdin>    write <stdin> to worker <id>, then close its stdin
@@ -22,10 +25,10 @@
 //   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
 //   F <id> <len>\n<payload>  worker <id> never started (no X follows): NUL-separated
 //                            errno code (ENOENT), step (exec, chdir, spawn, ...), description
-//   X <id> <code> <signal> <overflow> <outlen> <errlen>\n<stdout><stderr tail>
-//                            worker <id> exited: <code> or <signal> is `-`; <overflow> is 1
-//                            when stdout passed MAX_OUTPUT (the group was killed and stdout
-//                            dropped). Sent once the group has been killed and the pipes
+//   X <id> <code> <signal> <overflow> <outlen> <errlen>\n<answer><stderr tail>
+//                            worker <id> exited: <code> or <signal> is `-`; <answer> is its
+//                            stdout or fd 3 (see C); <overflow> is 1 when the answer passed
+//                            MAX_OUTPUT (the group was killed and the answer dropped). Sent once the group has been killed and the pipes
 //                            have closed, or FLUSH_LIMIT_MS after the exit.
 //
 // The host is started with the limits as arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
@@ -43,7 +46,7 @@ export const HOST = /** @type {const} */ ({
 });
 
 /**
- * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number }} SpawnSpec
+ * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number, answerFd?: 3 }} SpawnSpec
  * @typedef {{ kind: string, fields: string[], payload: Buffer }} Frame
  */
 
@@ -113,7 +116,16 @@ export function frame(header, payload) {
 export function configurePayload(spec) {
   const env = Object.entries(spec.env).map(([name, value]) => `${name}=${value}`);
   const optional = (/** @type {string | number | undefined} */ value) => (value === undefined ? '' : String(value));
-  return [String(spec.argv.length), ...spec.argv, String(env.length), ...env, optional(spec.cwd), optional(spec.uid), optional(spec.gid)].join('\0');
+  return [
+    String(spec.argv.length),
+    ...spec.argv,
+    String(env.length),
+    ...env,
+    optional(spec.cwd),
+    optional(spec.uid),
+    optional(spec.gid),
+    optional(spec.answerFd),
+  ].join('\0');
 }
 
 /**
@@ -132,12 +144,13 @@ export function parseConfigure(payload) {
     const eq = entry.indexOf('=');
     env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
-  const [cwd, uid, gid] = fields;
+  const [cwd, uid, gid, answerFd] = fields;
   return {
     argv,
     env,
     ...(cwd ? { cwd } : {}),
     ...(uid ? { uid: Number(uid) } : {}),
     ...(gid ? { gid: Number(gid) } : {}),
+    ...(answerFd === '3' ? { answerFd: 3 } : {}),
   };
 }

@@ -1,6 +1,14 @@
 // @ts-check
 // The entry of a module worker process. It must import almost nothing: every module loaded
 // here is paid again on every task (no pino, no xstate, no validation library).
+//
+// Two ways in, one handler contract:
+// - forked by the manager, with an IPC channel (reused workers): `ready`, then `run` messages
+//   and their replies, until a `run` says it is the last;
+// - started by the spawn host, without one (single-use workers): the `run` message is the whole
+//   of stdin, and the one reply goes to fd 3 as a JSON line. No `ready`: the host reports the
+//   start.
+import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { EXIT, MSG, isNonRetryable, killGroup, serializeError } from './protocol.js';
 
@@ -8,17 +16,26 @@ import { EXIT, MSG, isNonRetryable, killGroup, serializeError } from './protocol
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
 
 const handlerPath = process.argv[2];
-/** @type {AbortController | null} */
+/** The task in progress: how to abort it. */
+/** @type {{ abort(reason: Error): void } | null} */
 let running = null;
 let terminating = false;
+
+const piped = process.send === undefined;
+/** Where a single-use worker's reply goes. */
+const ANSWER_FD = 3;
 
 /**
  * @param {ChildMessage} message
  * @param {() => void} [then]
  */
 function send(message, then) {
-  if (!process.connected) return process.exit(EXIT.OK);
   try {
+    if (piped) {
+      writeSync(ANSWER_FD, `${JSON.stringify(message)}\n`);
+      return then?.();
+    }
+    if (!process.connected) return process.exit(EXIT.OK);
     process.send?.(message, undefined, undefined, (err) => {
       if (err) process.exit(EXIT.OK);
       else then?.();
@@ -34,7 +51,8 @@ function send(message, then) {
 }
 
 // The manager is gone: leave, whatever the handler is doing, and take the process group
-// (grandchildren the handler started) along; nobody else is left to kill it.
+// (grandchildren the handler started) along; nobody else is left to kill it. (A piped worker
+// has no channel: the spawn host kills its group when the manager goes.)
 process.on('disconnect', () => {
   killGroup(process.pid, 'SIGKILL');
   // Not a group leader (started by hand, not by the pool): just leave.
@@ -43,11 +61,12 @@ process.on('disconnect', () => {
 
 // The deadline passed: fire the task's AbortSignal and leave once the handler settles (the
 // manager sends SIGKILL after its grace period if it does not).
-process.on('SIGTERM', () => {
+const onTerminate = () => {
   terminating = true;
   if (!running) process.exit(EXIT.TERMINATED);
   running.abort(new Error('the task deadline passed; the worker is terminating'));
-});
+};
+if (!piped) process.on('SIGTERM', onTerminate);
 
 const LEVELS = /** @type {Record<string, number>} */ ({ trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 });
 const threshold = LEVELS[process.env.TIDEPOOL_LOG_LEVEL ?? 'info'] ?? Infinity;
@@ -82,15 +101,32 @@ try {
   await new Promise(() => {});
 }
 
-process.on('message', async (/** @type {RunMessage} */ message) => {
+/** @param {RunMessage} message */
+async function run(message) {
   if (message.k !== MSG.RUN) return;
-  const controller = new AbortController();
-  running = controller;
+  // The AbortController is made when the handler first reads ctx.signal (aborted already if
+  // the deadline has passed): most handlers never do, and each one costs a worker ~0.2 ms.
+  /** @type {AbortController | null} */
+  let controller = null;
+  /** @type {Error | null} */
+  let aborted = null;
+  running = {
+    abort(reason) {
+      aborted = reason;
+      controller?.abort(reason);
+    },
+  };
   const ctx = {
     attempt: message.attempt,
     workerId: message.workerId,
     taskId: message.taskId,
-    signal: controller.signal,
+    get signal() {
+      if (!controller) {
+        controller = new AbortController();
+        if (aborted) controller.abort(aborted);
+      }
+      return controller.signal;
+    },
     log: createLogger({ pid: process.pid, workerId: message.workerId, taskId: message.taskId }),
   };
   /** @type {ChildMessage} */
@@ -101,8 +137,24 @@ process.on('message', async (/** @type {RunMessage} */ message) => {
     reply = { k: MSG.ERROR, error: serializeError(err), retryable: !isNonRetryable(err) };
   }
   running = null;
-  const leave = message.last || terminating;
+  const leave = message.last || terminating || piped;
   send(reply, leave ? () => process.exit(terminating ? EXIT.TERMINATED : EXIT.OK) : undefined);
-});
+}
 
-send({ k: MSG.READY });
+if (piped) {
+  // The handler is loaded first, so a warm spare waits for its task ready to run it. The read
+  // blocks (an asynchronous one costs ~1.5 ms more per worker here); until it returns, SIGTERM
+  // keeps its default action, which is what a spare retired while it waits needs.
+  const message = JSON.parse(readFileSync(0, 'utf8'));
+  process.on('SIGTERM', onTerminate);
+  // Nothing else holds the event loop open (no IPC channel): a handler waiting on a promise
+  // alone must not let the process exit under it. A timer is made only then (the first one
+  // costs ~0.35 ms); the exit after the reply ends it.
+  process.once('beforeExit', () => {
+    if (running) setInterval(() => {}, 2 ** 30);
+  });
+  void run(message);
+} else {
+  process.on('message', run);
+  send({ k: MSG.READY });
+}

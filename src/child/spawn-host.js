@@ -36,8 +36,10 @@ function start(id, stdin) {
     uid: spec.uid,
     gid: spec.gid,
     detached: true,
-    stdio: ['pipe', 'pipe', 'pipe'],
+    // The answer on stdout, or on fd 3 with stdout going to this host's stderr.
+    stdio: spec.answerFd === 3 ? ['pipe', 2, 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
   });
+  const answer = /** @type {import('node:stream').Readable | null} */ (child.stdio[spec.answerFd ?? 1]);
   // libuv forks and execs synchronously: a pid means the command started, and a failure to
   // start comes as an 'error' event without one.
   const pid = child.pid;
@@ -61,7 +63,7 @@ function start(id, stdin) {
   // A command that exits without reading its input makes the write fail with EPIPE.
   child.stdin?.on('error', () => {});
   if (stdin !== undefined) child.stdin?.end(stdin);
-  child.stdout?.on('data', (/** @type {Buffer} */ chunk) => {
+  answer?.on('data', (/** @type {Buffer} */ chunk) => {
     if (overflow) return;
     outBytes += chunk.length;
     if (outBytes > MAX_OUTPUT) {

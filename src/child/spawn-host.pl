@@ -11,7 +11,7 @@ use strict;
 use warnings;
 use Config;
 use Errno ();
-use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
+use Fcntl qw(F_GETFL F_SETFL F_SETFD O_NONBLOCK);
 use POSIX ();
 
 my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS) = @ARGV;
@@ -34,9 +34,9 @@ $SIG{CHLD} = sub { };
 
 binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
 
-# The worker's command line, directory and ids, from the configure frame (and its environment,
-# which becomes the host's own).
-my (@argv, $cwd, $uid, $gid);
+# The worker's command line, directory and ids, and where its answer comes (fd 1 or 3), from
+# the configure frame (and its environment, which becomes the host's own).
+my (@argv, $cwd, $uid, $gid, $answer_fd);
 my %jobs;     # id -> job
 my %by_pid;   # pid -> job
 my %by_fd;    # fileno -> [job, stream, handle]; stream: 'status', 'stdin', 'stdout' or 'stderr'
@@ -95,8 +95,17 @@ sub spawn_job {
       $step = 'setsid'; POSIX::setsid() or die;   # its own group and session, like `detached`
       $step = 'dup2';
       POSIX::dup2(fileno $in_r, 0) // die;
-      POSIX::dup2(fileno $out_w, 1) // die;
-      POSIX::dup2(fileno $err_w, 2) // die;
+      if ($answer_fd == 3) {
+        # Keep the status pipe off fd 3, then: stdout to the host's stderr, the answer on 3.
+        if (fileno($status_w) == 3) { open(my $moved, '>&', $status_w) or die; $status_w = $moved }
+        POSIX::dup2(2, 1) // die;
+        POSIX::dup2(fileno $err_w, 2) // die;
+        if (fileno($out_w) == 3) { fcntl($out_w, F_SETFD, 0) // die }   # keep it across exec
+        else { POSIX::dup2(fileno $out_w, 3) // die }
+      } else {
+        POSIX::dup2(fileno $out_w, 1) // die;
+        POSIX::dup2(fileno $err_w, 2) // die;
+      }
       if (defined $cwd) { $step = 'chdir'; chdir $cwd or die }
       if (defined $gid) { $step = 'setgid'; $) = "$gid $gid"; POSIX::setgid($gid) or die }
       if (defined $uid) { $step = 'setuid'; POSIX::setuid($uid) or die }
@@ -269,7 +278,8 @@ sub configure {
   my $envc = shift @fields;
   # The host's own environment becomes the workers': children inherit it as it is.
   %ENV = map { split /=/, $_, 2 } splice @fields, 0, $envc;
-  ($cwd, $uid, $gid) = map { length ? $_ : undef } @fields;
+  ($cwd, $uid, $gid, $answer_fd) = map { defined && length ? $_ : undef } @fields;
+  $answer_fd //= 1;
 }
 
 # Frames from the manager: C (configure), S (spawn), I (input), K (signal). See host-protocol.js.

@@ -11,7 +11,8 @@ import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
 import { killGroup, residentBytes } from './registry.js';
 import type { ProcessRegistry } from './registry.js';
-import type { SpawnHost } from './spawn-host.js';
+import type { HostExit, SpawnHost } from './spawn-host.js';
+import type { SpawnSpec } from '../child/host-protocol.js';
 
 /** The child entry of module workers; plain JavaScript, so it runs from src and from dist. */
 const CHILD_ENTRY = fileURLToPath(new URL('../child/main.js', import.meta.url));
@@ -161,7 +162,7 @@ class WorkerProcess {
       this.#flushTimer = null;
       this.#rt.registry.delete(pid);
       this.#reported = true;
-      const memory = this.#overMemory || (signal === 'SIGABRT' && /heap out of memory|Reached heap limit/.test(this.#stderr));
+      const memory = this.#overMemory || heapExhausted(signal, this.#stderr);
       const detail = memory ? undefined : this.stderrTail || undefined;
       this.#sendBack({ type: 'proc.exit', code, signal, memory, detail });
     };
@@ -251,12 +252,23 @@ function moduleProcess(rt: DriverRuntime, modulePath: string) {
 }
 
 /**
- * The process slot for command workers: the task as JSON on stdin, the result on stdout. The
- * spawn host starts the process (see spawn-host.ts for why); signals go to its group directly.
+ * How a process the spawn host starts is given its task, and how its answer is read: a
+ * command (the task on stdin; its exit status and stdout answer) or a single-use module worker
+ * (a `run` message on stdin; its reply on fd 3).
  */
-function commandProcess(rt: DriverRuntime) {
+interface HostedKind {
+  input(held: { task: Task; attempt: number }, workerId: string): string;
+  answer(exit: HostExit): ProcessAnswer | undefined;
+}
+
+/**
+ * The process slot for processes the spawn host starts (see spawn-host.ts for why): commands,
+ * and module workers that serve one task. Signals go to the process group directly once its
+ * pid is known, through the host before.
+ */
+function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
   const host = rt.host;
-  if (!host) throw new Error('command workers need a spawn host');
+  if (!host) throw new Error('this kind of worker needs a spawn host');
   return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
     const { memoryLimit } = rt.options;
     let pid: number | null = null;
@@ -266,7 +278,7 @@ function commandProcess(rt: DriverRuntime) {
     let unwatch = () => {};
     // Spawned for a task (just in time): its input goes with the spawn, one frame fewer.
     const held = input.deliveryId === null ? undefined : rt.taskFor(input.deliveryId);
-    const prewritten = held === undefined ? undefined : taskLine(held.task);
+    const prewritten = held === undefined ? undefined : kind.input(held, input.workerId);
     const id = host.spawn(
       {
         spawned: (spawnedPid) => {
@@ -288,17 +300,18 @@ function commandProcess(rt: DriverRuntime) {
           // No process ever ran: the machine has no exit to wait for but this one.
           sendBack({ type: 'proc.exit', code: null, signal: null });
         },
-        exit: ({ code, signal, stdout, stderr, overflow }) => {
+        exit: (exit) => {
           exited = true;
           unwatch();
           if (pid !== null) rt.registry.delete(pid);
+          const memory = overMemory || heapExhausted(exit.signal, exit.stderr);
           sendBack({
             type: 'proc.exit',
-            code,
-            signal,
-            memory: overMemory,
-            detail: overMemory ? undefined : stderr || undefined,
-            answer: ran && !overMemory ? commandAnswer(code, stdout, stderr, overflow) : undefined,
+            code: exit.code,
+            signal: exit.signal,
+            memory,
+            detail: memory ? undefined : exit.stderr || undefined,
+            answer: ran && !memory ? kind.answer(exit) : undefined,
           });
         },
       },
@@ -315,7 +328,7 @@ function commandProcess(rt: DriverRuntime) {
           ran = true;
           if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
           const task = rt.taskFor(command.deliveryId);
-          if (task && !exited) host.stdin(id, taskLine(task.task));
+          if (task && !exited) host.stdin(id, kind.input(task, input.workerId));
           return;
         }
         case 'proc.terminate':
@@ -331,22 +344,81 @@ function commandProcess(rt: DriverRuntime) {
   });
 }
 
-/**
- * What a command answered, from how it exited: stdout on exit 0, a failure on another exit
- * status or an overflow. A signal (or a lost host) is no answer: the machine classifies it.
- */
-function commandAnswer(code: number | null, stdout: string, stderr: string, overflow: boolean): ProcessAnswer | undefined {
-  // The host killed the group for it: the output, not the signal, is the cause.
-  if (overflow) {
-    return { status: 'failed', error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` }, retryable: false };
-  }
-  if (code === null) return undefined;
-  if (code === 0) return { status: 'resolved', result: parseOutput(stdout) };
+/** A command: the task as one JSON line on stdin; its exit status and stdout answer. */
+const COMMAND: HostedKind = {
+  input: (held) => taskLine(held.task),
+  // A signal (or a lost host) is no answer: the machine classifies it.
+  answer: ({ code, stdout, stderr, overflow }) => {
+    // The host killed the group for it: the output, not the signal, is the cause.
+    if (overflow) {
+      return { status: 'failed', error: { message: `the command wrote more than ${MAX_OUTPUT} bytes to stdout` }, retryable: false };
+    }
+    if (code === null) return undefined;
+    if (code === 0) return { status: 'resolved', result: parseOutput(stdout) };
+    return {
+      status: 'failed',
+      error: { message: `command exited with code ${code}${stderr ? `: ${stderr}` : ''}` },
+      retryable: code !== EXIT_NON_RETRYABLE,
+    };
+  },
+};
+
+/** A single-use module worker: its `run` message on stdin, its one reply on fd 3. */
+function singleUseModule(modulePath: string): HostedKind {
   return {
-    status: 'failed',
-    error: { message: `command exited with code ${code}${stderr ? `: ${stderr}` : ''}` },
-    retryable: code !== EXIT_NON_RETRYABLE,
+    input: (held, workerId) =>
+      JSON.stringify({
+        k: MSG.RUN,
+        task: held.task,
+        attempt: held.attempt,
+        taskId: held.task.id,
+        workerId,
+        last: true,
+      } satisfies RunMessage),
+    // No reply (it died first, or its reply was cut off) is no answer: the exit tells.
+    answer: ({ stdout, overflow }) => {
+      if (overflow) {
+        return { status: 'failed', error: { message: `the worker's reply passed ${MAX_OUTPUT} bytes` }, retryable: false };
+      }
+      let reply: ChildMessage;
+      try {
+        reply = JSON.parse(stdout) as ChildMessage;
+      } catch {
+        return undefined;
+      }
+      switch (reply.k) {
+        case MSG.RESULT:
+          return { status: 'resolved', result: reply.value };
+        case MSG.ERROR:
+          return { status: 'failed', error: reply.error, retryable: reply.retryable };
+        case MSG.LOAD_ERROR:
+          return {
+            status: 'failed',
+            kind: 'spawn',
+            error: { ...reply.error, message: `handler ${modulePath} failed to load: ${reply.error.message}` },
+            retryable: true,
+          };
+        default:
+          return undefined;
+      }
+    },
   };
+}
+
+/** V8 aborts with this on stderr when a worker reaches its heap limit. */
+const heapExhausted = (signal: string | null, stderr: string): boolean =>
+  signal === 'SIGABRT' && /heap out of memory|Reached heap limit/.test(stderr);
+
+/**
+ * What the spawn host starts, for the workers it starts (else null): commands, and module
+ * workers that serve one task each.
+ */
+export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number }): SpawnSpec | null {
+  const { worker, env, cwd, uid, gid, memoryLimit } = options;
+  if (worker.kind === 'command') return { argv: worker.argv, env, cwd, uid, gid };
+  if (options.maxTasksPerWorker > 1) return null;
+  const heap = memoryLimit === null ? [] : [`--max-old-space-size=${memoryLimit}`];
+  return { argv: [process.execPath, ...heap, CHILD_ENTRY, worker.path], env, cwd, uid, gid, answerFd: 3 };
 }
 
 /** A task as a command reads it: one JSON line. */
@@ -377,10 +449,15 @@ export function parseOutput(text: string): unknown {
   }
 }
 
-/** The `process` slot of the worker machine for the configured kind of worker. */
+/**
+ * The `process` slot of the worker machine for the configured kind of worker: the spawn host
+ * starts commands and single-use module workers; a module worker that serves more than one
+ * task is forked by the manager and keeps an IPC channel.
+ */
 export function processActor(rt: DriverRuntime) {
   const spec = rt.options.worker;
-  return spec.kind === 'module' ? moduleProcess(rt, spec.path) : commandProcess(rt);
+  if (spec.kind === 'command') return hostedProcess(rt, COMMAND);
+  return rt.host ? hostedProcess(rt, singleUseModule(spec.path)) : moduleProcess(rt, spec.path);
 }
 
 export { MAX_OUTPUT };

@@ -40,3 +40,13 @@ export function childrenOf(parent: number): number[] {
     return [];
   }
 }
+
+/** Every live descendant of `ancestor` (children, their children, ...), from /proc. */
+export function descendantsOf(ancestor: number): number[] {
+  const found: number[] = [];
+  for (let i = 0, next = childrenOf(ancestor); next.length > 0; i++) {
+    found.push(...next);
+    next = next.flatMap(childrenOf);
+  }
+  return found;
+}
