@@ -16,7 +16,8 @@ import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, Worke
  */
 export type ProcessAnswer =
   | { status: 'resolved'; result: unknown }
-  | { status: 'failed'; error: ErrorInfo; retryable: boolean };
+  /** `kind` spawn: it never got to run the task (a module worker whose handler failed to load). */
+  | { status: 'failed'; error: ErrorInfo; retryable: boolean; kind?: 'error' | 'spawn' };
 
 /**
  * Events the process actor sends back to its worker machine. A module worker reports each
@@ -304,8 +305,9 @@ export const workerMachine = setup({
               {
                 type: 'report',
                 params: ({ event }) => {
-                  const { error, retryable } = event.answer as Extract<ProcessAnswer, { status: 'failed' }>;
-                  return { outcome: failure('error', error.message, { retryable, error }) };
+                  const { error, retryable, kind = 'error' } = event.answer as Extract<ProcessAnswer, { status: 'failed' }>;
+                  const message = kind === 'spawn' ? `could not start worker: ${error.message}` : error.message;
+                  return { outcome: failure(kind, message, { retryable, error }) };
                 },
               },
             ],
