@@ -118,6 +118,13 @@ describe('module workers', () => {
     expect(readFileSync(file, 'utf8')).toBe('aborted\n');
   });
 
+  it.each(['perl', 'node'] as const)('returns a result larger than a pipe buffer (%s spawn host)', async (spawnHost) => {
+    const pool = await startPoolWith({ worker: { module: fixture('big-result.js') } }, { spawnHost });
+    const result = await pool.run({ params: { size: 1_000_000 } });
+    expect(result.status).toBe('resolved');
+    expect((result as { result: { blob: string } }).result.blob).toHaveLength(1_000_000);
+  });
+
   it('gives a handler that reads ctx.signal after the deadline an aborted signal', async () => {
     const pool = await startPool({ worker: { module: fixture('late-signal.js') }, timeout: 200, killGrace: 2_000 });
     const file = join(dir, 'late-signal.txt');
