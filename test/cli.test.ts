@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { splitCommand } from '../src/cli/main.js';
 import { alive, childrenOf, descendantsOf, fixture, until } from './helpers/procs.js';
 
@@ -20,9 +21,26 @@ interface Run {
   lines: Array<Record<string, unknown>>;
 }
 
+/** CLIs started by `tidepool()` and not yet exited. */
+const running = new Set<ChildProcess>();
+
+// A CLI still running after its test (the test failed or forgot it) is killed, and the test
+// fails: with the manager SIGKILLed, its spawn host kills the workers' groups.
+afterEach(async () => {
+  const left = [...running];
+  for (const child of left) {
+    const closed = new Promise((r) => child.once('close', r));
+    child.kill('SIGKILL');
+    await closed;
+  }
+  expect(left.map((c) => c.pid), 'CLIs still running after the test').toEqual([]);
+});
+
 function tidepool(args: string[], input?: string, onSpawn?: (pid: number) => void): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    running.add(child);
+    child.once('close', () => running.delete(child));
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
