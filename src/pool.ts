@@ -71,7 +71,7 @@ type PoolActorRef = Actor<typeof poolMachine>;
 export interface PoolInternals {
   processActor?: ReturnType<typeof processActor>;
   clock?: MemoryClock;
-  /** Which spawn host starts command workers (default `auto`: Perl if installed, else Node). */
+  /** Which spawn host starts workers (default `auto`: Perl if installed, else Node). */
   spawnHost?: HostEdition;
 }
 

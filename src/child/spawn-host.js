@@ -1,9 +1,10 @@
 // @ts-check
-// The spawn host, Node edition: starts command workers for the manager and reports how they
-// ended, in the frames of host-protocol.js. The manager uses it where no `perl` is installed
-// (spawn-host.pl, the Perl edition, forks more cheaply). Either way the manager never forks
-// its own large heap per task, and command workers die with the manager: when the manager's
-// end of stdin closes, the host kills every group it started.
+// The spawn host, Node edition: starts workers for the manager (commands, and module workers
+// that serve one task) and reports how they ended, in the frames of host-protocol.js. The
+// manager uses it where no `perl` is installed (spawn-host.pl, the Perl edition, forks more
+// cheaply). Either way the manager never forks its own large heap per task, and the workers
+// die with the manager: when the manager's end of stdin closes, the host kills every group it
+// started.
 //
 // Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
 import { spawn } from 'node:child_process';

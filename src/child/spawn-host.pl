@@ -1,9 +1,10 @@
 #!/usr/bin/perl
-# The spawn host, Perl edition: starts command workers for the manager and reports how they
-# ended. The frames it reads and writes are described in src/child/host-protocol.js; the
-# Node edition (spawn-host.js) speaks the same protocol. The manager prefers this one where a
-# `perl` is installed: forking from this ~5 MB process costs about half of what forking from a
-# Node process does, and every command worker is a fork.
+# The spawn host, Perl edition: starts workers for the manager (commands, and module workers
+# that serve one task) and reports how they ended. The frames it reads and writes are
+# described in src/child/host-protocol.js; the Node edition (spawn-host.js) speaks the same
+# protocol. The manager prefers this one where a `perl` is installed: forking from this ~5 MB
+# process costs about half of what forking from a Node process does, and every worker is a
+# fork.
 #
 # Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS (the limits, from protocol.js).
 # Uses only modules of perl-base (Debian's essential Perl).

@@ -38,7 +38,7 @@ export interface DriverRuntime {
   /** The task behind a delivery id, if the pool still holds it. */
   taskFor(deliveryId: string): { task: Task; attempt: number } | undefined;
   onSpawned?(workerId: string, pid: number): void;
-  /** Starts command workers (required for them); the owner closes it when done. */
+  /** Starts commands and single-use module workers (required for them); the owner closes it when done. */
   host?: SpawnHost;
 }
 
@@ -48,7 +48,7 @@ type SendBack = (event: ProcessEvent) => void;
  * A forked module worker: a detached process (its own group), a stderr tail, a memory
  * watchdog, and an exit reported only once its pipes and IPC channel have drained, after its
  * whole group has been killed (so grandchildren never outlive their worker). The spawn host
- * does the same for command workers (src/child/spawn-host.pl and spawn-host.js).
+ * does the same for the workers it starts (src/child/spawn-host.pl and spawn-host.js).
  */
 class WorkerProcess {
   readonly child: ChildProcess;

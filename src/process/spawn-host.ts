@@ -12,7 +12,7 @@ import type { ErrorInfo } from '../child/protocol.js';
 const PERL_HOST = fileURLToPath(new URL('../child/spawn-host.pl', import.meta.url));
 const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.url));
 
-/** Which spawn host starts command workers: `auto` is Perl when a `perl` is on PATH, else Node. */
+/** Which spawn host starts workers: `auto` is Perl when a `perl` is on PATH, else Node. */
 export type HostEdition = 'auto' | 'perl' | 'node';
 
 export interface HostExit {
@@ -34,9 +34,9 @@ export interface SpawnHandlers {
 }
 
 /**
- * The manager's side of the spawn host, which starts command workers so that the manager
- * never forks its own large heap per task (frames: src/child/host-protocol.js). The host is
- * started on first use; a host that dies fails every process it held (the registry still
+ * The manager's side of the spawn host, which starts workers (commands, and module workers
+ * that serve one task) so that the manager never forks its own large heap per task (frames:
+ * src/child/host-protocol.js). The host is started on first use; a host that dies fails every process it held (the registry still
  * kills their groups), and the next spawn starts a new one. A Perl host that dies before it
  * is up is not tried again: the Node edition takes over.
  */
