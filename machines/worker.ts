@@ -20,10 +20,10 @@ export type ProcessAnswer =
   | { status: 'failed'; error: ErrorInfo; retryable: boolean; kind?: 'error' | 'spawn' };
 
 /**
- * Events the process actor sends back to its worker machine. A module worker reports each
- * step (`proc.spawned`, `proc.ready`, `proc.result`, `proc.exit`); a command, ready as soon as
- * it has started and done when it exits, folds them: `proc.ready` with its pid, then
- * `proc.exit` with its answer.
+ * Events the process actor sends back to its worker machine. A forked module worker reports
+ * each step (`proc.spawned`, `proc.ready`, `proc.result`, `proc.exit`); a process the spawn
+ * host starts (a command, a single-use module worker), ready once it has started and done
+ * when it exits, folds them: `proc.ready` with its pid, then `proc.exit` with its answer.
  */
 export type ProcessEvent =
   | { type: 'proc.spawned'; pid: number }

@@ -53,11 +53,13 @@ function send(message, then) {
 // The manager is gone: leave, whatever the handler is doing, and take the process group
 // (grandchildren the handler started) along; nobody else is left to kill it. (A piped worker
 // has no channel: the spawn host kills its group when the manager goes.)
-process.on('disconnect', () => {
-  killGroup(process.pid, 'SIGKILL');
-  // Not a group leader (started by hand, not by the pool): just leave.
-  process.exit(EXIT.OK);
-});
+if (!piped) {
+  process.on('disconnect', () => {
+    killGroup(process.pid, 'SIGKILL');
+    // Not a group leader (started by hand, not by the pool): just leave.
+    process.exit(EXIT.OK);
+  });
+}
 
 // The deadline passed: fire the task's AbortSignal and leave once the handler settles (the
 // manager sends SIGKILL after its grace period if it does not).

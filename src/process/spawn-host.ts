@@ -36,9 +36,10 @@ export interface SpawnHandlers {
 /**
  * The manager's side of the spawn host, which starts workers (commands, and module workers
  * that serve one task) so that the manager never forks its own large heap per task (frames:
- * src/child/host-protocol.js). The host is started on first use; a host that dies fails every process it held (the registry still
- * kills their groups), and the next spawn starts a new one. A Perl host that dies before it
- * is up is not tried again: the Node edition takes over.
+ * src/child/host-protocol.js). The host is started on first use; a host that dies fails
+ * every process it held (the registry still kills their groups), and the next spawn starts a
+ * new one. A Perl host that dies before it is up is not tried again: the Node edition takes
+ * over.
  */
 export class SpawnHost {
   readonly #spec: SpawnSpec;

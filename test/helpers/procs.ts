@@ -44,9 +44,6 @@ export function childrenOf(parent: number): number[] {
 /** Every live descendant of `ancestor` (children, their children, ...), from /proc. */
 export function descendantsOf(ancestor: number): number[] {
   const found: number[] = [];
-  for (let i = 0, next = childrenOf(ancestor); next.length > 0; i++) {
-    found.push(...next);
-    next = next.flatMap(childrenOf);
-  }
+  for (let next = childrenOf(ancestor); next.length > 0; next = next.flatMap(childrenOf)) found.push(...next);
   return found;
 }
