@@ -7,20 +7,22 @@ export type {
   WorkerContext,
   WorkerEvent,
   WorkerInput,
+  WorkerPhase,
   WorkerToPoolEvent,
 } from './worker.js';
 export { poolMachine } from './pool.js';
 export type {
-  BreakerParams,
+  Assignment,
+  ForgetParams,
+  PhaseCounts,
   PoolActor,
   PoolContext,
+  PoolEmitted,
   PoolEvent,
   PoolInput,
   PoolOutput,
-  ReapedParams,
   ReleaseParams,
   SettleParams,
-  WorkerSlot,
 } from './pool.js';
-export { CRASH_KINDS, isCrash } from './types.js';
+export { CRASH_KINDS, isCrash, isRetryable } from './types.js';
 export type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';

@@ -1,9 +1,9 @@
-import { assign, enqueueActions, fromPromise, setup } from 'xstate';
-import type { ActorRefFrom } from 'xstate';
+import { assign, emit, enqueueActions, fromPromise, setup } from 'xstate';
+import type { ActorRefFrom, AnyActorRef } from 'xstate';
 import { isCrash } from './types.js';
 import type { Outcome, WorkerReport } from './types.js';
 import { workerMachine } from './worker.js';
-import type { WorkerCommand, WorkerInput, WorkerToPoolEvent } from './worker.js';
+import type { WorkerCommand, WorkerContext, WorkerInput, WorkerPhase, WorkerToPoolEvent } from './worker.js';
 
 /**
  * The pool machine: starting → running ⇄ paused → draining → stopped.
@@ -24,20 +24,39 @@ export interface PoolInput {
   maxCrashes: number;
 }
 
-/** A live worker as the pool sees it. */
-export interface WorkerSlot {
-  /**
-   * `starting`: spawned, not yet ready; `ready`: idle and assignable; `busy`: running a task;
-   * `leaving`: reported its outcome or was retired, and is on its way to being reaped.
-   */
-  status: 'starting' | 'ready' | 'busy' | 'leaving';
-  deliveryId: string | null;
+/** Live workers per phase, as they reported it (see `WorkerPhase`). */
+export type PhaseCounts = Record<WorkerPhase, number>;
+
+/** A delivery handed to an idle worker that has not yet said it took it. */
+export interface Assignment {
+  workerId: string;
+  deliveryId: string;
 }
 
+/**
+ * The pool's context holds ids and counts, never a record per worker: its cost per event and
+ * the size of each inspection snapshot do not grow with the number of live workers. What a
+ * worker is doing is what its own machine reports (`worker.*` events, each naming the phase
+ * it leaves); the only per-worker ids kept are the idle ones, which dispatch needs.
+ */
 export interface PoolContext extends PoolInput {
   /** Monotonic: child ids must be unique or XState orphans the earlier child. */
   seq: number;
-  workers: Record<string, WorkerSlot>;
+  /** Live worker machines (spawned, not yet reaped). */
+  live: number;
+  /** Live workers per reported phase; they add up to `live`. */
+  phases: PhaseCounts;
+  /** Idle workers that reported `ready`, oldest first: assignable now. */
+  ready: string[];
+  /** Spares still spawning, with nothing assigned: assignable, they take it once started. */
+  warming: string[];
+  /**
+   * Deliveries assigned to idle workers and not yet acknowledged (`worker.running`) or
+   * answered (`worker.outcome`). A worker that ends before it saw its assignment gives the
+   * delivery back through this list: nothing is lost in the race between an assignment and a
+   * worker's exit. Short: an assignment is acknowledged as soon as the worker takes it.
+   */
+  assigned: Assignment[];
   /** Delivery ids received and not yet handed to a worker, oldest first. */
   backlog: string[];
   /** Crashes within the sliding window. */
@@ -58,10 +77,22 @@ export type PoolEvent =
   | { type: 'drain' }
   | { type: 'stop' }
   | { type: 'source.drained' }
+  /** The source lost its connection: what it delivered before is void (never run, never settled). */
+  | { type: 'source.lost' }
   | { type: 'crash.expired' }
   | WorkerToPoolEvent
   | { type: `xstate.done.actor.${string}`; actorId: string; output: WorkerReport }
   | { type: `xstate.error.actor.${string}`; actorId: string; error: unknown };
+
+/** Notifications for the outside world (`actor.on(type, ...)`), sent after the transition. */
+export type PoolEmitted =
+  | { type: 'worker.reaped'; report: WorkerReport }
+  | { type: 'breaker.tripped'; crashes: number }
+  /**
+   * The prefetch the source should keep: `maxWorkers` less the workers on their way out. With
+   * at most that many deliveries unsettled, the pool never holds one it cannot start.
+   */
+  | { type: 'prefetch'; prefetch: number };
 
 export interface PoolOutput {
   /** Set when the pool could not start. */
@@ -69,22 +100,6 @@ export interface PoolOutput {
 }
 
 const WORKER_PREFIX = 'worker.';
-
-type Workers = PoolContext['workers'];
-
-const liveCount = (workers: Workers) => Object.keys(workers).length;
-
-/** A worker that could take a delivery now or once started: a warm spare. */
-const isIdle = (w: WorkerSlot) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting');
-
-const idleCount = (workers: Workers) => Object.values(workers).filter(isIdle).length;
-
-/**
- * A delivery a departing worker still held (handed to it after it had stopped listening) goes
- * back to the front of the backlog, not to the source: it was never run.
- */
-const requeue = (backlog: string[], deliveryId: string | null): string[] =>
-  deliveryId === null ? backlog : [deliveryId, ...backlog];
 
 type WorkerEventOf<T extends PoolEvent['type']> = Extract<PoolEvent, { type: T }>;
 
@@ -98,40 +113,43 @@ export interface SettleParams {
   outcome: Outcome;
 }
 export interface ReleaseParams {
+  /** The deliveries to give back; `all`: every delivery the pool holds and has not settled. */
+  deliveryIds: string[] | 'all';
+}
+/** Deliveries to drop at once; every other delivery held is kept running but never settled. */
+export interface ForgetParams {
   deliveryIds: string[];
 }
-export interface ReapedParams {
-  report: WorkerReport;
-}
-export interface BreakerParams {
-  crashes: number;
-}
 
-/** Params of the `reaped` slot for an `xstate.done.actor.worker.*` (or error) event. */
-const reapedParams = ({ event }: { event: PoolEvent }): ReapedParams => {
+const NO_PHASES: PhaseCounts = { spawning: 0, ready: 0, running: 0, leaving: 0 };
+
+/** The report of a reaped worker (a machine that failed has no output). */
+const reportOf = (event: PoolEvent): WorkerReport => {
   const { actorId, output } = event as { actorId: string; output?: WorkerReport };
-  return {
-    report: output ?? { workerId: actorId, pid: null, exitCode: null, signal: null, served: 0, last: null },
-  };
+  return output ?? { workerId: actorId, pid: null, exitCode: null, signal: null, served: 0, last: null };
 };
-
-/** Everything held and not settled: the backlog and the deliveries on workers. */
-const heldParams = ({ context }: { context: PoolContext }): ReleaseParams => ({
-  deliveryIds: [
-    ...context.backlog,
-    ...Object.values(context.workers)
-      .map((w) => w.deliveryId)
-      .filter((d): d is string => d !== null),
-  ],
-});
-
-
-/** Runs after `workerReported`, so the count already includes this crash. */
-const breakerParams = ({ context }: { context: PoolContext }): BreakerParams => ({ crashes: context.crashes });
 
 const lateParams = ({ event }: { event: PoolEvent }): ReleaseParams => ({
   deliveryIds: [(event as WorkerEventOf<'delivery'>).deliveryId],
 });
+
+/** The phase a report moves its worker to. */
+const PHASE_AFTER: Record<WorkerToPoolEvent['type'], WorkerPhase | null> = {
+  'worker.ready': 'ready',
+  'worker.running': 'running',
+  'worker.outcome': 'leaving',
+  'worker.leaving': 'leaving',
+  'worker.declined': null,
+};
+
+/** What a child worker's machine last knew (a machine that failed keeps its snapshot until stopped). */
+const childContext = (self: AnyActorRef, id: string): Pick<WorkerContext, 'reported' | 'deliveryId'> | undefined =>
+  (self.getSnapshot().children[id] as AnyActorRef | undefined)?.getSnapshot().context;
+
+const without = (ids: string[], id: string): string[] => {
+  const at = ids.indexOf(id);
+  return at === -1 ? ids : [...ids.slice(0, at), ...ids.slice(at + 1)];
+};
 
 export const poolMachine = setup({
   types: {
@@ -139,6 +157,7 @@ export const poolMachine = setup({
     events: {} as PoolEvent,
     input: {} as PoolInput,
     output: {} as PoolOutput,
+    emitted: {} as PoolEmitted,
   },
   actors: {
     worker: workerMachine,
@@ -157,137 +176,171 @@ export const poolMachine = setup({
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
     pausedByUser: ({ context }) => context.pausedBy === 'user',
     drainRequested: ({ context }) => context.drainRequested,
-    finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && liveCount(context.workers) === 0,
+    finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && context.live === 0,
   },
   actions: {
     // ---- slots filled by src/ (params typed by the *Params interfaces above) ----
     /** Settle the delivery with the attempt's outcome (ack, retry or dead-letter). */
     settle: (_: unknown, _params: unknown) => {},
-    /** Give deliveries back to the source unsettled (hard stop only). */
+    /** Give deliveries back to the source unsettled (hard stop, late deliveries). */
     release: (_: unknown, _params: unknown) => {},
-    /** A worker machine reached `reaped`. */
-    reaped: (_: unknown, _params: unknown) => {},
+    /** Forget deliveries the source voided (its connection was lost): never settle them. */
+    forget: (_: unknown, _params: unknown) => {},
     pauseIntake: () => {},
     resumeIntake: () => {},
     /** Stop taking new work; the source sends `source.drained` once it has nothing left. */
     closeIntake: () => {},
-    breakerTripped: (_: unknown, _params: unknown) => {},
+
+    // ---- notifications ----
+    emitReaped: emit(({ event }): PoolEmitted => ({ type: 'worker.reaped', report: reportOf(event) })),
+    emitBreaker: emit(({ context }): PoolEmitted => ({ type: 'breaker.tripped', crashes: context.crashes })),
 
     // ---- pure bookkeeping ----
     enqueueDelivery: assign({
       backlog: ({ context, event }) => [...context.backlog, (event as { deliveryId: string }).deliveryId],
     }),
-    workerReady: assign({
-      workers: ({ context, event }) => {
-        const { workerId } = event as Extract<PoolEvent, { type: 'worker.ready' }>;
-        const slot = context.workers[workerId];
-        if (!slot) return context.workers;
-        return { ...context.workers, [workerId]: { status: 'ready', deliveryId: null } };
-      },
-    }),
     /**
-     * Settle the attempt (a spare that failed has none) and count crashes. A slot holding a
-     * different delivery was handed it after the worker had already failed (the outcome was
-     * still on its way): that delivery goes back to the front of the backlog.
+     * Follow a worker's report: its phase counts move, and it leaves the idle lists when it
+     * leaves an idle phase. An outcome or acknowledgement settles its pending assignment.
      */
-    workerReported: enqueueActions(({ context, event, enqueue }) => {
-      const { workerId, deliveryId, outcome } = event as Extract<PoolEvent, { type: 'worker.outcome' }>;
-      if (deliveryId !== null) enqueue({ type: 'settle', params: { deliveryId, outcome } satisfies SettleParams });
-      const slot = context.workers[workerId];
-      if (slot) {
-        const stranded = slot.deliveryId === deliveryId ? null : slot.deliveryId;
-        enqueue.assign({
-          workers: { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } },
-          backlog: requeue(context.backlog, stranded),
-        });
+    track: enqueueActions(({ context, event, enqueue }) => {
+      const report = event as WorkerToPoolEvent;
+      const to = PHASE_AFTER[report.type];
+      if (to === null || report.type === 'worker.declined') return;
+      const { workerId, from } = report;
+      const phases = { ...context.phases };
+      phases[from]--;
+      phases[to]++;
+      const update: Partial<PoolContext> = { phases };
+      if (from === 'ready' && to !== 'ready') update.ready = without(context.ready, workerId);
+      if (from === 'spawning') update.warming = without(context.warming, workerId);
+      if (to === 'ready') update.ready = [...(update.ready ?? context.ready), workerId];
+      const deliveryId = report.type === 'worker.running' || report.type === 'worker.outcome' ? report.deliveryId : null;
+      if (deliveryId !== null && context.assigned.length > 0) {
+        update.assigned = context.assigned.filter((a) => !(a.workerId === workerId && a.deliveryId === deliveryId));
       }
+      enqueue.assign(update);
+      if (from === 'leaving' || to === 'leaving') {
+        enqueue.emit({ type: 'prefetch', prefetch: context.maxWorkers - phases.leaving });
+      }
+    }),
+    /** Settle the attempt (a spare that failed has none) and count crashes. */
+    workerReported: enqueueActions(({ event, enqueue }) => {
+      const { deliveryId, outcome } = event as WorkerEventOf<'worker.outcome'>;
+      if (deliveryId !== null) enqueue({ type: 'settle', params: { deliveryId, outcome } satisfies SettleParams });
       if (isCrash(outcome)) enqueue('countCrash');
+    }),
+    /** A worker could not take its assignment: the delivery goes back to the front of the backlog. */
+    takeBack: assign(({ context, event }) => {
+      const { workerId, deliveryId } = event as WorkerEventOf<'worker.declined'>;
+      return {
+        assigned: context.assigned.filter((a) => !(a.workerId === workerId && a.deliveryId === deliveryId)),
+        backlog: [deliveryId, ...context.backlog],
+      };
     }),
     crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
     countCrash: enqueueActions(({ context, enqueue }) => {
       enqueue.assign({ crashes: context.crashes + 1 });
       enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
     }),
-    /**
-     * A worker that leaves while the pool still counts it idle may have been handed a
-     * delivery it ignored: that delivery goes back to the front of the backlog.
-     */
-    workerLeaving: assign(({ context, event }) => {
-      const { workerId } = event as Extract<PoolEvent, { type: 'worker.leaving' }>;
-      const slot = context.workers[workerId];
-      if (!slot) return {};
-      return {
-        workers: { ...context.workers, [workerId]: { status: 'leaving', deliveryId: null } },
-        backlog: requeue(context.backlog, slot.deliveryId),
-      };
-    }),
-    /** Stop the finished child and free its slot; a delivery it still held goes back to the backlog. */
-    reap: enqueueActions(({ context, event, enqueue }) => {
+    /** Stop the finished child and free its slot in the counts. */
+    reap: enqueueActions(({ context, event, enqueue, self }) => {
       const { actorId } = event as { actorId: string };
-      const slot = context.workers[actorId];
+      const phase = childContext(self, actorId)?.reported ?? 'leaving';
       enqueue.stopChild(actorId);
-      if (!slot) return;
-      const workers: Record<string, WorkerSlot> = {};
-      for (const id in context.workers) if (id !== actorId) workers[id] = context.workers[id];
-      enqueue.assign({ workers, backlog: requeue(context.backlog, slot.deliveryId) });
+      enqueue.assign({
+        live: context.live - 1,
+        phases: { ...context.phases, [phase]: context.phases[phase] - 1 },
+        ready: phase === 'ready' ? without(context.ready, actorId) : context.ready,
+        warming: phase === 'spawning' ? without(context.warming, actorId) : context.warming,
+      });
+      if (phase === 'leaving') enqueue.emit({ type: 'prefetch', prefetch: context.maxWorkers - (context.phases.leaving - 1) });
     }),
     /**
-     * Hand backlog deliveries to idle workers, spawn workers just in time up to `maxWorkers`,
-     * then top up warm spares (draining sets `spares` to 0).
+     * A worker that ended holding a delivery it never reported on (its machine failed) or
+     * before an assignment reached it gives those deliveries back, to the front of the
+     * backlog: they never ran.
+     */
+    reclaim: enqueueActions(({ context, event, enqueue, self }) => {
+      const { actorId } = event as { actorId: string };
+      const held = childContext(self, actorId)?.deliveryId ?? null;
+      const unseen = context.assigned.filter((a) => a.workerId === actorId).map((a) => a.deliveryId);
+      if (held === null && unseen.length === 0) return;
+      enqueue.assign({
+        assigned: unseen.length === 0 ? context.assigned : context.assigned.filter((a) => a.workerId !== actorId),
+        backlog: [...(held === null || unseen.includes(held) ? [] : [held]), ...unseen, ...context.backlog],
+      });
+    }),
+    /**
+     * Hand backlog deliveries to idle workers (ready ones first, then spares still spawning),
+     * spawn workers just in time up to `maxWorkers`, then top up warm spares (draining sets
+     * `spares` to 0). Constant work per delivery handed out, whatever the number of workers.
      */
     dispatch: enqueueActions(({ context, enqueue }) => {
-      // Nothing to hand out and no spare to start (the common case after an outcome, a
-      // leaving or a reap): leave the context as it is.
-      if (context.backlog.length === 0) {
-        if (liveCount(context.workers) >= context.maxWorkers || idleCount(context.workers) >= context.spares) return;
-      }
-      const workers = { ...context.workers };
+      const idle = context.ready.length + context.warming.length;
+      if (context.backlog.length === 0 && (context.live >= context.maxWorkers || idle >= context.spares)) return;
+      const ready = [...context.ready];
+      const warming = [...context.warming];
       const backlog = [...context.backlog];
-      let seq = context.seq;
+      const assigned = [...context.assigned];
+      let { seq, live } = context;
+      let spawning = context.phases.spawning;
       const spawn = (deliveryId: string | null) => {
         const id = `${WORKER_PREFIX}${++seq}`;
-        workers[id] = { status: 'starting', deliveryId };
+        live++;
+        spawning++;
+        if (deliveryId === null) warming.push(id);
         enqueue.spawnChild('worker', {
           id,
           input: { workerId: id, deliveryId, maxTasks: context.maxTasksPerWorker } satisfies WorkerInput,
         });
       };
-      while (backlog.length > 0) {
-        const idle =
-          Object.keys(workers).find((id) => workers[id].status === 'ready') ??
-          Object.keys(workers).find((id) => workers[id].status === 'starting' && workers[id].deliveryId === null);
-        const deliveryId = backlog[0];
-        if (idle !== undefined) {
-          workers[idle] = { status: workers[idle].status === 'ready' ? 'busy' : 'starting', deliveryId };
-          enqueue.sendTo(idle, { type: 'task.assign', deliveryId } satisfies WorkerCommand);
-        } else if (liveCount(workers) < context.maxWorkers) {
+      let taken = 0;
+      while (taken < backlog.length) {
+        const deliveryId = backlog[taken];
+        const workerId = ready.shift() ?? warming.shift();
+        if (workerId !== undefined) {
+          assigned.push({ workerId, deliveryId });
+          enqueue.sendTo(workerId, { type: 'task.assign', deliveryId } satisfies WorkerCommand);
+        } else if (live < context.maxWorkers) {
           spawn(deliveryId);
         } else {
           break;
         }
-        backlog.shift();
+        taken++;
       }
-      while (idleCount(workers) < context.spares && liveCount(workers) < context.maxWorkers) spawn(null);
-      enqueue.assign({ workers, backlog, seq });
+      while (ready.length + warming.length < context.spares && live < context.maxWorkers) spawn(null);
+      enqueue.assign({
+        ready,
+        warming,
+        assigned,
+        backlog: taken === 0 ? backlog : backlog.slice(taken),
+        seq,
+        live,
+        phases: { ...context.phases, spawning },
+      });
     }),
     /** Retire idle workers: draining keeps no spares. */
     retireIdle: enqueueActions(({ context, enqueue }) => {
-      const workers = { ...context.workers };
-      for (const [id, slot] of Object.entries(context.workers)) {
-        if (!isIdle(slot)) continue;
-        workers[id] = { status: 'leaving', deliveryId: null };
-        enqueue.sendTo(id, { type: 'worker.retire' } satisfies WorkerCommand);
-      }
-      enqueue.assign({ workers });
+      if (context.ready.length + context.warming.length === 0) return;
+      for (const id of [...context.ready, ...context.warming]) enqueue.sendTo(id, { type: 'worker.retire' } satisfies WorkerCommand);
+      enqueue.assign({ ready: [], warming: [] });
     }),
-    /** Hard stop: kill every worker, release every delivery not yet settled. */
-    killAll: enqueueActions(({ context, enqueue }) => {
-      const workers: Record<string, WorkerSlot> = {};
-      for (const id of Object.keys(context.workers)) {
-        workers[id] = { status: 'leaving', deliveryId: null };
-        enqueue.sendTo(id, { type: 'worker.kill' } satisfies WorkerCommand);
+    /** Hard stop: kill every worker (walking the children once), forget the backlog. */
+    killAll: enqueueActions(({ enqueue, self }) => {
+      for (const id of Object.keys(self.getSnapshot().children)) {
+        if (id.startsWith(WORKER_PREFIX)) enqueue.sendTo(id, { type: 'worker.kill' } satisfies WorkerCommand);
       }
-      enqueue.assign({ workers, backlog: [], sourceDrained: true });
+      enqueue.assign({ ready: [], warming: [], assigned: [], backlog: [], sourceDrained: true });
+    }),
+    /**
+     * The source lost its connection, and with it what it had delivered: deliveries not yet
+     * started are dropped (the broker delivers them again); attempts already running finish,
+     * and their outcomes are dropped by the `forget` slot rather than settled.
+     */
+    dropVoided: enqueueActions(({ context, enqueue }) => {
+      enqueue({ type: 'forget', params: { deliveryIds: context.backlog } satisfies ForgetParams });
+      enqueue.assign({ backlog: [] });
     }),
   },
 }).createMachine({
@@ -295,7 +348,11 @@ export const poolMachine = setup({
   context: ({ input }) => ({
     ...input,
     seq: 0,
-    workers: {},
+    live: 0,
+    phases: NO_PHASES,
+    ready: [],
+    warming: [],
+    assigned: [],
     backlog: [],
     crashes: 0,
     pausedBy: null,
@@ -304,13 +361,16 @@ export const poolMachine = setup({
     startError: null,
   }),
   on: {
-    'worker.ready': { actions: 'workerReady' },
-    'worker.outcome': { actions: ['workerReported'] },
-    'worker.leaving': { actions: 'workerLeaving' },
+    'worker.ready': { actions: 'track' },
+    'worker.running': { actions: 'track' },
+    'worker.outcome': { actions: ['track', 'workerReported'] },
+    'worker.leaving': { actions: 'track' },
+    'worker.declined': { actions: 'takeBack' },
     'crash.expired': { actions: 'crashExpired' },
-    'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap'] },
-    'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash'] },
+    'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap'] },
+    'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash'] },
     'source.drained': { actions: assign({ sourceDrained: true }) },
+    'source.lost': { actions: 'dropVoided' },
   },
   initial: 'starting',
   states: {
@@ -338,35 +398,26 @@ export const poolMachine = setup({
       entry: 'dispatch',
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
-        'worker.ready': { actions: ['workerReady', 'dispatch'] },
-        'worker.leaving': { actions: ['workerLeaving', 'dispatch'] },
+        'worker.ready': { actions: ['track', 'dispatch'] },
+        'worker.leaving': { actions: ['track', 'dispatch'] },
+        'worker.declined': { actions: ['takeBack', 'dispatch'] },
         'worker.outcome': [
           {
             guard: 'breakerTrips',
             target: 'paused',
-            actions: [
-              'workerReported',
-              assign({ pausedBy: 'breaker' }),
-              { type: 'breakerTripped', params: breakerParams },
-            ],
+            actions: ['track', 'workerReported', assign({ pausedBy: 'breaker' }), 'emitBreaker'],
           },
-          { actions: ['workerReported', 'dispatch'] },
+          { actions: ['track', 'workerReported', 'dispatch'] },
         ],
-        'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
+        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
         // Counted like a crash, or a slot that fails at every start would respawn forever.
         'xstate.error.actor.worker.*': [
           {
             guard: 'errorTrips',
             target: 'paused',
-            actions: [
-              { type: 'reaped', params: reapedParams },
-              'reap',
-              'countCrash',
-              assign({ pausedBy: 'breaker' }),
-              { type: 'breakerTripped', params: breakerParams },
-            ],
+            actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', assign({ pausedBy: 'breaker' }), 'emitBreaker'],
           },
-          { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
+          { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         ],
         pause: { target: 'paused', actions: assign({ pausedBy: 'user' }) },
         drain: 'draining',
@@ -398,22 +449,27 @@ export const poolMachine = setup({
       always: { guard: 'finished', target: 'stopped' },
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
-        'xstate.done.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: [{ type: 'reaped', params: reapedParams }, 'reap', 'countCrash', 'dispatch'] },
+        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
+        'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         // No worker idles here (each is retired when ready), so none leaves on an idle timeout.
-        'worker.ready': { actions: ['workerReady', 'dispatch', 'retireIdle'] },
-        'worker.outcome': { actions: ['workerReported', 'dispatch'] },
+        'worker.ready': { actions: ['track', 'dispatch', 'retireIdle'] },
+        'worker.declined': { actions: ['takeBack', 'dispatch'] },
+        'worker.outcome': { actions: ['track', 'workerReported', 'dispatch'] },
         stop: 'stopping',
       },
     },
     stopping: {
       // Intake pauses first, so released deliveries are not delivered straight back.
-      entry: ['pauseIntake', 'closeIntake', { type: 'release', params: heldParams }, 'killAll'],
+      entry: ['pauseIntake', 'closeIntake', { type: 'release', params: { deliveryIds: 'all' } satisfies ReleaseParams }, 'killAll'],
       always: { guard: 'finished', target: 'stopped' },
       on: {
-        // Every delivery still held was released by killAll, so a late outcome is dropped
-        // rather than settled twice.
-        'worker.outcome': {},
+        // Every delivery still held was released, so a late outcome is dropped rather than
+        // settled twice (its worker is still counted until it is reaped).
+        'worker.outcome': { actions: 'track' },
+        'worker.declined': {},
+        // Everything held was released: nothing comes back to the backlog.
+        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reap'] },
+        'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reap', 'countCrash'] },
         // Late deliveries go straight back.
         delivery: {
           actions: { type: 'release', params: lateParams },

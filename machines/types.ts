@@ -55,5 +55,15 @@ export interface WorkerReport {
   last: Outcome['status'] | FailureKind | null;
 }
 
+/** Kinds never retried whatever the worker says: the task itself is at fault. */
+export const FINAL_KINDS: readonly FailureKind[] = ['malformed'];
+
+/**
+ * The one retry rule: a failure is retried unless its kind is never retried, or the worker
+ * marked it final (a `NonRetryableError`, a command's exit code 65, output past the cap).
+ * Whether the attempts are exhausted is the settlement's business (`decideSettlement`).
+ */
+export const isRetryable = (kind: FailureKind, markedFinal = false): boolean => !markedFinal && !FINAL_KINDS.includes(kind);
+
 /** Whether an outcome counts toward the crash breaker. */
 export const isCrash = (outcome: Outcome): boolean => outcome.status === 'failed' && CRASH_KINDS.includes(outcome.kind);

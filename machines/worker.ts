@@ -1,4 +1,5 @@
 import { assign, enqueueActions, fromCallback, sendParent, sendTo, setup } from 'xstate';
+import { isRetryable } from './types.js';
 import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';
 
 /**
@@ -47,13 +48,28 @@ export type WorkerCommand =
 
 export type WorkerEvent = ProcessEvent | WorkerCommand;
 
-/** Events a worker sends to its parent (the pool). */
+/**
+ * Where a worker stands, as the pool sees it: the phase it last reported. Every report names
+ * the phase it leaves (`from`), so the pool keeps per-phase counts without a record per
+ * worker. `spawning` is where every worker starts (the pool counts the spawn itself).
+ */
+export type WorkerPhase = 'spawning' | 'ready' | 'running' | 'leaving';
+
+/** Events a worker sends to its parent (the pool). Each moves it from `from` to a phase its type names. */
 export type WorkerToPoolEvent =
-  | { type: 'worker.ready'; workerId: string }
-  /** `deliveryId` is null for a spare that failed to start: no task, but a crash all the same. */
-  | { type: 'worker.outcome'; workerId: string; deliveryId: string | null; outcome: Outcome }
-  /** The worker is on its way out (terminating or gone): assign it nothing more. */
-  | { type: 'worker.leaving'; workerId: string };
+  /** → `ready`: idle and assignable (a warm spare, or a reused worker between tasks). */
+  | { type: 'worker.ready'; workerId: string; from: WorkerPhase }
+  /** → `running`: it took `deliveryId` (its acknowledgement of a `task.assign`, or of its input). */
+  | { type: 'worker.running'; workerId: string; from: WorkerPhase; deliveryId: string }
+  /**
+   * → `leaving`: the attempt ended. `deliveryId` is null for a spare that failed to start or
+   * died while idle: no task, but a crash all the same. A reused worker reports `ready` next.
+   */
+  | { type: 'worker.outcome'; workerId: string; from: WorkerPhase; deliveryId: string | null; outcome: Outcome }
+  /** → `leaving`: terminating without an outcome to report (retired, killed, idle too long). */
+  | { type: 'worker.leaving'; workerId: string; from: WorkerPhase }
+  /** A `task.assign` it could not take (it was already busy or leaving): the delivery goes back. */
+  | { type: 'worker.declined'; workerId: string; deliveryId: string };
 
 export interface WorkerInput {
   workerId: string;
@@ -82,14 +98,17 @@ export interface WorkerContext {
   exit: ProcessExit | null;
   /** The process was told its current task is its last; it exits by itself. */
   expectExit: boolean;
+  /** The phase last reported to the pool. */
+  reported: WorkerPhase;
 }
 
-const failure = (kind: FailureKind, message: string, extra: Partial<FailedOutcome> = {}): FailedOutcome => ({
+/** A failed outcome; `markedFinal`: the worker said not to retry it. */
+const failure = (kind: FailureKind, message: string, extra: Partial<FailedOutcome> = {}, markedFinal = false): FailedOutcome => ({
   status: 'failed',
   kind,
   message,
-  retryable: kind !== 'malformed',
   ...extra,
+  retryable: isRetryable(kind, markedFinal),
 });
 
 const describeExit = (exit: ProcessExit): string =>
@@ -143,12 +162,14 @@ export const workerMachine = setup({
       enqueue.sendParent({
         type: 'worker.outcome',
         workerId: context.workerId,
+        from: context.reported,
         deliveryId: context.deliveryId,
         outcome: params.outcome,
       } satisfies WorkerToPoolEvent);
       enqueue.assign({
         deliveryId: null,
         last: params.outcome.status === 'resolved' ? 'resolved' : params.outcome.kind,
+        reported: 'leaving',
       });
     }),
     runTask: sendTo('process', ({ context }): ProcessCommand => ({
@@ -171,8 +192,31 @@ export const workerMachine = setup({
     unexpectExit: assign({ expectExit: false }),
     /** Hard stop: the delivery is released by the pool, not settled. */
     dropTask: assign({ deliveryId: null, expectExit: false }),
-    announceReady: sendParent(({ context }): WorkerToPoolEvent => ({ type: 'worker.ready', workerId: context.workerId })),
-    announceLeaving: sendParent(({ context }): WorkerToPoolEvent => ({ type: 'worker.leaving', workerId: context.workerId })),
+    announceReady: enqueueActions(({ context, enqueue }) => {
+      enqueue.sendParent({ type: 'worker.ready', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
+      enqueue.assign({ reported: 'ready' });
+    }),
+    announceRunning: enqueueActions(({ context, enqueue }) => {
+      enqueue.sendParent({
+        type: 'worker.running',
+        workerId: context.workerId,
+        from: context.reported,
+        deliveryId: context.deliveryId!,
+      } satisfies WorkerToPoolEvent);
+      enqueue.assign({ reported: 'running' });
+    }),
+    /** Entering `terminating`: unless an outcome said so already, the pool learns it is leaving. */
+    announceLeaving: enqueueActions(({ context, enqueue }) => {
+      if (context.reported === 'leaving') return;
+      enqueue.sendParent({ type: 'worker.leaving', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
+      enqueue.assign({ reported: 'leaving' });
+    }),
+    /** A `task.assign` that found it busy or leaving goes straight back to the pool. */
+    decline: sendParent(({ context, event }): WorkerToPoolEvent => ({
+      type: 'worker.declined',
+      workerId: context.workerId,
+      deliveryId: (event as Extract<WorkerEvent, { type: 'task.assign' }>).deliveryId,
+    })),
     signalTerm: sendTo('process', { type: 'proc.terminate' } satisfies ProcessCommand),
     signalKill: sendTo('process', { type: 'proc.kill' } satisfies ProcessCommand),
   },
@@ -187,6 +231,7 @@ export const workerMachine = setup({
     last: null,
     exit: null,
     expectExit: false,
+    reported: 'spawning',
   }),
   invoke: {
     id: 'process',
@@ -199,6 +244,8 @@ export const workerMachine = setup({
   on: {
     'proc.spawned': { actions: assign({ pid: ({ event }) => event.pid }) },
     'proc.ready': { actions: 'recordPid' },
+    // Wherever it is not taken (busy, leaving), an assignment is declined, never dropped.
+    'task.assign': { actions: 'decline' },
   },
   initial: 'spawning',
   states: {
@@ -210,7 +257,10 @@ export const workerMachine = setup({
         },
       },
       on: {
-        'task.assign': { actions: assign({ deliveryId: ({ event }) => event.deliveryId }) },
+        'task.assign': [
+          { guard: 'hasTask', actions: 'decline' },
+          { actions: assign({ deliveryId: ({ event }) => event.deliveryId }) },
+        ],
         'proc.ready': [
           { guard: 'hasTask', target: 'running', actions: 'recordPid' },
           { target: 'ready', actions: 'recordPid' },
@@ -247,7 +297,7 @@ export const workerMachine = setup({
       entry: 'announceReady',
       after: {
         // Only a worker that has served goes idle; a fresh spare waits as long as it is wanted.
-        idleTimeout: { guard: 'hasServed', target: 'terminating', actions: 'announceLeaving' },
+        idleTimeout: { guard: 'hasServed', target: 'terminating' },
       },
       on: {
         'task.assign': {
@@ -264,7 +314,7 @@ export const workerMachine = setup({
       },
     },
     running: {
-      entry: ['runTask', 'markRunning'],
+      entry: ['runTask', 'markRunning', 'announceRunning'],
       after: {
         taskTimeout: {
           target: 'failed',
@@ -284,7 +334,7 @@ export const workerMachine = setup({
           actions: {
             type: 'report',
             params: ({ event }) => ({
-              outcome: failure('error', event.error.message, { retryable: event.retryable, error: event.error }),
+              outcome: failure('error', event.error.message, { error: event.error }, !event.retryable),
             }),
           },
         },
@@ -307,7 +357,7 @@ export const workerMachine = setup({
                 params: ({ event }) => {
                   const { error, retryable, kind = 'error' } = event.answer as Extract<ProcessAnswer, { status: 'failed' }>;
                   const message = kind === 'spawn' ? `could not start worker: ${error.message}` : error.message;
-                  return { outcome: failure(kind, message, { retryable, error }) };
+                  return { outcome: failure(kind, message, { error }, !retryable) };
                 },
               },
             ],
@@ -327,11 +377,9 @@ export const workerMachine = setup({
       // A failed worker is never reused: its state is unknown.
       always: 'terminating',
     },
-    /*
-     * The pool knows this worker is leaving: it retired or killed it, or it just reported an
-     * outcome; an idle timeout, the one way in that is neither, announces it.
-     */
+    /* On its way out: the pool is told so (an outcome told it already). */
     terminating: {
+      entry: 'announceLeaving',
       initial: 'choosing',
       on: {
         'proc.exit': { target: 'reaped', actions: 'recordExit' },

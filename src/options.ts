@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import * as v from 'valibot';
 import { OptionError } from './errors.js';
+import type { Source } from './sources/source.js';
 
 /**
  * Every pool option, validated in one place. The CLI flags are these names in kebab-case
@@ -71,6 +72,12 @@ const schema = v.strictObject({
   inspect: v.optional(
     v.custom<unknown>((x) => typeof x === 'function' || (typeof x === 'object' && x !== null), 'must be an inspection observer'),
   ),
+  source: v.optional(
+    v.custom<Source>(
+      (x) => typeof x === 'object' && x !== null && ['open', 'settle', 'release', 'close'].every((m) => typeof (x as Record<string, unknown>)[m] === 'function'),
+      'must implement the Source interface (open, settle, release, close, ...)',
+    ),
+  ),
 });
 
 /** The options of `createPool`, as a user writes them. */
@@ -120,6 +127,8 @@ export interface PoolOptions {
   logger?: Logger;
   /** An XState inspection observer for the root actor (see `createActor`'s `inspect`). */
   inspect?: unknown;
+  /** Where tasks come from: any `Source`. Default: the embedded queue (`MemorySource`). */
+  source?: Source;
 }
 
 export type WorkerSpec = { kind: 'module'; path: string } | { kind: 'command'; argv: string[] };

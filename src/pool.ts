@@ -4,10 +4,10 @@ import type { Logger } from 'pino';
 import { createActor, fromPromise, toPromise } from 'xstate';
 import type { Actor, ActorOptions, InspectionEvent, Observer } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
-import type { BreakerParams, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
-import type { FailedOutcome, FailureKind, Outcome, WorkerReport } from '../machines/types.js';
+import type { ForgetParams, PhaseCounts, PoolEmitted, ReleaseParams, SettleParams } from '../machines/pool.js';
+import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, WorkerReport } from '../machines/types.js';
 import { workerMachine } from '../machines/worker.js';
-import { TidepoolError } from './errors.js';
+import { OptionError, TidepoolError } from './errors.js';
 import { resolveOptions } from './options.js';
 import type { PoolOptions, ResolvedOptions } from './options.js';
 import { hostSpec, processActor } from './process/driver.js';
@@ -16,20 +16,21 @@ import { SpawnHost } from './process/spawn-host.js';
 import type { HostEdition } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
-import { MemorySource } from './sources/memory.js';
-import type { Clock as MemoryClock } from './sources/memory.js';
-import type { Delivery, Source, Task } from './sources/source.js';
+import { taskIdOf } from './sources/parse.js';
+import type { Delivery, Malformed, Source } from './sources/source.js';
 
 /** The final outcome of a task: one per task, after its last attempt. */
 export type TaskResult =
   | { id: string; status: 'resolved'; result: unknown; attempts: number; durationMs: number }
-  | {
-      id: string;
-      status: 'failed';
-      error: { kind: FailureKind; message: string; exitCode?: number | null; signal?: string | null };
-      attempts: number;
-      durationMs: number;
-    };
+  | { id: string; status: 'failed'; error: PublicError; attempts: number; durationMs: number };
+
+/** A failure as the final outcome carries it: the kind, and what the worker said. */
+export interface PublicError extends Partial<ErrorInfo> {
+  kind: FailureKind;
+  message: string;
+  exitCode?: number | null;
+  signal?: string | null;
+}
 
 /** One attempt's outcome and what the source did with it. */
 export interface AttemptEvent {
@@ -39,6 +40,16 @@ export interface AttemptEvent {
   settlement: Settlement;
 }
 
+/** Live workers by phase (as their machines report it), and their total. */
+export interface WorkerCounts extends PhaseCounts {
+  live: number;
+}
+
+/**
+ * The pool's events. Listeners run after the transition that caused them, each in its own
+ * try/catch: one that throws is logged and changes nothing (no task lost, nothing settled
+ * twice, the manager goes on), and `run()` resolves whatever listeners do.
+ */
 export interface PoolEvents {
   /** A task reached its final outcome. */
   outcome: [TaskResult];
@@ -48,6 +59,9 @@ export interface PoolEvents {
   'worker:reaped': [WorkerReport];
   /** Too many crashes within the window: intake paused for the cooldown. */
   'breaker:tripped': [{ crashes: number }];
+  /** The source lost its connection: deliveries it made before are dropped, never settled. */
+  'source:lost': [{ reason: Error }];
+  'source:restored': [];
 }
 
 export interface DrainOptions {
@@ -61,16 +75,22 @@ interface Pending {
   startedAt: number;
 }
 
+/** A delivery the pool holds; `void` once its source lost the connection it came on. */
+interface Held {
+  delivery: Delivery;
+  void: boolean;
+}
+
 type PoolActorRef = Actor<typeof poolMachine>;
 
 /**
  * Seams for tests of the whole pool without real processes or real time: a fake `process`
- * slot and a simulated clock (XState's `SimulatedClock`), shared by the machines and the
- * embedded queue. Not for production use.
+ * slot and a simulated clock (XState's `SimulatedClock`) for the machines. Not for
+ * production use.
  */
 export interface PoolInternals {
   processActor?: ReturnType<typeof processActor>;
-  clock?: MemoryClock;
+  clock?: ActorOptions<typeof poolMachine>['clock'];
   /** Which spawn host starts workers (default `auto`: Perl if installed, else Node). */
   spawnHost?: HostEdition;
 }
@@ -78,8 +98,11 @@ export interface PoolInternals {
 /** Ids the pool assigns to tasks that come without one. */
 let assigned = 0;
 
+const NO_COUNTS: WorkerCounts = { live: 0, spawning: 0, ready: 0, running: 0, leaving: 0 };
+
 /**
- * A pool of single-use (or reused) worker processes fed by a source.
+ * A pool of single-use (or reused) worker processes fed by a source. Build it with
+ * `createPool`, which gives it the embedded queue unless `options.source` names another.
  *
  * @example
  * const pool = createPool({ worker: { module: './handler.js' }, concurrency: 4 });
@@ -90,12 +113,16 @@ let assigned = 0;
 export class Pool extends EventEmitter<PoolEvents> {
   readonly options: ResolvedOptions;
   readonly logger: Logger;
-  readonly source: MemorySource;
-  readonly #deliveries = new Map<string, Delivery>();
-  /** Keyed by the task object, which the source keeps across retries (ids may repeat). */
-  readonly #pending = new Map<Task, Pending>();
+  /** Where deliveries come from and settlements go. */
+  readonly source: Source;
+  readonly #deliveries = new Map<string, Held>();
+  /** Tasks given to `run()` without a final outcome yet, by task id (the idempotency key). */
+  readonly #pending = new Map<string, Pending>();
+  /** Settlements under way: drain and stop wait for them. */
+  readonly #settling = new Set<Promise<void>>();
   #actor: PoolActorRef | null = null;
   #done: Promise<unknown> | null = null;
+  #finished = false;
 
   readonly #internals: PoolInternals;
   /** This pool's live process groups; the process-wide registry holds them too. */
@@ -103,20 +130,25 @@ export class Pool extends EventEmitter<PoolEvents> {
   /** Starts command workers and single-use module workers (none for reused ones). */
   readonly #host: SpawnHost | null;
 
+  /** Throws `OptionError` (TIDEPOOL_ERR_OPTION_INVALID) naming the first bad option, or a missing `source`. */
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
     super();
     this.options = resolveOptions(options);
+    if (!options.source) throw new OptionError('source', 'is required (createPool gives the embedded queue by default)');
+    this.source = options.source;
     this.#internals = internals;
     this.logger =
       this.options.logger ??
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
-    this.source = new MemorySource(internals.clock);
     const spec = hostSpec(this.options);
     this.#host = spec === null ? null : new SpawnHost(spec, this.logger, internals.spawnHost);
   }
 
-  /** The root actor (the pool machine), for inspection and snapshots. Set by `start()`. */
+  /**
+   * The root actor (the pool machine), for inspection and snapshots. Set by `start()`: before
+   * it, reading it throws `TIDEPOOL_ERR_POOL_STATE`.
+   */
   get actor(): PoolActorRef {
     if (!this.#actor) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the pool has not been started');
     return this.#actor;
@@ -127,10 +159,31 @@ export class Pool extends EventEmitter<PoolEvents> {
     return this.#registry.pids();
   }
 
-  /** Open the source and begin taking work. */
+  /**
+   * Tasks given to `run()` that have no final outcome yet (queued, running, or waiting for a
+   * retry). Callers that feed the pool from a stream pause while this is high (backpressure).
+   */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /** Live workers by phase, read from the pool machine's counts (constant time). */
+  get workers(): WorkerCounts {
+    if (!this.#actor) return NO_COUNTS;
+    const { live, phases } = this.#actor.getSnapshot().context;
+    return { live, ...phases };
+  }
+
+  /**
+   * Open the source and begin taking work. Rejects with `TIDEPOOL_ERR_START_FAILED` when the
+   * source cannot open, `TIDEPOOL_ERR_POOL_STATE` when called twice.
+   */
   async start(): Promise<void> {
-    if (this.#actor) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the pool is already started');
-    const actor = createActor(this.#machine(this.source), {
+    if (this.#actor) {
+      const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
+      throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
+    }
+    const actor = createActor(this.#machine(), {
       input: {
         maxWorkers: this.options.concurrency,
         spares: this.options.spares,
@@ -138,9 +191,11 @@ export class Pool extends EventEmitter<PoolEvents> {
         maxCrashes: this.options.maxCrashes,
       },
       inspect: this.options.inspect as Observer<InspectionEvent> | undefined,
-      ...(this.#internals.clock ? { clock: this.#internals.clock as ActorOptions<typeof poolMachine>['clock'] } : {}),
+      ...(this.#internals.clock ? { clock: this.#internals.clock } : {}),
     });
     this.#actor = actor;
+    // Notifications leave the machine here, after the transition; none can throw into it.
+    actor.on('*', (emitted) => this.#onEmitted(emitted as PoolEmitted));
     this.#done = toPromise(actor).catch((err: unknown) => {
       // The machine failed (an action threw): no child of it may survive.
       this.logger.error({ err }, 'pool machine failed; killing every worker');
@@ -168,27 +223,35 @@ export class Pool extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * Queue a task and resolve with its final outcome. Never rejects for the task's own failures
-   * (they are outcomes); rejects only when the pool cannot take it or stops before it ends.
-   * `defaultId` is the id of a task that has none (else the pool assigns one).
+   * Queue a task and resolve with its final outcome. `task` is a task object, or its JSON as
+   * text or bytes; it goes through the shared parser, and one that is not a task resolves as
+   * `malformed` (attempts 0). Never rejects for the task's own failures (they are outcomes);
+   * rejects only when the pool cannot take it (`TIDEPOOL_ERR_POOL_STATE`: not started,
+   * draining, or a source without `publish`) or stops before it ends
+   * (`TIDEPOOL_ERR_POOL_STOPPED`). `defaultId` is the id of a task that has none (else the pool
+   * assigns one). A task whose id is already in flight resolves `malformed`: ids are
+   * idempotency keys.
    */
   run(task: unknown, options: { defaultId?: string } = {}): Promise<TaskResult> {
     const startedAt = performance.now();
-    const parsed = parseTask(task, options.defaultId);
-    if ('malformed' in parsed) {
-      const result = malformedResult(parsed.id, parsed.malformed, startedAt);
-      this.emit('outcome', result);
-      return Promise.resolve(result);
-    }
     if (!this.#actor) {
       return Promise.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'start() the pool before run()'));
     }
+    if (!this.source.publish) {
+      return Promise.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'this pool\'s source takes no tasks from run()'));
+    }
+    const id = taskIdOf(task, options.defaultId ?? `task-${process.pid}-${++assigned}`);
+    if (this.#pending.has(id)) {
+      const result = malformedResult({ id, message: `a task with id ${JSON.stringify(id)} is already in the pool` }, startedAt);
+      this.#notify('outcome', result);
+      return Promise.resolve(result);
+    }
     return new Promise<TaskResult>((resolve, reject) => {
-      this.#pending.set(parsed.task, { resolve, reject, startedAt });
+      this.#pending.set(id, { resolve, reject, startedAt });
       try {
-        this.source.submit(parsed.task);
+        this.source.publish!(task, { defaultId: id });
       } catch (err) {
-        this.#pending.delete(parsed.task);
+        this.#pending.delete(id);
         reject(err);
       }
     });
@@ -205,7 +268,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       await this.#done;
     } finally {
       clearTimeout(timer);
-      this.#finish();
+      await this.#finish();
     }
   }
 
@@ -215,7 +278,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     try {
       await this.#done;
     } finally {
-      this.#finish();
+      await this.#finish();
     }
   }
 
@@ -228,13 +291,16 @@ export class Pool extends EventEmitter<PoolEvents> {
   }
 
   /** Events for a stopped pool are dropped (XState would warn about each). */
-  #send(event: { type: 'drain' | 'stop' | 'pause' | 'resume' }): void {
+  #send(event: { type: 'drain' | 'stop' | 'pause' | 'resume' | 'source.lost' }): void {
     const actor = this.actor;
     if (actor.getSnapshot().status === 'active') actor.send(event);
   }
 
-  #finish(): void {
-    this.source.dispose();
+  async #finish(): Promise<void> {
+    if (this.#finished) return;
+    this.#finished = true;
+    await Promise.allSettled([...this.#settling]);
+    await this.source.dispose();
     this.#host?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
@@ -243,9 +309,46 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.#deliveries.clear();
   }
 
-  #machine(source: Source) {
+  /**
+   * Deliver a pool event to each listener in turn, after the current transition (a
+   * microtask), each in its own try/catch: a listener that throws is logged and nothing else
+   * changes.
+   */
+  #notify<K extends keyof PoolEvents>(name: K, ...args: PoolEvents[K]): void {
+    if (this.listenerCount(name) === 0) return;
+    queueMicrotask(() => {
+      for (const listener of this.rawListeners(name) as ((...a: PoolEvents[K]) => void)[]) {
+        try {
+          listener.apply(this, args);
+        } catch (err) {
+          this.logger.error({ err, event: name }, `a '${name}' listener threw; ignored`);
+        }
+      }
+    });
+  }
+
+  #onEmitted(emitted: PoolEmitted): void {
+    switch (emitted.type) {
+      case 'worker.reaped':
+        if (this.logger.isLevelEnabled('debug')) this.logger.debug(emitted.report, 'worker reaped');
+        return this.#notify('worker:reaped', emitted.report);
+      case 'breaker.tripped': {
+        const o = this.options;
+        this.logger.error(
+          { crashes: emitted.crashes, crashWindow: o.crashWindow, cooldown: o.breakerCooldown },
+          `crash breaker tripped: ${emitted.crashes} crashes within ${o.crashWindow} ms; intake paused for ${o.breakerCooldown} ms`,
+        );
+        return this.#notify('breaker:tripped', { crashes: emitted.crashes });
+      }
+      case 'prefetch':
+        return this.source.prefetch(emitted.prefetch);
+    }
+  }
+
+  #machine() {
     const o = this.options;
     const log = this.logger;
+    const source = this.source;
     // Slots run inside XState transitions: one that throws would leave the pool in error with
     // its children running (xstate#5153). They log instead.
     const safe =
@@ -263,9 +366,9 @@ export class Pool extends EventEmitter<PoolEvents> {
           options: o,
           registry: this.#registry,
           logger: log,
-          taskFor: (deliveryId) => this.#deliveries.get(deliveryId),
+          taskFor: (deliveryId) => this.#deliveries.get(deliveryId)?.delivery,
           host: this.#host ?? undefined,
-          onSpawned: (workerId, pid) => this.emit('worker:spawned', { workerId, pid }),
+          onSpawned: (workerId, pid) => this.#notify('worker:spawned', { workerId, pid }),
         }),
       },
       delays: {
@@ -282,10 +385,20 @@ export class Pool extends EventEmitter<PoolEvents> {
           await source.open(
             {
               deliver: (delivery) => {
-                this.#deliveries.set(delivery.id, delivery);
+                this.#deliveries.set(delivery.id, { delivery, void: false });
                 this.#actor?.send({ type: 'delivery', deliveryId: delivery.id });
               },
+              malformed: (rejected) => this.#malformed(rejected),
               drained: () => this.#actor?.send({ type: 'source.drained' }),
+              lost: (reason) => {
+                log.warn({ err: reason }, 'the source lost its connection; what it delivered before will come again');
+                this.#send({ type: 'source.lost' });
+                this.#notify('source:lost', { reason });
+              },
+              restored: () => {
+                log.info('the source is connected again');
+                this.#notify('source:restored');
+              },
             },
             o.concurrency,
           );
@@ -294,29 +407,22 @@ export class Pool extends EventEmitter<PoolEvents> {
       actions: {
         settle: safe('settle', (_: unknown, params: unknown) => this.#settle(params as SettleParams)),
         release: safe('release', (_: unknown, params: unknown) => {
-          for (const id of (params as ReleaseParams).deliveryIds) {
-            const delivery = this.#deliveries.get(id);
-            if (!delivery) continue;
+          const { deliveryIds } = params as ReleaseParams;
+          const ids = deliveryIds === 'all' ? [...this.#deliveries.keys()] : deliveryIds;
+          for (const id of ids) {
+            const held = this.#deliveries.get(id);
+            if (!held) continue;
             this.#deliveries.delete(id);
-            source.release(delivery);
+            if (!held.void) this.#track(source.release(held.delivery), 'release');
           }
         }),
-        reaped: safe('reaped', (_: unknown, params: unknown) => {
-          const { report } = params as ReapedParams;
-          if (log.isLevelEnabled('debug')) log.debug(report, 'worker reaped');
-          this.emit('worker:reaped', report);
+        forget: safe('forget', (_: unknown, params: unknown) => {
+          for (const id of (params as ForgetParams).deliveryIds) this.#deliveries.delete(id);
+          for (const held of this.#deliveries.values()) held.void = true;
         }),
         pauseIntake: safe('pauseIntake', () => source.pause()),
         resumeIntake: safe('resumeIntake', () => source.resume()),
         closeIntake: safe('closeIntake', () => source.close()),
-        breakerTripped: safe('breakerTripped', (_: unknown, params: unknown) => {
-          const { crashes } = params as BreakerParams;
-          log.error(
-            { crashes, crashWindow: o.crashWindow, cooldown: o.breakerCooldown },
-            `crash breaker tripped: ${crashes} crashes within ${o.crashWindow} ms; intake paused for ${o.breakerCooldown} ms`,
-          );
-          this.emit('breaker:tripped', { crashes });
-        }),
       },
       delays: {
         crashWindow: o.crashWindow,
@@ -325,29 +431,55 @@ export class Pool extends EventEmitter<PoolEvents> {
     });
   }
 
+  /** Keep a source call's promise until it settles, so drain and stop can wait for it. */
+  #track(promise: Promise<void>, what: string, then?: () => void): void {
+    const tracked = promise.then(then, (err: unknown) => {
+      this.logger.error({ err }, `the source could not ${what} a delivery; it will be delivered again`);
+    });
+    this.#settling.add(tracked);
+    void tracked.finally(() => this.#settling.delete(tracked));
+  }
+
   #settle({ deliveryId, outcome }: SettleParams): void {
-    const delivery = this.#deliveries.get(deliveryId);
-    if (!delivery) return;
+    const held = this.#deliveries.get(deliveryId);
+    if (!held) return;
     this.#deliveries.delete(deliveryId);
-    const settlement = decideSettlement(outcome, delivery.attempt, this.options);
+    const { delivery } = held;
     const taskId = delivery.task.id;
+    if (held.void) {
+      this.logger.info({ taskId, attempt: delivery.attempt }, 'outcome dropped: its delivery was lost with the connection');
+      return;
+    }
+    const settlement = decideSettlement(outcome, delivery.attempt, this.options);
     if (outcome.status === 'failed') {
       logFailure(this.logger, outcome, delivery, settlement);
     } else if (this.logger.isLevelEnabled('debug')) {
       this.logger.debug({ taskId, attempt: delivery.attempt }, 'task resolved');
     }
-    this.source.settle(delivery, settlement);
-    this.emit('attempt', { taskId, attempt: delivery.attempt, outcome, settlement });
-    if (settlement.action === 'retry') return;
-    const pending = this.#pending.get(delivery.task);
-    this.#pending.delete(delivery.task);
-    const durationMs = pending ? Math.round(performance.now() - pending.startedAt) : 0;
-    const result: TaskResult =
-      outcome.status === 'resolved'
-        ? { id: taskId, status: 'resolved', result: outcome.result, attempts: delivery.attempt, durationMs }
-        : { id: taskId, status: 'failed', error: publicError(outcome), attempts: delivery.attempt, durationMs };
-    this.emit('outcome', result);
+    // The outcome is told once the settlement is safe: a task whose ack failed comes again.
+    this.#track(this.source.settle(delivery, settlement), 'settle', () => {
+      this.#notify('attempt', { taskId, attempt: delivery.attempt, outcome, settlement });
+      if (settlement.action === 'retry') return;
+      const pending = this.#pending.get(taskId);
+      this.#pending.delete(taskId);
+      const durationMs = pending ? Math.round(performance.now() - pending.startedAt) : 0;
+      const result: TaskResult =
+        outcome.status === 'resolved'
+          ? { id: taskId, status: 'resolved', result: outcome.result ?? null, attempts: delivery.attempt, durationMs }
+          : { id: taskId, status: 'failed', error: publicError(outcome), attempts: delivery.attempt, durationMs };
+      pending?.resolve(result);
+      this.#notify('outcome', result);
+    });
+  }
+
+  /** A payload the source dead-lettered as not a task: its caller hears `malformed`. */
+  #malformed(rejected: Malformed): void {
+    const pending = this.#pending.get(rejected.id);
+    this.#pending.delete(rejected.id);
+    this.logger.warn({ taskId: rejected.id, kind: 'malformed' }, `payload dead-lettered: ${rejected.message}`);
+    const result = malformedResult(rejected, pending?.startedAt ?? performance.now());
     pending?.resolve(result);
+    this.#notify('outcome', result);
   }
 }
 
@@ -364,14 +496,14 @@ function logFailure(logger: Logger, outcome: FailedOutcome, delivery: Delivery, 
   else logger.info(fields, msg);
 }
 
-function publicError(outcome: FailedOutcome): Extract<TaskResult, { status: 'failed' }>['error'] {
-  const error: Extract<TaskResult, { status: 'failed' }>['error'] = { kind: outcome.kind, message: outcome.message };
+function publicError(outcome: FailedOutcome): PublicError {
+  const error: PublicError = { kind: outcome.kind, message: outcome.message };
   if (outcome.exitCode !== undefined) error.exitCode = outcome.exitCode;
   if (outcome.signal !== undefined) error.signal = outcome.signal;
   return error;
 }
 
-function malformedResult(id: string, message: string, startedAt: number): TaskResult {
+function malformedResult({ id, message }: Malformed, startedAt: number): TaskResult {
   return {
     id,
     status: 'failed',
@@ -379,25 +511,4 @@ function malformedResult(id: string, message: string, startedAt: number): TaskRe
     attempts: 0,
     durationMs: Math.round(performance.now() - startedAt),
   };
-}
-
-/** A task is a JSON object; its `id`, when given, a non-empty string. */
-export function parseTask(value: unknown, defaultId?: string): { task: Task } | { id: string; malformed: string } {
-  const id = defaultId ?? `task-${process.pid}-${++assigned}`;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    const found = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
-    return { id, malformed: `a task must be a JSON object, got ${found}` };
-  }
-  const given = (value as { id?: unknown }).id;
-  if (given === undefined) return { task: { ...(value as object), id } as Task };
-  if (typeof given !== 'string' || given === '') {
-    return { id, malformed: `a task's id must be a non-empty string, got ${JSON.stringify(given)}` };
-  }
-  // A copy: the pool tracks tasks by object, and the caller may run the same object twice.
-  return { task: { ...(value as Task) } };
-}
-
-/** Create a pool; validates every option (an `OptionError` names the first bad one). */
-export function createPool(options: PoolOptions, internals?: PoolInternals): Pool {
-  return new Pool(options, internals);
 }

@@ -1,10 +1,13 @@
-import type { Outcome } from '../machines/types.js';
+import type { FailureKind, Outcome } from '../machines/types.js';
 
-/** What a source does with a delivery after its outcome. */
+/**
+ * What a source does with a delivery after its outcome: `ack`; `retry` after `delay` ms as
+ * attempt `attempt`; or `dead-letter`, carrying why (a broker puts these in headers).
+ */
 export type Settlement =
   | { action: 'ack' }
   | { action: 'retry'; delay: number; attempt: number }
-  | { action: 'dead-letter'; reason: string };
+  | { action: 'dead-letter'; reason: string; kind: FailureKind; message: string };
 
 export interface RetryPolicy {
   /** Attempts per task, the first included. */
@@ -32,7 +35,8 @@ export function decideSettlement(
   random?: () => number,
 ): Settlement {
   if (outcome.status === 'resolved') return { action: 'ack' };
-  if (!outcome.retryable) return { action: 'dead-letter', reason: `${outcome.kind} (not retryable)` };
-  if (attempt >= policy.attempts) return { action: 'dead-letter', reason: `${outcome.kind} (attempts exhausted)` };
+  const { kind, message } = outcome;
+  if (!outcome.retryable) return { action: 'dead-letter', reason: `${kind} (not retryable)`, kind, message };
+  if (attempt >= policy.attempts) return { action: 'dead-letter', reason: `${kind} (attempts exhausted)`, kind, message };
   return { action: 'retry', delay: backoff(policy, attempt, random), attempt: attempt + 1 };
 }

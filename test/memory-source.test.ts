@@ -1,24 +1,44 @@
 import { describe, expect, it } from 'vitest';
 import { MemorySource } from '../src/index.js';
+import type { Delivery } from '../src/index.js';
 import { describeSourceContract } from './helpers/source-contract.js';
 
 describeSourceContract('memory', async () => {
   const source = new MemorySource();
+  let n = 0;
   return {
     source,
-    publish: async (task) => source.submit(task),
+    publish: async (payload) => source.publish(payload, { defaultId: `gen-${++n}` }),
+    deadLettered: async () => source.deadLetters.map((l) => ({ id: l.task.id, reason: l.reason })),
+    interrupt: async () => source.interrupt(),
     cleanup: async () => source.dispose(),
   };
+});
+
+const consumer = (delivered: Delivery[]) => ({
+  deliver: (d: Delivery) => delivered.push(d),
+  malformed: () => {},
+  drained: () => {},
+  lost: () => {},
+  restored: () => {},
 });
 
 describe('memory source', () => {
   it('keeps dead letters with their reason and attempts', async () => {
     const source = new MemorySource();
-    const delivered: Parameters<MemorySource['settle']>[0][] = [];
-    await source.open({ deliver: (d) => delivered.push(d), drained: () => {} }, 1);
+    const delivered: Delivery[] = [];
+    await source.open(consumer(delivered), 1);
     source.submit({ id: 'dl' });
-    source.settle(delivered[0], { action: 'dead-letter', reason: 'error (not retryable)' });
+    await source.settle(delivered[0], { action: 'dead-letter', reason: 'error (not retryable)', kind: 'error', message: 'no' });
     expect(source.deadLetters).toEqual([{ task: { id: 'dl' }, attempts: 1, reason: 'error (not retryable)' }]);
+  });
+
+  it('keeps at most deadLetterLimit dead letters, the newest, and counts the ones it dropped', async () => {
+    const source = new MemorySource({ deadLetterLimit: 3 });
+    await source.open(consumer([]), 1);
+    for (let i = 0; i < 5; i++) source.publish(`not json ${i}`, { defaultId: `m${i}` });
+    expect(source.deadLetters.map((l) => l.task.id)).toEqual(['m2', 'm3', 'm4']);
+    expect(source.deadLettersDropped).toBe(2);
   });
 
   it('refuses new tasks once closed', async () => {
@@ -29,8 +49,8 @@ describe('memory source', () => {
 
   it('delivers a long queue in order, a released delivery first', async () => {
     const source = new MemorySource();
-    const delivered: Parameters<MemorySource['settle']>[0][] = [];
-    await source.open({ deliver: (d) => delivered.push(d), drained: () => {} }, 1);
+    const delivered: Delivery[] = [];
+    await source.open(consumer(delivered), 1);
     for (let i = 0; i < 5000; i++) source.submit({ id: `t${i}` });
     const order: string[] = [];
     for (let i = 0; i < 3000; i++) {

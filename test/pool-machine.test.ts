@@ -1,8 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createActor, fromPromise, SimulatedClock, waitFor } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
-import type { BreakerParams, PoolInput, ReapedParams, ReleaseParams, SettleParams } from '../machines/pool.js';
+import type { ForgetParams, PoolEmitted, PoolInput, ReleaseParams, SettleParams } from '../machines/pool.js';
+import type { WorkerReport } from '../machines/types.js';
 import { workerMachine } from '../machines/worker.js';
+import type { WorkerContext } from '../machines/worker.js';
 import { createFakeProcesses, deferred, recordSlots } from './helpers/fake-process.js';
 import type { FakeOptions, FakeProcess } from './helpers/fake-process.js';
 
@@ -11,14 +13,17 @@ const POOL_DELAYS = { crashWindow: 10_000, breakerCooldown: 2_000 } as const;
 
 interface Harness {
   violations: string[];
+  /** Checks that hold once every event has been processed (the end of a test). */
+  settledChecks(): void;
 }
 /** The pool of the running test, for the invariant check after it. */
 let current: Harness | null = null;
 
 afterEach(() => {
+  current?.settledChecks();
   const violations = current?.violations ?? [];
   current = null;
-  expect(violations, 'invariant violated during the test').toEqual([]);
+  expect(violations.join("\n"), "invariant violated during the test").toBe("");
 });
 
 interface StartOptions {
@@ -28,18 +33,38 @@ interface StartOptions {
   noWait?: boolean;
 }
 
+/** A worker as its own machine has it: its state and the delivery it holds. */
+interface WorkerView {
+  state: string;
+  deliveryId: string | null;
+}
+
 /**
- * The pool machine with fake worker processes, recorded slots and a simulated clock. After
- * every snapshot it checks that live workers never exceed maxWorkers and that the pool's
- * worker slots and its worker children are the same set.
+ * The pool machine with fake worker processes, recorded slots and notifications, and a
+ * simulated clock. The `release`/`forget` slots are played as src/ plays them: the harness
+ * holds every delivery given and not yet settled, released or forgotten. After every
+ * snapshot it checks that live workers never exceed maxWorkers, and that the pool's counts
+ * agree with its worker children: `live` is their number, each phase count is the number of
+ * children that last reported that phase, and every idle id is a child.
  */
 async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
   const input: PoolInput = { maxWorkers: 2, spares: 0, maxTasksPerWorker: 1, maxCrashes: 2, ...partial };
   const fakes = createFakeProcesses(options.fake);
-  /** Every slot call, in order. */
+  /** Every slot call and notification, in order. */
   const calls: { name: string; params?: unknown }[] = [];
+  /** Deliveries the pool holds, as src/ keeps them: delivered, not settled, released or forgotten. */
+  const held = new Set<string>();
+  const released: string[] = [];
   const record = (name: string) => (_: unknown, params?: unknown) => {
     calls.push(params === undefined ? { name } : { name, params });
+    if (name === 'settle') held.delete((params as SettleParams).deliveryId);
+    if (name === 'release') {
+      const { deliveryIds } = params as ReleaseParams;
+      for (const id of deliveryIds === 'all' ? [...held] : deliveryIds) {
+        if (held.delete(id) || deliveryIds !== 'all') released.push(id);
+      }
+    }
+    if (name === 'forget') for (const id of (params as ForgetParams).deliveryIds) held.delete(id);
   };
   const machine = poolMachine.provide({
     actors: {
@@ -51,19 +76,41 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
   });
   const clock = new SimulatedClock();
   const pool = createActor(machine, { clock, input });
-  const harness: Harness = { violations: [] };
+  pool.on('*', (emitted: PoolEmitted) => {
+    if (emitted.type === 'worker.reaped') calls.push({ name: 'reaped', params: { report: emitted.report } });
+    if (emitted.type === 'breaker.tripped') calls.push({ name: 'breakerTripped', params: { crashes: emitted.crashes } });
+  });
+  const workerContexts = (s: ReturnType<typeof pool.getSnapshot>) =>
+    Object.entries(s.children)
+      .filter(([id]) => id.startsWith('worker.'))
+      .map(([id, child]) => [id, (child!.getSnapshot() as { context: WorkerContext }).context] as const);
+  const harness: Harness = {
+    violations: [],
+    // A worker's report reaches the pool after the worker has moved: phase by phase, the
+    // counts agree with the children once nothing is in flight.
+    settledChecks: () => {
+      const s = pool.getSnapshot();
+      if (s.status !== 'active') return;
+      const children = workerContexts(s);
+      for (const phase of ['spawning', 'ready', 'running', 'leaving'] as const) {
+        const reported = children.filter(([, w]) => w.reported === phase).length;
+        if (s.context.phases[phase] !== reported) harness.violations.push(`phases.${phase} ${s.context.phases[phase]} != ${reported} children reporting it`);
+      }
+    },
+  };
   current = harness;
   let maxLive = 0;
   pool.subscribe({
     next: (s) => {
-      const slots = Object.keys(s.context.workers).sort();
-      const children = Object.keys(s.children)
-        .filter((id) => id.startsWith('worker.'))
-        .sort();
-      maxLive = Math.max(maxLive, slots.length, children.length);
-      if (slots.length > input.maxWorkers) harness.violations.push(`${slots.length} worker slots > maxWorkers`);
+      const children = workerContexts(s);
+      const c = s.context;
+      maxLive = Math.max(maxLive, c.live, children.length);
       if (children.length > input.maxWorkers) harness.violations.push(`${children.length} worker children > maxWorkers`);
-      if (slots.join() !== children.join()) harness.violations.push(`slots [${slots}] != children [${children}]`);
+      if (c.live !== children.length) harness.violations.push(`live ${c.live} != ${children.length} children`);
+      const total = c.phases.spawning + c.phases.ready + c.phases.running + c.phases.leaving;
+      if (total !== c.live) harness.violations.push(`phases add up to ${total}, live is ${c.live}`);
+      const ids = new Set(children.map(([id]) => id));
+      for (const id of [...c.ready, ...c.warming]) if (!ids.has(id)) harness.violations.push(`idle ${id} is not a child`);
     },
     error: (err) => harness.violations.push(`pool errored: ${String(err)}`),
   });
@@ -81,19 +128,34 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
     snapshot: () => pool.getSnapshot(),
     context: () => pool.getSnapshot().context,
     state: () => pool.getSnapshot().value,
-    deliver: (...ids: string[]) => ids.forEach((deliveryId) => pool.send({ type: 'delivery', deliveryId })),
+    deliver: (...ids: string[]) =>
+      ids.forEach((deliveryId) => {
+        held.add(deliveryId);
+        pool.send({ type: 'delivery', deliveryId });
+      }),
     proc: (workerId: string): FakeProcess => fakes.get(workerId),
     count: (name: string) => callsOf(name).length,
     settled: () => callsOf('settle').map((c) => c.params as SettleParams),
     settledIds: () => callsOf('settle').map((c) => (c.params as SettleParams).deliveryId),
     /** Every delivery id given back to the source, across all release calls. */
-    released: () => callsOf('release').flatMap((c) => (c.params as ReleaseParams).deliveryIds),
-    reaped: () => callsOf('reaped').map((c) => (c.params as ReapedParams).report),
-    trips: () => callsOf('breakerTripped').map((c) => c.params as BreakerParams),
+    released: () => [...released],
+    reaped: () => callsOf('reaped').map((c) => (c.params as { report: WorkerReport }).report),
+    trips: () => callsOf('breakerTripped').map((c) => c.params as { crashes: number }),
     /** Delivery ids every fake process was told to run. */
     runs: () =>
       [...fakes.all.values()].flatMap((p) => p.commands.flatMap((c) => (c.type === 'proc.run' ? [c.deliveryId] : []))),
-    workerIds: () => Object.keys(pool.getSnapshot().context.workers),
+    /** Live workers as their own machines have them (state at the top level, delivery held). */
+    workers: (): Record<string, WorkerView> =>
+      Object.fromEntries(
+        Object.entries(pool.getSnapshot().children)
+          .filter(([id]) => id.startsWith('worker.'))
+          .map(([id, child]) => {
+            const snap = child!.getSnapshot() as { value: string | Record<string, unknown>; context: WorkerContext };
+            const state = typeof snap.value === 'string' ? snap.value : Object.keys(snap.value)[0];
+            return [id, { state, deliveryId: snap.context.deliveryId }];
+          }),
+      ),
+    workerIds: () => Object.keys(pool.getSnapshot().children).filter((id) => id.startsWith('worker.')),
     childIds: () => Object.keys(pool.getSnapshot().children).filter((id) => id.startsWith('worker.')),
   };
 }
@@ -131,9 +193,9 @@ describe('pool machine: starting', () => {
     expect(p.fakes.all.size).toBe(0);
     gate.resolve();
     await waitFor(p.pool, (s) => s.matches('running'));
-    expect(p.context().workers).toEqual({
-      'worker.1': { status: 'starting', deliveryId: 'd1' },
-      'worker.2': { status: 'starting', deliveryId: 'd2' },
+    expect(p.workers()).toEqual({
+      'worker.1': { state: 'spawning', deliveryId: 'd1' },
+      'worker.2': { state: 'spawning', deliveryId: 'd2' },
     });
     expect(p.context().backlog).toEqual(['d3']);
     expect(p.calls).toEqual([]);
@@ -188,7 +250,7 @@ describe('pool machine: dispatch', () => {
     p.proc('worker.1').result('one');
     expect(p.settled()).toEqual([{ deliveryId: 'd1', outcome: { status: 'resolved', result: 'one' } }]);
     // Reported but not yet exited: it still holds its slot.
-    expect(p.context().workers['worker.1']).toEqual({ status: 'leaving', deliveryId: null });
+    expect(p.workers()['worker.1']).toEqual({ state: 'terminating', deliveryId: null });
     expect(p.context().backlog).toEqual(['d3']);
     expect(p.fakes.all.has('worker.3')).toBe(false);
     p.proc('worker.1').exit({ code: 0 });
@@ -196,20 +258,20 @@ describe('pool machine: dispatch', () => {
       { workerId: 'worker.1', pid: 11, exitCode: 0, signal: null, served: 1, last: 'resolved' },
     ]);
     expect(p.workerIds()).toEqual(['worker.2', 'worker.3']);
-    expect(p.context().workers['worker.3']).toEqual({ status: 'starting', deliveryId: 'd3' });
+    expect(p.workers()['worker.3']).toEqual({ state: 'spawning', deliveryId: 'd3' });
     expect(p.context().backlog).toEqual([]);
     expect(p.proc('worker.1').stopped).toBe(true);
   });
 
   it('keeps spares warm and hands deliveries to them first', async () => {
     const p = await startPool({ maxWorkers: 3, spares: 1 });
-    expect(p.context().workers).toEqual({ 'worker.1': { status: 'starting', deliveryId: null } });
+    expect(p.workers()).toEqual({ 'worker.1': { state: 'spawning', deliveryId: null } });
     p.proc('worker.1').start();
-    expect(p.context().workers['worker.1']).toEqual({ status: 'ready', deliveryId: null });
+    expect(p.workers()['worker.1']).toEqual({ state: 'ready', deliveryId: null });
     p.deliver('d1');
-    expect(p.context().workers).toEqual({
-      'worker.1': { status: 'busy', deliveryId: 'd1' },
-      'worker.2': { status: 'starting', deliveryId: null },
+    expect(p.workers()).toEqual({
+      'worker.1': { state: 'running', deliveryId: 'd1' },
+      'worker.2': { state: 'spawning', deliveryId: null },
     });
     expect(p.proc('worker.1').commands).toEqual([{ type: 'proc.run', deliveryId: 'd1', last: true }]);
   });
@@ -217,9 +279,9 @@ describe('pool machine: dispatch', () => {
   it('a spare still starting takes a delivery and runs it when ready', async () => {
     const p = await startPool({ maxWorkers: 2, spares: 1 });
     p.deliver('d1');
-    expect(p.context().workers).toEqual({
-      'worker.1': { status: 'starting', deliveryId: 'd1' },
-      'worker.2': { status: 'starting', deliveryId: null },
+    expect(p.workers()).toEqual({
+      'worker.1': { state: 'spawning', deliveryId: 'd1' },
+      'worker.2': { state: 'spawning', deliveryId: null },
     });
     p.proc('worker.1').start();
     expect(p.runs()).toEqual(['d1']);
@@ -238,7 +300,7 @@ describe('pool machine: dispatch', () => {
     p.proc('worker.1').start();
     p.proc('worker.1').result(1);
     expect(p.settledIds()).toEqual(['d1']);
-    expect(p.context().workers['worker.1']).toEqual({ status: 'busy', deliveryId: 'd2' });
+    expect(p.workers()['worker.1']).toEqual({ state: 'running', deliveryId: 'd2' });
     expect(p.proc('worker.1').commands).toEqual([
       { type: 'proc.run', deliveryId: 'd1', last: false },
       { type: 'proc.run', deliveryId: 'd2', last: true },
@@ -258,7 +320,7 @@ describe('pool machine: dispatch', () => {
     for (let round = 0; round < 50 && p.settledIds().length < ids.length; round++) {
       for (const [id, proc] of [...p.fakes.all]) {
         if (handled.has(id)) continue;
-        const slot = p.context().workers[id];
+        const slot = p.workers()[id];
         if (!slot) continue;
         if (proc.commands.length === 0) {
           proc.start();
@@ -288,7 +350,7 @@ describe('pool machine: reaping', () => {
       { workerId: 'worker.1', pid: null, exitCode: null, signal: null, served: 0, last: null },
     ]);
     // The freed slot takes the delivery the dead worker never ran, before the rest.
-    expect(p.context().workers).toEqual({ 'worker.2': { status: 'starting', deliveryId: 'd1' } });
+    expect(p.workers()).toEqual({ 'worker.2': { state: 'spawning', deliveryId: 'd1' } });
     expect(p.context().backlog).toEqual(['d2']);
     expect(p.settled()).toEqual([]);
   });
@@ -407,7 +469,7 @@ describe('pool machine: crash breaker', () => {
     p.clock.increment(POOL_DELAYS.breakerCooldown);
     expect(p.state()).toBe('running');
     expect(p.context().backlog).toEqual([]);
-    expect(p.context().workers['worker.4']).toEqual({ status: 'starting', deliveryId: 'd4' });
+    expect(p.workers()['worker.4']).toEqual({ state: 'spawning', deliveryId: 'd4' });
   });
 });
 
@@ -426,7 +488,7 @@ describe('pool machine: pause and resume', () => {
     p.pool.send({ type: 'resume' });
     expect(p.state()).toBe('running');
     expect(p.count('resumeIntake')).toBe(1);
-    expect(p.context().workers['worker.1']).toEqual({ status: 'starting', deliveryId: 'd1' });
+    expect(p.workers()['worker.1']).toEqual({ state: 'spawning', deliveryId: 'd1' });
   });
 
   it('resume ends a breaker pause early', async () => {
@@ -463,12 +525,12 @@ describe('pool machine: drain', () => {
     expect(p.count('closeIntake')).toBe(1);
     expect(p.context().spares).toBe(0);
     expect(p.proc('worker.2').commandTypes()).toEqual(['proc.terminate']);
-    expect(p.context().workers['worker.2']).toEqual({ status: 'leaving', deliveryId: null });
+    expect(p.workers()['worker.2']).toEqual({ state: 'terminating', deliveryId: null });
     expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run']);
 
     // The source still delivers what it held.
     p.deliver('d2');
-    expect(p.context().workers['worker.3']).toEqual({ status: 'starting', deliveryId: 'd2' });
+    expect(p.workers()['worker.3']).toEqual({ state: 'spawning', deliveryId: 'd2' });
 
     succeed(p, 'worker.1');
     p.proc('worker.2').exit({ code: null, signal: 'SIGTERM' });
@@ -505,7 +567,7 @@ describe('pool machine: drain', () => {
     p.proc('worker.1').start();
     p.deliver('d1');
     p.proc('worker.2').start();
-    expect(p.context().workers['worker.2'].status).toBe('ready');
+    expect(p.workers()['worker.2'].state).toBe('ready');
     p.pool.send({ type: 'drain' });
     expect(p.proc('worker.2').commandTypes()).toEqual(['proc.terminate']);
     expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run']);
@@ -520,7 +582,7 @@ describe('pool machine: drain', () => {
     p.deliver('d1');
     p.pool.send({ type: 'drain' });
     expect(p.state()).toBe('draining');
-    expect(p.context().workers['worker.1']).toEqual({ status: 'starting', deliveryId: 'd1' });
+    expect(p.workers()['worker.1']).toEqual({ state: 'spawning', deliveryId: 'd1' });
   });
 
   it('drain from paused leaves intake paused (resumeIntake is never called)', async () => {
@@ -552,6 +614,7 @@ describe('pool machine: stop', () => {
     p.pool.send({
       type: 'worker.outcome',
       workerId: 'worker.1',
+      from: 'leaving',
       deliveryId: 'd1',
       outcome: { status: 'resolved', result: 'late' },
     });
@@ -599,7 +662,7 @@ describe('pool machine: workers that leave while idle (regressions)', () => {
     p.deliver('d1');
     p.proc('worker.1').start();
     p.proc('worker.1').result('r1');
-    expect(p.context().workers['worker.1']).toEqual({ status: 'ready', deliveryId: null });
+    expect(p.workers()['worker.1']).toEqual({ state: 'ready', deliveryId: null });
     p.clock.increment(WORKER_DELAYS.idleTimeout);
     // The worker is terminating; the pool still lists it as ready.
     expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate']);

@@ -14,11 +14,11 @@ describe('decideSettlement', () => {
   it('retries while attempts remain, then dead-letters', () => {
     expect(decideSettlement(fail(), 1, policy, () => 0)).toEqual({ action: 'retry', delay: 50, attempt: 2 });
     expect(decideSettlement(fail(), 2, policy, () => 1)).toEqual({ action: 'retry', delay: 200, attempt: 3 });
-    expect(decideSettlement(fail(), 3, policy)).toEqual({ action: 'dead-letter', reason: 'crash (attempts exhausted)' });
+    expect(decideSettlement(fail(), 3, policy)).toEqual({ action: 'dead-letter', reason: 'crash (attempts exhausted)', kind: 'crash', message: 'x' });
   });
 
   it('dead-letters a failure that is not retryable at once', () => {
-    expect(decideSettlement(fail(false), 1, policy)).toEqual({ action: 'dead-letter', reason: 'crash (not retryable)' });
+    expect(decideSettlement(fail(false), 1, policy)).toEqual({ action: 'dead-letter', reason: 'crash (not retryable)', kind: 'crash', message: 'x' });
   });
 });
 

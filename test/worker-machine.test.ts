@@ -31,7 +31,10 @@ function startWorker(input: Partial<WorkerInput> = {}) {
     },
     on: {
       'worker.ready': { actions: ({ event }) => received.push(event) },
+      'worker.running': { actions: ({ event }) => received.push(event) },
       'worker.outcome': { actions: ({ event }) => received.push(event) },
+      'worker.leaving': { actions: ({ event }) => received.push(event) },
+      'worker.declined': { actions: ({ event }) => received.push(event) },
     },
   });
   const clock = new SimulatedClock();
@@ -45,6 +48,8 @@ function startWorker(input: Partial<WorkerInput> = {}) {
     done,
     outcomes: () => received.filter((e): e is Outcome => e.type === 'worker.outcome'),
     readies: () => received.filter((e) => e.type === 'worker.ready'),
+    /** Every report to the parent, in order. */
+    all: () => [...received],
     state: () => worker.getSnapshot().value,
     context: () => worker.getSnapshot().context,
     send: (event: WorkerCommand) => worker.send(event),
@@ -60,7 +65,7 @@ describe('worker machine: starting', () => {
     w.proc.start(4242);
     expect(w.state()).toBe('ready');
     expect(w.context().pid).toBe(4242);
-    expect(w.readies()).toEqual([{ type: 'worker.ready', workerId: 'w1' }]);
+    expect(w.readies()).toEqual([{ type: 'worker.ready', workerId: 'w1', from: 'spawning' }]);
     expect(w.outcomes()).toEqual([]);
     expect(w.proc.commands).toEqual([]);
   });
@@ -192,7 +197,7 @@ describe('worker machine: a single-use task', () => {
     w.proc.start(77);
     w.proc.result({ ok: 1 });
     expect(w.outcomes()).toEqual([
-      { type: 'worker.outcome', workerId: 'w1', deliveryId: 'd1', outcome: { status: 'resolved', result: { ok: 1 } } },
+      { type: 'worker.outcome', workerId: 'w1', from: 'running', deliveryId: 'd1', outcome: { status: 'resolved', result: { ok: 1 } } },
     ]);
     expect(w.state()).toEqual({ terminating: 'awaitingExit' });
     // It was told the task was its last: it exits by itself, no signal.
@@ -227,6 +232,46 @@ describe('worker machine: a single-use task', () => {
   });
 });
 
+describe('worker machine: what the pool hears', () => {
+  it('each report names the phase it leaves, and the phases chain: spawning → running → leaving', () => {
+    const w = startWorker({ deliveryId: 'd1' });
+    w.proc.start();
+    w.proc.result('r');
+    w.proc.exit({ code: 0 });
+    expect(w.all().map((e) => [e.type, 'from' in e ? e.from : null])).toEqual([
+      ['worker.running', 'spawning'],
+      ['worker.outcome', 'running'],
+    ]);
+  });
+
+  it('a reused worker reports ready again after its outcome, and leaving when retired', () => {
+    const w = startWorker({ maxTasks: 3 });
+    w.proc.start();
+    w.send({ type: 'task.assign', deliveryId: 'd1' });
+    w.proc.result(1);
+    w.send({ type: 'worker.retire' });
+    expect(w.all().map((e) => [e.type, 'from' in e ? e.from : null])).toEqual([
+      ['worker.ready', 'spawning'],
+      ['worker.running', 'ready'],
+      ['worker.outcome', 'running'],
+      ['worker.ready', 'leaving'],
+      ['worker.leaving', 'ready'],
+    ]);
+  });
+
+  it.each([
+    ['running', (w: ReturnType<typeof startWorker>) => w.proc.start()],
+    ['terminating', (w: ReturnType<typeof startWorker>) => w.send({ type: 'worker.kill' })],
+    ['spawning with a task already', () => {}],
+  ])('declines a task.assign that finds it %s, so the delivery goes back', (_, setUp) => {
+    const w = startWorker({ deliveryId: 'd1' });
+    setUp(w);
+    w.send({ type: 'task.assign', deliveryId: 'd2' });
+    expect(w.all().filter((e) => e.type === 'worker.declined')).toEqual([{ type: 'worker.declined', workerId: 'w1', deliveryId: 'd2' }]);
+    expect(w.proc.commands.filter((c) => c.type === 'proc.run' && c.deliveryId === 'd2')).toEqual([]);
+  });
+});
+
 describe('worker machine: failures while running', () => {
   it.each([true, false])('proc.failed reports an error outcome carrying retryable=%s', (retryable) => {
     const w = startWorker({ deliveryId: 'd1' });
@@ -237,6 +282,7 @@ describe('worker machine: failures while running', () => {
       {
         type: 'worker.outcome',
         workerId: 'w1',
+        from: 'running',
         deliveryId: 'd1',
         outcome: { status: 'failed', kind: 'error', message: 'boom', retryable, error },
       },

@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { TidepoolError } from '../errors.js';
 import type { PoolOptions } from '../options.js';
-import { createPool } from '../pool.js';
+import { createPool } from '../create-pool.js';
 import type { TaskResult } from '../pool.js';
 
 /** Exit codes of the CLI. */
@@ -12,8 +12,9 @@ export const EXIT_CODES = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 const PROGRESS_HZ = 10;
 
 /**
- * Tasks read ahead of the workers: reading stops while this many wait in the queue, and goes
- * on once half of them have been taken, so a large input is streamed, not held in memory.
+ * Tasks read ahead of the workers: reading stops while this many more than the workers can
+ * run are in flight (`pool.inFlight`: queued, running or waiting for a retry), and goes on
+ * once half of them are done, so a large input is streamed, in bounded memory.
  */
 export const READ_AHEAD = 1000;
 
@@ -51,20 +52,26 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
   };
 
   await pool.start();
+  const { concurrency } = pool.options;
   let stopping: NodeJS.Signals | null = null;
-  // Set while the reader waits for room in the queue; called once there is (or the run stops).
+  // Set while the reader waits for room; called once there is (or the run stops).
   let wakeReader: (() => void) | null = null;
-  const checkRoom = () => {
-    if (wakeReader && (stopping || pool.source.size.ready <= READ_AHEAD / 2)) {
+  // Set at the end of the input while results are still to come.
+  let wakeEnd: (() => void) | null = null;
+  const onOutcome = () => {
+    if (wakeReader && (stopping || pool.inFlight <= concurrency + READ_AHEAD / 2)) {
       wakeReader();
       wakeReader = null;
     }
+    if (wakeEnd && (stopping || pool.inFlight === 0)) {
+      wakeEnd();
+      wakeEnd = null;
+    }
   };
-  pool.on('attempt', checkRoom);
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = signal;
-    checkRoom();
+    onOutcome();
     if (signal !== 'SIGPIPE') pool.logger.warn({ signal }, `${signal}: stopping; unfinished tasks are not reported`);
     stream.destroy();
     void pool.stop();
@@ -77,40 +84,30 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     else throw err;
   };
   process.stdout.on('error', onStdoutError);
+  // Each task's promise is let go once it has written its line: nothing per line is kept.
+  const settle = (result: TaskResult) => {
+    write(result);
+    onOutcome();
+  };
+  const lost = (err: unknown) => {
+    if (!stopping) throw err;
+  };
 
-  const runs: Promise<void>[] = [];
   let lineNo = 0;
   const lines = createInterface({ input: stream, crlfDelay: Infinity });
   try {
     for await (const line of lines) {
-      if (pool.source.size.ready >= READ_AHEAD) {
+      if (pool.inFlight >= concurrency + READ_AHEAD) {
         await new Promise<void>((resolve) => (wakeReader = resolve));
         if (stopping) break;
       }
       lineNo++;
       if (line.trim() === '') continue;
-      const id = `line:${lineNo}`;
       progress?.queued();
-      let value: unknown;
-      try {
-        value = JSON.parse(line);
-      } catch (err) {
-        write({
-          id,
-          status: 'failed',
-          error: { kind: 'malformed', message: `line ${lineNo} is not JSON: ${(err as Error).message}` },
-          attempts: 0,
-          durationMs: 0,
-        });
-        continue;
-      }
-      runs.push(
-        pool.run(value, { defaultId: id }).then(write, (err: unknown) => {
-          if (!stopping) throw err;
-        }),
-      );
+      // The line as text: the shared parser decides whether it is a task (else `malformed`).
+      pool.run(line, { defaultId: `line:${lineNo}` }).then(settle).catch(lost);
     }
-    await Promise.all(runs);
+    if (!stopping && pool.inFlight > 0) await new Promise<void>((resolve) => (wakeEnd = resolve));
   } finally {
     flush();
     if (!stopping) await pool.drain();
@@ -118,7 +115,6 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
     process.stdout.off('error', onStdoutError);
-    pool.off('attempt', checkRoom);
   }
   if (stopping) return 128 + (stopping === 'SIGINT' ? 2 : stopping === 'SIGPIPE' ? 13 : 15);
   return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;

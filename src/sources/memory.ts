@@ -1,5 +1,6 @@
 import { TidepoolError } from '../errors.js';
 import type { Settlement } from '../settlement.js';
+import { parseTask } from './parse.js';
 import type { Delivery, Source, SourceConsumer, Task } from './source.js';
 
 /** Timers the queue uses for retry delays (XState's `Clock` shape, so tests can share one). */
@@ -13,20 +14,44 @@ const realClock: Clock = {
   clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
 };
 
+/** A task the embedded queue gave up on. */
 export interface DeadLetter {
-  task: Task;
+  /** The task, or for a `malformed` payload its id and the payload as received. */
+  task: Task | { id: string; payload: unknown };
+  /** Attempts made (0 for a malformed payload, which never ran). */
   attempts: number;
   reason: string;
 }
 
+export interface MemorySourceOptions {
+  /** Timers for retry delays; tests pass a simulated clock. */
+  clock?: Clock;
+  /**
+   * Dead letters kept, newest last; older ones are dropped and counted in
+   * `deadLettersDropped`. Default 1000.
+   */
+  deadLetterLimit?: number;
+}
+
+/** Dead letters the embedded queue keeps by default. */
+export const DEAD_LETTER_LIMIT = 1000;
+
 /**
  * The embedded queue: in-process, FIFO, with the settlement semantics of the RabbitMQ source
- * (retries after a delay, a dead-letter list, redelivery of released deliveries).
+ * (retries after a delay, a bounded dead-letter list, redelivery of released deliveries).
+ *
+ * @example
+ * const source = new MemorySource({ deadLetterLimit: 100 });
+ * const pool = createPool({ worker: { module: './handler.js' }, source });
  */
 export class MemorySource implements Source {
+  /** The newest dead letters, oldest first (at most `deadLetterLimit`). */
   readonly deadLetters: DeadLetter[] = [];
+  /** Dead letters dropped from the front of `deadLetters` to keep it bounded. */
+  deadLettersDropped = 0;
+  readonly #deadLetterLimit: number;
   readonly #ready = new Fifo<Delivery>();
-  #unsettled = new Set<string>();
+  #unsettled = new Map<string, Delivery>();
   #timers = new Set<unknown>();
   readonly #clock: Clock;
   #consumer: SourceConsumer | null = null;
@@ -37,15 +62,33 @@ export class MemorySource implements Source {
   #drained = false;
   #disposed = false;
 
-  constructor(clock: Clock = realClock) {
-    this.#clock = clock;
+  constructor(options: MemorySourceOptions | Clock = {}) {
+    // A bare clock is accepted too (the shape tests used first).
+    const o: MemorySourceOptions = 'setTimeout' in options ? { clock: options } : options;
+    this.#clock = o.clock ?? realClock;
+    this.#deadLetterLimit = o.deadLetterLimit ?? DEAD_LETTER_LIMIT;
   }
 
-  /** Queue a task for its first attempt. */
-  submit(task: Task): void {
+  /**
+   * Queue a payload (a task object, or its JSON as text or bytes) for its first attempt. One
+   * that is not a task is dead-lettered at once and reported to the consumer as `malformed`.
+   * Throws `TIDEPOOL_ERR_POOL_STATE` once the queue is closed.
+   */
+  publish(payload: unknown, options: { defaultId: string }): void {
     if (this.#closed) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the queue is closed: the pool is draining or stopped');
-    this.#ready.push(this.#delivery(task, 1));
+    const parsed = parseTask(payload, options.defaultId);
+    if (!parsed.ok) {
+      this.#deadLetter({ task: { id: parsed.id, payload }, attempts: 0, reason: `malformed: ${parsed.message}` });
+      this.#consumer?.malformed({ id: parsed.id, message: parsed.message });
+      return;
+    }
+    this.#ready.push(this.#delivery(parsed.task, 1, parsed.text));
     this.#pump();
+  }
+
+  /** Queue a task object for its first attempt (`publish` with the task's own id). */
+  submit(task: Task): void {
+    this.publish(task, { defaultId: task.id });
   }
 
   /** Deliveries waiting, in retry delay, and unsettled. */
@@ -59,6 +102,11 @@ export class MemorySource implements Source {
     this.#pump();
   }
 
+  prefetch(prefetch: number): void {
+    this.#prefetch = prefetch;
+    this.#pump();
+  }
+
   pause(): void {
     this.#paused = true;
   }
@@ -68,25 +116,42 @@ export class MemorySource implements Source {
     this.#pump();
   }
 
-  settle(delivery: Delivery, settlement: Settlement): void {
-    if (!this.#unsettled.delete(delivery.id)) return;
+  async settle(delivery: Delivery, settlement: Settlement): Promise<void> {
+    if (this.#unsettled.get(delivery.id) !== delivery) return;
+    this.#unsettled.delete(delivery.id);
     if (settlement.action === 'retry') {
       const timer = this.#clock.setTimeout(() => {
         this.#timers.delete(timer);
-        this.#ready.push(this.#delivery(delivery.task, settlement.attempt));
+        this.#ready.push(this.#delivery(delivery.task, settlement.attempt, delivery.text));
         this.#pump();
       }, settlement.delay);
       this.#timers.add(timer);
     } else if (settlement.action === 'dead-letter') {
-      this.deadLetters.push({ task: delivery.task, attempts: delivery.attempt, reason: settlement.reason });
+      this.#deadLetter({ task: delivery.task, attempts: delivery.attempt, reason: settlement.reason });
     }
     this.#pump();
   }
 
-  release(delivery: Delivery): void {
-    if (!this.#unsettled.delete(delivery.id)) return;
+  async release(delivery: Delivery): Promise<void> {
+    if (this.#unsettled.get(delivery.id) !== delivery) return;
+    this.#unsettled.delete(delivery.id);
     // Interrupted through no fault of its own: same attempt, front of the queue.
-    this.#ready.unshift(this.#delivery(delivery.task, delivery.attempt));
+    this.#ready.unshift(this.#delivery(delivery.task, delivery.attempt, delivery.text));
+    this.#pump();
+  }
+
+  /**
+   * Fault injection, for tests of what a broker does when its connection drops and comes
+   * back: every unsettled delivery goes back to the front of the queue (as a broker requeues
+   * the unacked messages of a closed channel) and is void; the consumer hears `lost`, then
+   * `restored`, then gets them again as new deliveries.
+   */
+  interrupt(reason = new Error('connection lost (simulated)')): void {
+    const held = [...this.#unsettled.values()];
+    this.#unsettled.clear();
+    for (let i = held.length - 1; i >= 0; i--) this.#ready.unshift(this.#delivery(held[i].task, held[i].attempt, held[i].text));
+    this.#consumer?.lost(reason);
+    this.#consumer?.restored();
     this.#pump();
   }
 
@@ -95,7 +160,7 @@ export class MemorySource implements Source {
     this.#pump();
   }
 
-  dispose(): void {
+  async dispose(): Promise<void> {
     this.#closed = true;
     this.#disposed = true;
     for (const timer of this.#timers) this.#clock.clearTimeout(timer);
@@ -103,8 +168,17 @@ export class MemorySource implements Source {
     this.#consumer = null;
   }
 
-  #delivery(task: Task, attempt: number): Delivery {
-    return { id: `d${++this.#seq}`, task, attempt };
+  #deadLetter(letter: DeadLetter): void {
+    this.deadLetters.push(letter);
+    if (this.deadLetters.length > this.#deadLetterLimit) {
+      this.deadLetters.shift();
+      this.deadLettersDropped++;
+    }
+  }
+
+  #delivery(task: Task, attempt: number, text: string | undefined): Delivery {
+    const id = `d${++this.#seq}`;
+    return text === undefined ? { id, task, attempt } : { id, task, attempt, text };
   }
 
   #pump(): void {
@@ -112,7 +186,7 @@ export class MemorySource implements Source {
     if (!consumer || this.#disposed) return;
     while (!this.#paused && this.#unsettled.size < this.#prefetch && this.#ready.length > 0) {
       const delivery = this.#ready.shift();
-      this.#unsettled.add(delivery.id);
+      this.#unsettled.set(delivery.id, delivery);
       consumer.deliver(delivery);
     }
     if (this.#closed && !this.#drained && this.#ready.length === 0 && this.#timers.size === 0 && this.#unsettled.size === 0) {

@@ -1,10 +1,11 @@
 /**
- * The source interface: where deliveries come from and where settlements go. The embedded
- * memory queue implements it now; the RabbitMQ source will implement the same contract.
+ * The source interface: where deliveries come from and where settlements go. The pool is
+ * given a source and knows nothing of its implementation: the embedded memory queue, or a
+ * broker. Every source meets the contract in `test/helpers/source-contract.ts`.
  */
 import type { Settlement } from '../settlement.js';
 
-/** A JSON task, as handlers receive it. */
+/** A JSON task, as handlers receive it. `id` is the idempotency key everywhere. */
 export interface Task {
   id: string;
   [key: string]: unknown;
@@ -17,28 +18,65 @@ export interface Delivery {
   readonly task: Task;
   /** 1-based. */
   readonly attempt: number;
+  /** The task's JSON as it arrived, when it came as text: command workers get these bytes. */
+  readonly text?: string;
+}
+
+/** A payload the source dead-lettered because it is not a task (kind `malformed`). */
+export interface Malformed {
+  /** The payload's own id when it had a usable one, else the one the source assigned. */
+  id: string;
+  /** What is wrong with it ("not JSON: ...", "a task must be a JSON object, got an array"). */
+  message: string;
 }
 
 /** The pool's side of a source. */
 export interface SourceConsumer {
-  /** A new delivery; the source sends at most `prefetch` that are not yet settled or released. */
+  /** A new delivery; the source holds at most `prefetch` unsettled and unreleased. */
   deliver(delivery: Delivery): void;
+  /** A payload that is not a task: already dead-lettered by the source; no worker sees it. */
+  malformed(rejected: Malformed): void;
   /** After `close()`: the source holds nothing more to deliver and nothing is unsettled. */
   drained(): void;
+  /**
+   * The connection to the broker was lost. Every delivery made before is void: the broker
+   * gives it back to the queue, so the pool must neither settle nor release it (attempts
+   * already running may finish; their outcomes are dropped: at-least-once).
+   */
+  lost(reason: Error): void;
+  /** The connection is back; deliveries resume (void ones come again as new deliveries). */
+  restored(): void;
 }
 
 export interface Source {
   /** Start delivering to `consumer`, at most `prefetch` unsettled deliveries at a time. */
   open(consumer: SourceConsumer, prefetch: number): Promise<void>;
+  /**
+   * Follow the pool's free capacity: from now on hold at most `prefetch` unsettled
+   * deliveries. The pool lowers it while workers are on their way out, so that it never
+   * holds a delivery it cannot start.
+   */
+  prefetch(prefetch: number): void;
   /** Stop delivering until `resume()`; unsettled deliveries stay with the pool. */
   pause(): void;
   resume(): void;
-  /** Carry out a settlement. Each delivery is settled or released exactly once. */
-  settle(delivery: Delivery, settlement: Settlement): void;
+  /**
+   * Carry out a settlement; resolves once it is safe (acked, requeued with its delay,
+   * dead-lettered). Each delivery is settled or released at most once; a second call, or a
+   * call for a delivery voided by a lost connection, does nothing.
+   */
+  settle(delivery: Delivery, settlement: Settlement): Promise<void>;
   /** Give a delivery back unsettled; it will be delivered again (at-least-once). */
-  release(delivery: Delivery): void;
+  release(delivery: Delivery): Promise<void>;
+  /**
+   * Take a task from this process (`pool.run`): the payload goes through the shared parser
+   * (`parseTask`); one that is not a task is dead-lettered and reported as `malformed`.
+   * Optional: a source that only consumes (a broker queue fed by others) has none.
+   * Throws `TIDEPOOL_ERR_POOL_STATE` once closed.
+   */
+  publish?(payload: unknown, options: { defaultId: string }): void;
   /** Take no new work; keep delivering what is held, then call `consumer.drained()`. */
   close(): void;
   /** Release every resource (timers, connections); nothing is delivered afterwards. */
-  dispose(): void;
+  dispose(): Promise<void>;
 }

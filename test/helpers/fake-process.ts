@@ -77,15 +77,7 @@ export function createFakeProcesses(options: FakeOptions = {}): FakeProcesses {
 }
 
 /** The pool machine's slots (src/ fills them; tests record them). */
-export const POOL_SLOTS = [
-  'settle',
-  'release',
-  'reaped',
-  'pauseIntake',
-  'resumeIntake',
-  'closeIntake',
-  'breakerTripped',
-] as const;
+export const POOL_SLOTS = ['settle', 'release', 'forget', 'pauseIntake', 'resumeIntake', 'closeIntake'] as const;
 
 /** Every pool slot filled with `record(name)`, for `poolMachine.provide({ actions })`. */
 export function recordSlots<T>(record: (name: (typeof POOL_SLOTS)[number]) => T): Record<(typeof POOL_SLOTS)[number], T> {

@@ -1,11 +1,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Delivery, Source, Task } from '../../src/index.js';
+import type { Delivery, Malformed, Source, Task } from '../../src/index.js';
 import { until } from './procs.js';
 
-/** A source under test, with a way to put tasks into it. */
+/** A source under test, with a way to put payloads into it. */
 export interface SourceHarness {
   source: Source;
-  publish(task: Task): Promise<void>;
+  /** Put a payload (a task, or text or bytes as a broker message carries them) on the queue. */
+  publish(payload: unknown): Promise<void>;
+  /** What the source dead-lettered, oldest first. */
+  deadLettered(): Promise<{ id: string; reason: string }[]>;
+  /** Drop the connection and let it come back (a broker restart, a network fault). */
+  interrupt(): Promise<void>;
   cleanup(): Promise<void>;
 }
 
@@ -24,9 +29,20 @@ export function describeSourceContract(name: string, make: () => Promise<SourceH
     async function open(prefetch: number) {
       harness = await make();
       const delivered: Delivery[] = [];
+      const malformed: Malformed[] = [];
+      const events: string[] = [];
       let drained = 0;
-      await harness.source.open({ deliver: (d) => delivered.push(d), drained: () => drained++ }, prefetch);
-      return { h: harness, delivered, drainedCount: () => drained };
+      await harness.source.open(
+        {
+          deliver: (d) => delivered.push(d),
+          malformed: (m) => malformed.push(m),
+          drained: () => drained++,
+          lost: () => events.push('lost'),
+          restored: () => events.push('restored'),
+        },
+        prefetch,
+      );
+      return { h: harness, delivered, malformed, events, drainedCount: () => drained };
     }
 
     const task = (id: string): Task => ({ id, type: 'contract' });
@@ -58,7 +74,7 @@ export function describeSourceContract(name: string, make: () => Promise<SourceH
       await h.publish(task('x'));
       await h.publish(task('y'));
       await until(() => delivered.length === 2, 'both deliveries');
-      h.source.settle(delivered[0], { action: 'dead-letter', reason: 'test' });
+      h.source.settle(delivered[0], { action: 'dead-letter', reason: 'test', kind: 'error', message: 'test' });
       h.source.settle(delivered[1], { action: 'ack' });
       await new Promise((r) => setTimeout(r, 50));
       expect(delivered).toHaveLength(2);
@@ -107,6 +123,75 @@ export function describeSourceContract(name: string, make: () => Promise<SourceH
       await until(() => delivered.length === 2, 'the next task');
       await new Promise((r) => setTimeout(r, 30));
       expect(delivered.map((d) => d.task.id)).toEqual(['once', 'twice']);
+    });
+
+    it('dead-letters a payload that is not a task as malformed; no consumer delivery, the rest go on', async () => {
+      const { h, delivered, malformed } = await open(5);
+      const bad = ['not json', '[1,2]', '{"id":5}', '42', new Uint8Array([0x7b, 0xff, 0x7d])];
+      for (const payload of bad) await h.publish(payload);
+      await h.publish('{"id":"good"}');
+      await until(() => delivered.length === 1 && malformed.length === bad.length, 'the good task and every malformed report');
+      expect(delivered.map((d) => d.task.id)).toEqual(['good']);
+      expect(malformed.map((m) => m.message)).toEqual([
+        expect.stringMatching(/^not JSON/),
+        'a task must be a JSON object, got an array',
+        "a task's id must be a non-empty string, got 5",
+        'a task must be a JSON object, got number',
+        'the payload is not valid UTF-8',
+      ]);
+      const letters = await h.deadLettered();
+      expect(letters).toHaveLength(bad.length);
+      for (const letter of letters) expect(letter.reason).toMatch(/^malformed: /);
+    });
+
+    it('keeps the bytes of a task as they arrived (numbers past 2^53 intact), and drops a UTF-8 BOM', async () => {
+      const { h, delivered } = await open(2);
+      const line = '{"id":"big","row":1970670598291982290}';
+      await h.publish(Buffer.from(line));
+      await h.publish('\uFEFF{"id":"bom"}');
+      await until(() => delivered.length === 2, 'both deliveries');
+      expect(delivered[0].text).toBe(line);
+      expect(delivered[1].task.id).toBe('bom');
+    });
+
+    it('settlement can be awaited', async () => {
+      const { h, delivered } = await open(1);
+      await h.publish(task('a'));
+      await until(() => delivered.length === 1, 'the delivery');
+      await expect(h.source.settle(delivered[0], { action: 'ack' })).resolves.toBeUndefined();
+    });
+
+    it('a lost connection voids what was delivered: it comes again as new deliveries, and old settlements change nothing', async () => {
+      const { h, delivered, events } = await open(2);
+      await h.publish(task('a'));
+      await h.publish(task('b'));
+      await until(() => delivered.length === 2, 'both deliveries');
+      const before = delivered.slice();
+      await h.interrupt();
+      await until(() => delivered.length === 4, 'both redelivered');
+      expect(events).toEqual(['lost', 'restored']);
+      expect(delivered.slice(2).map((d) => [d.task.id, d.attempt])).toEqual([['a', 1], ['b', 1]]);
+      // Settling a void delivery does nothing: the new ones stay unsettled, and hold the prefetch.
+      await h.source.settle(before[0], { action: 'ack' });
+      await h.source.settle(before[1], { action: 'retry', delay: 0, attempt: 2 });
+      await h.publish(task('c'));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(delivered.map((d) => d.task.id)).toEqual(['a', 'b', 'a', 'b']);
+      await h.source.settle(delivered[2], { action: 'ack' });
+      await until(() => delivered.length === 5, 'c, once a slot is free');
+      expect(delivered[4].task.id).toBe('c');
+    });
+
+    it('prefetch follows the capacity the pool gives it', async () => {
+      const { h, delivered } = await open(2);
+      for (const id of ['a', 'b', 'c']) await h.publish(task(id));
+      await until(() => delivered.length === 2, 'two deliveries');
+      h.source.prefetch(1);
+      await h.source.settle(delivered[0], { action: 'ack' });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(delivered).toHaveLength(2);
+      h.source.prefetch(2);
+      await until(() => delivered.length === 3, 'the third, once capacity is back');
     });
   });
 }
