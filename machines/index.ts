@@ -24,5 +24,6 @@ export type {
   ReleaseParams,
   SettleParams,
 } from './pool.js';
+export { DELAY_DEFAULTS } from './defaults.js';
 export { CRASH_KINDS, isCrash, isRetryable } from './types.js';
 export type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';

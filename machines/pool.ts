@@ -1,5 +1,6 @@
 import { assign, emit, enqueueActions, fromPromise, setup } from 'xstate';
 import type { ActorRefFrom, AnyActorRef } from 'xstate';
+import { DELAY_DEFAULTS } from './defaults.js';
 import { isCrash } from './types.js';
 import type { Outcome, WorkerReport } from './types.js';
 import { workerMachine } from './worker.js';
@@ -165,8 +166,8 @@ export const poolMachine = setup({
     startup: fromPromise<void>(async () => undefined),
   },
   delays: {
-    crashWindow: 60_000,
-    breakerCooldown: 5_000,
+    crashWindow: DELAY_DEFAULTS.crashWindow,
+    breakerCooldown: DELAY_DEFAULTS.breakerCooldown,
   },
   guards: {
     breakerTrips: ({ context, event }) =>

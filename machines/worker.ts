@@ -1,4 +1,5 @@
 import { assign, enqueueActions, fromCallback, sendParent, sendTo, setup } from 'xstate';
+import { DELAY_DEFAULTS } from './defaults.js';
 import { isRetryable } from './types.js';
 import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';
 
@@ -138,10 +139,10 @@ export const workerMachine = setup({
     process: fromCallback<ProcessCommand, ProcessInput>(() => undefined),
   },
   delays: {
-    spawnTimeout: 10_000,
-    taskTimeout: 900_000,
-    killGrace: 5_000,
-    idleTimeout: 60_000,
+    spawnTimeout: DELAY_DEFAULTS.spawnTimeout,
+    taskTimeout: DELAY_DEFAULTS.taskTimeout,
+    killGrace: DELAY_DEFAULTS.killGrace,
+    idleTimeout: DELAY_DEFAULTS.idleTimeout,
   },
   guards: {
     hasTask: ({ context }) => context.deliveryId !== null,

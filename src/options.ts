@@ -3,6 +3,7 @@ import { statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import * as v from 'valibot';
+import { DELAY_DEFAULTS } from '../machines/defaults.js';
 import { OptionError } from './errors.js';
 import type { Source } from './sources/source.js';
 
@@ -35,7 +36,7 @@ const workerSchema = v.union(
   'must be { module: "path/to/handler.js" } or { command: ["executable", ...args] }',
 );
 
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 const envEntry = v.pipe(
   v.string('must hold strings'),
@@ -161,19 +162,23 @@ export interface ResolvedOptions {
 /** Variables every worker gets when the manager has them. */
 export const BASE_ENV = ['PATH', 'HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV'] as const;
 
+/**
+ * The default of every option that has one, in ms where it is a time (`concurrency` defaults
+ * to the CPU count, `memoryLimit` to none). The CLI's usage text is generated from it.
+ */
 export const DEFAULTS = {
   spares: 0,
-  timeout: 900_000,
+  timeout: DELAY_DEFAULTS.taskTimeout,
   attempts: 3,
   retryDelay: 1_000,
   retryMaxDelay: 60_000,
   maxTasksPerWorker: 1,
-  spawnTimeout: 10_000,
-  killGrace: 5_000,
-  idleTimeout: 60_000,
+  spawnTimeout: DELAY_DEFAULTS.spawnTimeout,
+  killGrace: DELAY_DEFAULTS.killGrace,
+  idleTimeout: DELAY_DEFAULTS.idleTimeout,
   maxCrashes: 10,
-  crashWindow: 60_000,
-  breakerCooldown: 5_000,
+  crashWindow: DELAY_DEFAULTS.crashWindow,
+  breakerCooldown: DELAY_DEFAULTS.breakerCooldown,
   logLevel: 'info',
 } as const;
 

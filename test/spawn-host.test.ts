@@ -80,7 +80,14 @@ describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
     const host = open(['sh', '-c', 'cat; echo oops >&2; exit 4'], edition);
     const { exit, spawned } = await run(host, 'hello').ending;
     expect(spawned).toBeGreaterThan(0);
-    expect(exit).toEqual({ code: 4, signal: null, stdout: 'hello', stderr: 'oops', overflow: false });
+    expect(exit).toEqual({ code: 4, signal: null, stdout: 'hello', stderr: 'oops', overflow: false, memory: false });
+  });
+
+  it(`says at start how it holds a worker's tree (${edition === 'perl' ? 'subreaper' : 'proc'})`, async () => {
+    const host = open(['true'], edition);
+    expect(host.containment).toBeNull();
+    await run(host, '').ending;
+    expect(host.containment).toBe(edition === 'perl' ? 'subreaper' : 'proc');
   });
 
   it('signals a process it has not reported started yet', async () => {

@@ -13,23 +13,36 @@
 //                            argc, argv..., envc, NAME=value..., cwd, uid, gid (empty: unset),
 //                            answer: empty, the answer is the worker's stdout; `3`, it is what
 //                            the worker writes to fd 3, and its stdout goes to the host's stderr
-//                            (a module worker's console.log must not be taken for its answer)
+//                            (a module worker's console.log must not be taken for its answer),
+//                            memory: a cap in bytes on the resident memory of the worker's
+//                            whole tree (empty: none),
+//                            channel: the path of a Unix socket the manager listens on (empty:
+//                            none); the host connects to it for each worker, writes `<id>\n`,
+//                            and gives the connection to the worker as fd 3 (a Node IPC channel
+//                            when the environment says NODE_CHANNEL_FD=3); its stdout goes to
+//                            the host's stderr and there is no answer
 //   S <id> <len>\n<stdin>    spawn worker <id>; write <stdin> to it, then close its stdin
 //   S <id> -\n               spawn worker <id> with its stdin left open (a warm spare)
 //   I <id> <len>\n<stdin>    write <stdin> to worker <id>, then close its stdin
-//   K <id> <SIGNAL>\n        signal the process group of worker <id> (e.g. SIGTERM)
-//   end of file              the manager is gone or done: kill every group, exit
+//   K <id> <SIGNAL>\n        signal the process group of worker <id> (e.g. SIGTERM); the host
+//                            signals it only while the worker is not reaped
+//   end of file              the manager is gone or done: kill every worker's tree, exit
 //
 // Host → manager
-//   R <pid>\n                the host is up
+//   R <pid> <containment>\n  the host is up; how it holds a worker's tree (docs/containment.md):
+//                            `subreaper` (every descendant, setsid'd or double-forked ones too),
+//                            `proc` (descendants seen by polling /proc, and the group), `group`
+//                            (the process group only)
 //   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
 //   F <id> <len>\n<payload>  worker <id> never started (no X follows): NUL-separated
 //                            errno code (ENOENT), step (exec, chdir, spawn, ...), description
-//   X <id> <code> <signal> <overflow> <outlen> <errlen>\n<answer><stderr tail>
+//   X <id> <code> <signal> <overflow> <outlen> <errlen> <memory>\n<answer><stderr tail>
 //                            worker <id> exited: <code> or <signal> is `-`; <answer> is its
 //                            stdout or fd 3 (see C); <overflow> is 1 when the answer passed
-//                            MAX_OUTPUT (the group was killed and the answer dropped). Sent once the group has been killed and the pipes
-//                            have closed, or FLUSH_LIMIT_MS after the exit.
+//                            MAX_OUTPUT (the worker was killed and the answer dropped);
+//                            <memory> is 1 when its tree passed the memory cap (it was killed
+//                            for it). Sent once everything the worker started is gone and its
+//                            pipes have closed, or FLUSH_LIMIT_MS after the exit.
 //
 // The host is started with the limits as arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
 
@@ -46,7 +59,7 @@ export const HOST = /** @type {const} */ ({
 });
 
 /**
- * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number, answerFd?: 3 }} SpawnSpec
+ * @typedef {{ argv: string[], env: Record<string, string>, cwd?: string, uid?: number, gid?: number, answerFd?: 3, memoryLimit?: number, channel?: string }} SpawnSpec
  * @typedef {{ kind: string, fields: string[], payload: Buffer }} Frame
  */
 
@@ -125,6 +138,8 @@ export function configurePayload(spec) {
     optional(spec.uid),
     optional(spec.gid),
     optional(spec.answerFd),
+    optional(spec.memoryLimit),
+    optional(spec.channel),
   ].join('\0');
 }
 
@@ -144,7 +159,7 @@ export function parseConfigure(payload) {
     const eq = entry.indexOf('=');
     env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
-  const [cwd, uid, gid, answerFd] = fields;
+  const [cwd, uid, gid, answerFd, memoryLimit, channel] = fields;
   return {
     argv,
     env,
@@ -152,5 +167,7 @@ export function parseConfigure(payload) {
     ...(uid ? { uid: Number(uid) } : {}),
     ...(gid ? { gid: Number(gid) } : {}),
     ...(answerFd === '3' ? { answerFd: 3 } : {}),
+    ...(memoryLimit ? { memoryLimit: Number(memoryLimit) } : {}),
+    ...(channel ? { channel } : {}),
   };
 }

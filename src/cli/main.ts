@@ -1,36 +1,59 @@
 import { parseArgs } from 'node:util';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
+import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
-const USAGE = `Usage: tidepool run [FILE|-] (--worker PATH | --command "CMD ARGS") [options]
+/** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
+interface FlagDoc {
+  option?: keyof typeof DEFAULTS | 'concurrency' | 'memoryLimit' | 'env' | 'cwd';
+  arg: string;
+  help: string;
+  /** Shown instead of a value from DEFAULTS. */
+  fallback?: string;
+}
+
+/** Every flag of `tidepool run`, in the order the usage text lists them. */
+const FLAGS = {
+  worker: { arg: 'PATH', help: 'a module whose default export is async (task, ctx) => result' },
+  command: { arg: '"CMD ARGS"', help: 'an executable: task JSON on stdin, result on stdout' },
+  concurrency: { option: 'concurrency', arg: 'N', help: 'most live worker processes', fallback: 'CPU count' },
+  timeout: { option: 'timeout', arg: 'MS', help: 'hard timeout of one attempt' },
+  attempts: { option: 'attempts', arg: 'N', help: 'attempts per task, the first included' },
+  'max-tasks-per-worker': { option: 'maxTasksPerWorker', arg: 'N', help: 'tasks a worker serves before it exits' },
+  spares: { option: 'spares', arg: 'N', help: 'warm workers kept ready' },
+  'retry-delay': { option: 'retryDelay', arg: 'MS', help: 'base of the exponential retry backoff' },
+  'retry-max-delay': { option: 'retryMaxDelay', arg: 'MS', help: 'ceiling of the retry backoff' },
+  'spawn-timeout': { option: 'spawnTimeout', arg: 'MS', help: 'time for a worker to become ready' },
+  'kill-grace': { option: 'killGrace', arg: 'MS', help: 'between SIGTERM and SIGKILL' },
+  'idle-timeout': { option: 'idleTimeout', arg: 'MS', help: 'a reused worker idle this long exits' },
+  'max-crashes': { option: 'maxCrashes', arg: 'N', help: 'crash breaker threshold' },
+  'crash-window': { option: 'crashWindow', arg: 'MS', help: 'crash breaker window' },
+  'breaker-cooldown': { option: 'breakerCooldown', arg: 'MS', help: 'intake pause once the breaker trips' },
+  'memory-limit': { option: 'memoryLimit', arg: 'MIB', help: 'memory cap per worker process', fallback: 'none' },
+  env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
+  cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
+  'log-level': { option: 'logLevel', arg: 'LEVEL', help: LOG_LEVELS.join(', ') },
+} as const satisfies Record<string, FlagDoc>;
+
+function usage(): string {
+  const rows: [string, string][] = Object.entries(FLAGS).map(([flag, doc]: [string, FlagDoc]) => {
+    const known = doc.option !== undefined && doc.option in DEFAULTS ? DEFAULTS[doc.option as keyof typeof DEFAULTS] : undefined;
+    const shown = known ?? doc.fallback;
+    return [`--${flag} ${doc.arg}`, shown === undefined ? doc.help : `${doc.help} (default: ${shown})`];
+  });
+  rows.push(['-h, --help', 'this text']);
+  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
+  return `Usage: tidepool run [FILE|-] (--worker PATH | --command "CMD ARGS") [options]
 
 Runs tasks (JSON Lines, one object per line; FILE or stdin) through a pool of worker
 processes and writes one JSON line per task to stdout, in completion order.
 
 Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY):
-  --worker PATH               a module whose default export is async (task, ctx) => result
-  --command "CMD ARGS"        an executable: task JSON on stdin, result on stdout
-  --concurrency N             most live worker processes (default: CPU count)
-  --timeout MS                hard timeout of one attempt (default 900000)
-  --attempts N                attempts per task, the first included (default 3)
-  --max-tasks-per-worker N    tasks a worker serves before it exits (default 1)
-  --spares N                  warm workers kept ready (default 0)
-  --retry-delay MS            base of the exponential retry backoff (default 1000)
-  --retry-max-delay MS        ceiling of the retry backoff (default 60000)
-  --spawn-timeout MS          time for a worker to become ready (default 10000)
-  --kill-grace MS             between SIGTERM and SIGKILL (default 5000)
-  --idle-timeout MS           a reused worker idle this long exits (default 60000)
-  --max-crashes N             crash breaker threshold (default 10)
-  --crash-window MS           crash breaker window (default 60000)
-  --breaker-cooldown MS       intake pause once the breaker trips (default 5000)
-  --memory-limit MIB          memory cap per worker process
-  --env NAME[=VALUE]          pass (or set) a variable in the workers' environment; repeatable
-  --cwd DIR                   working directory of the workers
-  --log-level LEVEL           fatal, error, warn, info (default), debug, trace, silent
-  -h, --help                  this text
+${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
 Exit status: 0 every task resolved, 1 some failed, 2 bad usage.`;
+}
 
 /** Flags that map one-to-one onto integer pool options. */
 const INTEGER_FLAGS = {
@@ -50,13 +73,10 @@ const INTEGER_FLAGS = {
   'memory-limit': 'memoryLimit',
 } as const satisfies Record<string, keyof PoolOptions>;
 
-const STRING_FLAGS = ['worker', 'command', 'cwd', 'log-level'] as const;
-
-type Flag = keyof typeof INTEGER_FLAGS | (typeof STRING_FLAGS)[number] | 'env' | 'help';
+type Flag = keyof typeof FLAGS | 'help';
 
 const flagConfig = {
-  ...Object.fromEntries(Object.keys(INTEGER_FLAGS).map((f) => [f, { type: 'string' }])),
-  ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' }])),
+  ...Object.fromEntries(Object.keys(FLAGS).map((f) => [f, { type: 'string' }])),
   env: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -129,7 +149,7 @@ export function optionsFromArgs(
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(`${USAGE}\n`);
+    process.stdout.write(`${usage()}\n`);
     return command === undefined ? EXIT_CODES.USAGE : EXIT_CODES.OK;
   }
   try {
@@ -141,7 +161,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       throw new UsageError((err as Error).message);
     }
     if (parsed.values.help) {
-      process.stdout.write(`${USAGE}\n`);
+      process.stdout.write(`${usage()}\n`);
       return EXIT_CODES.OK;
     }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);

@@ -1,7 +1,11 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { FrameReader, HOST, configurePayload, frame } from '../child/host-protocol.js';
@@ -15,6 +19,22 @@ const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.ur
 /** Which spawn host starts workers: `auto` is Perl when a `perl` is on PATH, else Node. */
 export type HostEdition = 'auto' | 'perl' | 'node';
 
+/**
+ * How a spawn host holds a worker's tree (docs/containment.md), strongest first:
+ * - `subreaper` (Perl edition): every descendant, whether it stayed in the worker's group,
+ *   called setsid or double-forked, is killed when the worker ends; no zombie is left.
+ * - `proc` (Node edition): descendants seen by polling /proc, and the worker's group; one that
+ *   leaves the tree and whose parent exits between two polls escapes.
+ * - `group`: the worker's process group only.
+ */
+export type Containment = 'subreaper' | 'proc' | 'group';
+
+/**
+ * What the spawn host starts: a {@link SpawnSpec}, where `channel: true` asks for a reused
+ * worker's IPC channel (a socket this side listens on; see `SpawnHandlers.message`).
+ */
+export type HostSpec = Omit<SpawnSpec, 'channel'> & { channel?: boolean };
+
 export interface HostExit {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -23,14 +43,26 @@ export interface HostExit {
   stderr: string;
   /** stdout passed MAX_OUTPUT: the group was killed and the output dropped. */
   overflow: boolean;
+  /** The worker's tree passed the memory cap: the host killed it for that. */
+  memory?: boolean;
 }
 
 export interface SpawnHandlers {
   spawned(pid: number): void;
   /** The process never started; no exit follows. */
   spawnError(error: ErrorInfo): void;
-  /** The process exited, its group was killed and its pipes drained. */
+  /** The process exited, everything it started is gone, and its pipes (and channel) drained. */
   exit(exit: HostExit): void;
+  /** A message from the worker on its channel (only with `channel: true`). */
+  message?(message: unknown): void;
+}
+
+/** A worker's channel: its socket once it connected, and what it sent so far. */
+interface Channel {
+  socket: Socket | null;
+  closed: boolean;
+  /** The exit, held until the channel has closed (every message read) or FLUSH_LIMIT_MS. */
+  exit: (() => void) | null;
 }
 
 /**
@@ -45,14 +77,27 @@ export class SpawnHost {
   readonly #spec: SpawnSpec;
   readonly #logger: Logger;
   #edition: 'perl' | 'node';
+  #containment: Containment | null = null;
   #child: ChildProcess | null = null;
   #seq = 0;
-  readonly #pending = new Map<string, SpawnHandlers & { pid: number | null }>();
+  readonly #pending = new Map<string, SpawnHandlers & { pid: number | null; channel?: Channel }>();
+  /** Where reused workers' channels connect (a socket in a directory only this user can enter). */
+  readonly #listen: { server: Server; dir: string } | null = null;
 
-  constructor(spec: SpawnSpec, logger: Logger, edition: HostEdition = 'auto') {
-    this.#spec = spec;
+  constructor(spec: HostSpec, logger: Logger, edition: HostEdition = 'auto') {
+    const { channel, ...rest } = spec;
+    this.#spec = rest;
     this.#logger = logger;
     this.#edition = edition === 'auto' ? (findPerl() ? 'perl' : 'node') : edition;
+    if (channel) {
+      const dir = mkdtempSync(join(tmpdir(), 'tidepool-'));
+      const path = join(dir, 'channel');
+      const server = createServer((socket) => this.#accept(socket));
+      server.listen(path);
+      server.unref();
+      this.#listen = { server, dir };
+      this.#spec = { ...rest, channel: path };
+    }
   }
 
   /** The edition the next host will be. */
@@ -60,10 +105,16 @@ export class SpawnHost {
     return this.#edition;
   }
 
+  /** How the running host holds each worker's tree; null until a host has come up. */
+  get containment(): Containment | null {
+    return this.#containment;
+  }
+
   /** Start a process; `stdin`, when given, is written to it and closed at once. */
   spawn(handlers: SpawnHandlers, stdin?: string): string {
     const id = String(++this.#seq);
-    this.#pending.set(id, { ...handlers, pid: null });
+    const channel = this.#listen ? { socket: null, closed: false, exit: null } : undefined;
+    this.#pending.set(id, { ...handlers, pid: null, channel });
     this.#send(stdin === undefined ? frame(`${HOST.SPAWN} ${id} -`) : frame(`${HOST.SPAWN} ${id}`, stdin));
     return id;
   }
@@ -72,15 +123,67 @@ export class SpawnHost {
     if (this.#pending.has(id)) this.#send(frame(`${HOST.INPUT} ${id}`, data));
   }
 
+  /**
+   * Signal a worker's process group. The host signals it, and only while the worker is not
+   * reaped: the manager never signals a pid itself, as it cannot know whether it was reused.
+   */
   signal(id: string, signal: NodeJS.Signals): void {
     if (this.#pending.has(id)) this.#send(frame(`${HOST.SIGNAL} ${id} ${signal}`));
   }
 
-  /** Let the host go; it kills any group it still holds, then exits. */
+  /** Send a message to a worker over its channel; false when it has none (yet, or any more). */
+  post(id: string, message: unknown): boolean {
+    const socket = this.#pending.get(id)?.channel?.socket;
+    if (!socket || socket.destroyed) return false;
+    socket.write(`${JSON.stringify(message)}\n`);
+    return true;
+  }
+
+  /** Let the host go; it kills every worker's tree it still holds, then exits. */
   close(): void {
     const child = this.#child;
     this.#child = null;
     child?.stdin?.end();
+    if (this.#listen) {
+      this.#listen.server.close();
+      rmSync(this.#listen.dir, { recursive: true, force: true });
+    }
+  }
+
+  /** A worker's channel connected: its first line is its id (written by the host). */
+  #accept(socket: Socket): void {
+    socket.unref();
+    const decoder = new StringDecoder('utf8');
+    let buffered = '';
+    let channel: (Channel & { to: SpawnHandlers }) | null = null;
+    socket.on('data', (chunk: Buffer) => {
+      buffered += decoder.write(chunk);
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (channel === null) {
+          const handlers = this.#pending.get(line);
+          if (!handlers?.channel || handlers.channel.socket) return void socket.destroy();
+          handlers.channel.socket = socket;
+          channel = Object.assign(handlers.channel, { to: handlers });
+          continue;
+        }
+        let message: unknown;
+        try {
+          message = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        channel.to.message?.(message);
+      }
+    });
+    socket.on('error', () => {});
+    socket.once('close', () => {
+      if (!channel) return;
+      channel.closed = true;
+      channel.exit?.();
+    });
   }
 
   #send(bytes: Buffer): void {
@@ -103,8 +206,14 @@ export class SpawnHost {
     const reader = new FrameReader();
     child.stdout!.on('data', (chunk: Buffer) => {
       for (const f of reader.push(chunk)) {
-        if (f.kind === HOST.UP) up = true;
-        else this.#onFrame(f);
+        if (f.kind === HOST.UP) {
+          up = true;
+          this.#containment = (f.fields[1] as Containment | undefined) ?? 'group';
+          this.#logger.info(
+            { edition, containment: this.#containment, hostPid: Number(f.fields[0]) },
+            `spawn host up (${edition}); containment: ${this.#containment}`,
+          );
+        } else this.#onFrame(f);
       }
     });
     // A write to a host that died fails with EPIPE; its 'close' fails what it held.
@@ -120,6 +229,7 @@ export class SpawnHost {
       for (const [id, handlers] of this.#pending) {
         this.#pending.delete(id);
         const message = `the spawn host died (${signal ? `signal ${signal}` : `exit code ${code}`})`;
+        handlers.channel?.socket?.destroy();
         if (handlers.pid === null) handlers.spawnError({ message });
         else handlers.exit({ code: null, signal: null, stdout: '', stderr: message, overflow: false });
       }
@@ -138,18 +248,32 @@ export class SpawnHost {
     this.#pending.delete(fields[0]);
     if (this.#pending.size === 0 && this.#child) hold(this.#child, false);
     if (kind === HOST.FAILED) {
+      handlers.channel?.socket?.destroy();
       const [code, step, description] = payload.toString('utf8').split('\0');
       handlers.spawnError({ message: `${this.#spec.argv.join(' ')}: ${step} failed: ${description} (${code})`, code });
     } else if (kind === HOST.EXITED) {
-      const [, code, signal, overflow, outLength] = fields;
+      const [, code, signal, overflow, outLength, , memory] = fields;
       const split = Number(outLength);
-      handlers.exit({
-        code: code === '-' ? null : Number(code),
-        signal: signal === '-' ? null : (signal as NodeJS.Signals),
-        stdout: payload.toString('utf8', 0, split),
-        stderr: payload.toString('utf8', split).trim(),
-        overflow: overflow === '1',
-      });
+      const exit = () =>
+        handlers.exit({
+          code: code === '-' ? null : Number(code),
+          signal: signal === '-' ? null : (signal as NodeJS.Signals),
+          stdout: payload.toString('utf8', 0, split),
+          stderr: payload.toString('utf8', split).trim(),
+          overflow: overflow === '1',
+          memory: memory === '1',
+        });
+      const channel = handlers.channel;
+      if (!channel?.socket || channel.closed) return exit();
+      // The worker's last messages may still be on their way: the exit waits for the channel
+      // to close (the host has killed everything that held it), or FLUSH_LIMIT_MS.
+      const timer = setTimeout(() => channel.exit?.(), FLUSH_LIMIT_MS);
+      channel.exit = () => {
+        channel.exit = null;
+        clearTimeout(timer);
+        channel.socket?.destroy();
+        exit();
+      };
     }
   }
 }

@@ -1,0 +1,204 @@
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createPool, MemorySource } from '../src/index.js';
+import type { Delivery, Pool, PoolOptions, Settlement, Source, SourceConsumer, TaskResult } from '../src/index.js';
+import { alive, fixture, until } from './helpers/procs.js';
+
+/**
+ * The pool's seams, with real workers: it takes any `Source`, its events cannot hurt it, and
+ * a source's lost connection drops outcomes instead of settling them.
+ */
+
+let pools: Pool[] = [];
+const spawned = new Set<number>();
+
+afterEach(async () => {
+  for (const pool of pools) await pool.stop().catch(() => {});
+  pools = [];
+  expect(alive(spawned)).toEqual([]);
+  spawned.clear();
+});
+
+/** A pino logger whose lines are kept, parsed. */
+function capturingLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, done) {
+      for (const line of String(chunk).split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { logger: pino({ level: 'info' }, stream), lines };
+}
+
+async function startPool(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>): Promise<Pool> {
+  const pool = createPool({ concurrency: 2, attempts: 2, retryDelay: 1, killGrace: 300, logLevel: 'silent', ...options });
+  pool.on('worker:spawned', ({ pid }) => spawned.add(pid));
+  pools.push(pool);
+  await pool.start();
+  return pool;
+}
+
+/** The embedded queue behind a source that records and delays its settlements. */
+class SlowSettling implements Source {
+  readonly inner = new MemorySource();
+  readonly settled: { taskId: string; action: Settlement['action']; at: number }[] = [];
+  constructor(readonly delayMs: number) {}
+  open(consumer: SourceConsumer, prefetch: number) {
+    return this.inner.open(consumer, prefetch);
+  }
+  prefetch(n: number) {
+    this.inner.prefetch(n);
+  }
+  pause() {
+    this.inner.pause();
+  }
+  resume() {
+    this.inner.resume();
+  }
+  async settle(delivery: Delivery, settlement: Settlement) {
+    await new Promise((r) => setTimeout(r, this.delayMs));
+    this.settled.push({ taskId: delivery.task.id, action: settlement.action, at: performance.now() });
+    await this.inner.settle(delivery, settlement);
+  }
+  release(delivery: Delivery) {
+    return this.inner.release(delivery);
+  }
+  publish(payload: unknown, options: { defaultId: string }) {
+    this.inner.publish(payload, options);
+  }
+  close() {
+    this.inner.close();
+  }
+  dispose() {
+    return this.inner.dispose();
+  }
+}
+
+describe('events are safe', () => {
+  it('a listener that throws, in any event, loses no task, settles nothing twice and stops nothing; the error is logged', async () => {
+    const { logger, lines } = capturingLogger();
+    const pool = await startPool({ worker: { module: fixture('flaky.js') }, logger });
+    const thrown: string[] = [];
+    for (const name of ['outcome', 'attempt', 'worker:spawned', 'worker:reaped'] as const) {
+      pool.on(name, () => {
+        thrown.push(name);
+        throw new Error(`listener of ${name} failed`);
+      });
+    }
+    const attempts: string[] = [];
+    pool.on('attempt', (a) => attempts.push(`${a.taskId}#${a.attempt}`));
+    const results = await Promise.all([
+      pool.run({ id: 'flaky-1' }),
+      pool.run({ id: 'flaky-2' }),
+      pool.run({ id: 'bad', params: { always: true } }),
+    ]);
+    expect(results.map((r) => [r.id, r.status, r.attempts])).toEqual([
+      ['flaky-1', 'resolved', 2],
+      ['flaky-2', 'resolved', 2],
+      ['bad', 'failed', 2],
+    ]);
+    // One attempt event per attempt (a listener after a throwing one still hears each).
+    await until(() => attempts.length === 6, 'six attempt events');
+    expect([...attempts].sort()).toEqual(['bad#1', 'bad#2', 'flaky-1#1', 'flaky-1#2', 'flaky-2#1', 'flaky-2#2']);
+    for (const name of ['outcome', 'attempt', 'worker:spawned', 'worker:reaped']) expect(thrown).toContain(name);
+    const logged = lines.filter((l) => typeof l.msg === 'string' && (l.msg as string).includes('listener threw'));
+    expect(new Set(logged.map((l) => l.event))).toEqual(new Set(['outcome', 'attempt', 'worker:spawned', 'worker:reaped']));
+    // The pool goes on taking work.
+    await expect(pool.run({ id: 'after' })).resolves.toMatchObject({ status: 'resolved', attempts: 2 });
+  });
+
+  it('run() resolves once the settlement is safe, and does not wait for listeners', async () => {
+    const source = new SlowSettling(150);
+    const pool = await startPool({ worker: { command: ['cat'] }, source });
+    let listenerRan = 0;
+    pool.on('outcome', () => {
+      listenerRan = performance.now();
+    });
+    const result = await pool.run({ id: 'c1', n: 1 });
+    const resolvedAt = performance.now();
+    expect(result).toMatchObject({ id: 'c1', status: 'resolved', result: { id: 'c1', n: 1 } });
+    expect(source.settled).toEqual([{ taskId: 'c1', action: 'ack', at: expect.any(Number) }]);
+    expect(resolvedAt).toBeGreaterThanOrEqual(source.settled[0].at);
+    // The listener is told after run() resolved, not before.
+    await until(() => listenerRan > 0, 'the outcome listener');
+    expect(listenerRan).toBeGreaterThanOrEqual(resolvedAt);
+  });
+});
+
+describe('any source', () => {
+  it('runs tasks from a source of the caller, and drains only after its settlements', async () => {
+    const source = new SlowSettling(30);
+    const pool = await startPool({ worker: { module: fixture('echo.js') }, source });
+    const results = await Promise.all([1, 2, 3].map((n) => pool.run({ id: `t${n}`, params: { n } })));
+    expect(results.map((r) => r.status)).toEqual(['resolved', 'resolved', 'resolved']);
+    await pool.drain();
+    expect(source.settled.map((s) => s.taskId).sort()).toEqual(['t1', 't2', 't3']);
+  });
+
+  it('a source without publish feeds the pool on its own; run() says it cannot take tasks', async () => {
+    const inner = new MemorySource();
+    // Like a broker queue other processes publish to: it consumes, and has no `publish`.
+    const consumeOnly: Source = {
+      open: (c, p) => inner.open(c, p),
+      prefetch: (n) => inner.prefetch(n),
+      pause: () => inner.pause(),
+      resume: () => inner.resume(),
+      settle: (d, s) => inner.settle(d, s),
+      release: (d) => inner.release(d),
+      close: () => inner.close(),
+      dispose: () => inner.dispose(),
+    };
+    const pool = await startPool({ worker: { command: ['cat'] }, source: consumeOnly });
+    await expect(pool.run({ id: 'x' })).rejects.toMatchObject({ code: 'TIDEPOOL_ERR_POOL_STATE' });
+    const outcomes: TaskResult[] = [];
+    pool.on('outcome', (r) => outcomes.push(r));
+    inner.publish('{"id":"from-the-broker","v":1}', { defaultId: 'unused' });
+    inner.publish('not a task', { defaultId: 'm-1' });
+    await until(() => outcomes.length === 2, 'both outcomes');
+    expect(outcomes.find((o) => o.id === 'from-the-broker')).toMatchObject({ status: 'resolved', result: { v: 1 } });
+    expect(outcomes.find((o) => o.id === 'm-1')).toMatchObject({ status: 'failed', error: { kind: 'malformed' }, attempts: 0 });
+    expect(inner.deadLetters.map((l) => [l.task.id, l.reason.split(':')[0]])).toEqual([['m-1', 'malformed']]);
+  });
+
+  it('a payload that is not a task is dead-lettered by the source as malformed and never reaches a worker', async () => {
+    const source = new MemorySource();
+    const pool = await startPool({ worker: { module: fixture('echo.js') }, source });
+    const results = await Promise.all([pool.run('[1,2]', { defaultId: 'arr' }), pool.run('{"id":7}', { defaultId: 'num-id' }), pool.run(null)]);
+    for (const r of results) expect(r).toMatchObject({ status: 'failed', error: { kind: 'malformed' }, attempts: 0 });
+    expect(results[0].id).toBe('arr');
+    expect(source.deadLetters).toHaveLength(3);
+    expect(spawned.size).toBe(0);
+  });
+
+  it('a task whose id is already in flight is refused as malformed; the first runs', async () => {
+    const pool = await startPool({ worker: { module: fixture('slow.js') } });
+    const first = pool.run({ id: 'same', params: { ms: 200 } });
+    const second = await pool.run({ id: 'same', params: { ms: 1 } });
+    expect(second).toMatchObject({ status: 'failed', error: { kind: 'malformed', message: expect.stringContaining('already in the pool') } });
+    await expect(first).resolves.toMatchObject({ status: 'resolved' });
+  });
+});
+
+describe('a lost connection', () => {
+  it('drops the outcome of an attempt that was running, and the task runs again from its redelivery', async () => {
+    const source = new MemorySource();
+    const pool = await startPool({ worker: { module: fixture('slow.js') }, source });
+    const attempts: string[] = [];
+    pool.on('attempt', (a) => attempts.push(`${a.taskId}#${a.attempt}`));
+    const reaped: number[] = [];
+    pool.on('worker:reaped', (r) => reaped.push(r.pid ?? 0));
+    const result = pool.run({ id: 'long', params: { ms: 400 } });
+    await until(() => spawned.size === 1, 'the first worker');
+    source.interrupt();
+    const final = await result;
+    expect(final).toMatchObject({ id: 'long', status: 'resolved', attempts: 1 });
+    // It ran twice (at-least-once), and only the run after the loss was settled.
+    await until(() => reaped.length === 2, 'both workers reaped');
+    expect(attempts).toEqual(['long#1']);
+    expect(source.size).toEqual({ ready: 0, delayed: 0, unsettled: 0 });
+    const winner = (final as { result: { pid: number } }).result.pid;
+    expect(winner).toBe(reaped[1]);
+  });
+});
