@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { killGroup } from '../child/protocol.js';
 
 export { killGroup };
@@ -49,17 +48,6 @@ export class ProcessRegistry {
   }
 }
 
-
-/** Resident set size of a process in bytes, or null when it is gone. */
-export function residentBytes(pid: number): number | null {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'latin1');
-    const match = /VmRSS:\s+(\d+) kB/.exec(status);
-    return match ? Number(match[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
-}
 
 /** The registry of this manager process; its groups die with it. */
 export const registry = new ProcessRegistry();
