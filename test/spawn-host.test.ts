@@ -59,7 +59,7 @@ function open(argv: string[], edition: HostEdition): SpawnHost {
 
 type Ending = { spawned: number | null; exit?: HostExit; error?: { message: string; code?: string } };
 
-function run(host: SpawnHost, stdin?: string): { id: string; ending: Promise<Ending> } {
+function run(host: SpawnHost, stdin?: string): { id: string; ending: Promise<Ending>; pid(): number | null } {
   let spawned: number | null = null;
   let id = '';
   const ending = new Promise<Ending>((resolve) => {
@@ -72,7 +72,7 @@ function run(host: SpawnHost, stdin?: string): { id: string; ending: Promise<End
       stdin,
     );
   });
-  return { id, ending };
+  return { id, ending, pid: () => spawned };
 }
 
 describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
@@ -110,6 +110,9 @@ describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
       }
     };
     await until(() => noted().length === 4, 'both commands and their grandchildren to start');
+    // A command can be running before the host's report of its start has reached the manager:
+    // one let go before that is lost as a process that never started (no exit to report).
+    await until(() => first.pid() !== null && second.pid() !== null, 'both starts to be reported');
     expect(alive(noted())).toHaveLength(4);
     // What a manager's death looks like to the host: its stdin closes.
     host.close();
