@@ -47,3 +47,58 @@ export function descendantsOf(ancestor: number): number[] {
   for (let next = childrenOf(ancestor); next.length > 0; next = next.flatMap(childrenOf)) found.push(...next);
   return found;
 }
+
+/** A process as /proc names it once and for all: a pid, and its start time (a pid is reused). */
+export interface Proc {
+  pid: number;
+  start: string;
+}
+
+/** A process's state letter and start time (field 22 of its stat), or null when it is gone. */
+export function statOf(pid: number): { state: string; ppid: number; start: string } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: fields[0], ppid: Number(fields[1]), start: fields[19] };
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a process is still running: same pid, same start time, not a zombie. */
+export function running(proc: Proc): boolean {
+  const stat = statOf(proc.pid);
+  return stat !== null && stat.start === proc.start && stat.state !== 'Z' && stat.state !== 'X';
+}
+
+/** The processes of `procs` still running. */
+export const stillRunning = (procs: Iterable<Proc>): Proc[] => [...procs].filter(running);
+
+/** Processes noted in a file as `pid starttime` lines (by test/fixtures/escape.sh, spin.js). */
+export function noted(file: string): Proc[] {
+  try {
+    return readFileSync(file, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        const [pid, start] = line.split(' ');
+        return { pid: Number(pid), start };
+      });
+  } catch {
+    return [];
+  }
+}
+
+/** Kill whatever of `procs` still runs (a test's own cleanup, after its assertions). */
+export function killStill(procs: Iterable<Proc>): void {
+  for (const proc of stillRunning(procs)) {
+    try {
+      process.kill(proc.pid, 'SIGKILL');
+    } catch {
+      // gone in between
+    }
+  }
+}
+
+/** The zombie children of `parent`. */
+export const zombieChildrenOf = (parent: number): number[] => childrenOf(parent).filter((pid) => statOf(pid)?.state === 'Z');
