@@ -9,12 +9,18 @@ export type FailureKind = 'error' | 'timeout' | 'crash' | 'memory' | 'spawn' | '
 /** Failure kinds that count toward the crash breaker: the process itself could not do its job. */
 export const CRASH_KINDS: readonly FailureKind[] = ['crash', 'memory', 'spawn'];
 
-/** An error as it crosses a process boundary: plain JSON. */
+/**
+ * An error as it crosses a process boundary: plain JSON. Besides these, the error's own
+ * enumerable fields that JSON can carry (`status: 503`), bounded in size.
+ */
 export interface ErrorInfo {
   name?: string;
   message: string;
   code?: string;
   stack?: string;
+  /** The error's `cause`, serialised the same way (a bounded chain). */
+  cause?: ErrorInfo;
+  [field: string]: unknown;
 }
 
 /** How one attempt ended: exactly one per attempt. */

@@ -112,6 +112,9 @@ const failure = (kind: FailureKind, message: string, extra: Partial<FailedOutcom
   retryable: isRetryable(kind, markedFinal),
 });
 
+/** An error's message for an outcome: never empty, so that an error thrown bare still says what it was. */
+const describeError = (error: ErrorInfo): string => error.message || `${error.name ?? 'Error'} (thrown without a message)`;
+
 const describeExit = (exit: ProcessExit): string =>
   exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
 
@@ -335,7 +338,7 @@ export const workerMachine = setup({
           actions: {
             type: 'report',
             params: ({ event }) => ({
-              outcome: failure('error', event.error.message, { error: event.error }, !event.retryable),
+              outcome: failure('error', describeError(event.error), { error: event.error }, !event.retryable),
             }),
           },
         },
@@ -357,7 +360,7 @@ export const workerMachine = setup({
                 type: 'report',
                 params: ({ event }) => {
                   const { error, retryable, kind = 'error' } = event.answer as Extract<ProcessAnswer, { status: 'failed' }>;
-                  const message = kind === 'spawn' ? `could not start worker: ${error.message}` : error.message;
+                  const message = kind === 'spawn' ? `could not start worker: ${describeError(error)}` : describeError(error);
                   return { outcome: failure(kind, message, { error }, !retryable) };
                 },
               },

@@ -3,6 +3,7 @@ import { Pool } from './pool.js';
 import type { PoolInternals } from './pool.js';
 import { MemorySource } from './sources/memory.js';
 import type { Clock } from './sources/memory.js';
+import type { Source } from './sources/source.js';
 
 /**
  * Create a pool. Its source is `options.source`, or the embedded queue (`MemorySource`) by
@@ -12,6 +13,8 @@ import type { Clock } from './sources/memory.js';
  * @example
  * const pool = createPool({ worker: { command: ['python3', 'job.py'] }, concurrency: 8 });
  */
+export function createPool<S extends Source>(options: PoolOptions & { source: S }, internals?: PoolInternals): Pool<S>;
+export function createPool(options: PoolOptions, internals?: PoolInternals): Pool<MemorySource>;
 export function createPool(options: PoolOptions, internals: PoolInternals = {}): Pool {
   // Not an object: the pool's own validation names the fault.
   if (typeof options !== 'object' || options === null) return new Pool(options, internals);

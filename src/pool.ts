@@ -24,7 +24,11 @@ export type TaskResult =
   | { id: string; status: 'resolved'; result: unknown; attempts: number; durationMs: number }
   | { id: string; status: 'failed'; error: PublicError; attempts: number; durationMs: number };
 
-/** A failure as the final outcome carries it: the kind, and what the worker said. */
+/**
+ * A failure as the final outcome carries it: `kind`; `message` (never empty); what the
+ * worker said of the error (`name`, `code`, `stack`, `cause`, and its own JSON-safe fields
+ * such as `status`); and, for a process that died, `exitCode` and `signal`.
+ */
 export interface PublicError extends Partial<ErrorInfo> {
   kind: FailureKind;
   message: string;
@@ -110,11 +114,11 @@ const NO_COUNTS: WorkerCounts = { live: 0, spawning: 0, ready: 0, running: 0, le
  * const result = await pool.run({ type: 'resize', params: { url } });
  * await pool.drain();
  */
-export class Pool extends EventEmitter<PoolEvents> {
+export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   readonly options: ResolvedOptions;
   readonly logger: Logger;
   /** Where deliveries come from and settlements go. */
-  readonly source: Source;
+  readonly source: S;
   readonly #deliveries = new Map<string, Held>();
   /** Tasks given to `run()` without a final outcome yet, by task id (the idempotency key). */
   readonly #pending = new Map<string, Pending>();
@@ -135,7 +139,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     super();
     this.options = resolveOptions(options);
     if (!options.source) throw new OptionError('source', 'is required (createPool gives the embedded queue by default)');
-    this.source = options.source;
+    this.source = options.source as S;
     this.#internals = internals;
     this.logger =
       this.options.logger ??
@@ -496,8 +500,16 @@ function logFailure(logger: Logger, outcome: FailedOutcome, delivery: Delivery, 
   else logger.info(fields, msg);
 }
 
+/**
+ * A failure as the final outcome carries it: the kind and message, then what the worker said
+ * of the error (name, code, stack, cause, its own fields), then how the process ended.
+ */
 function publicError(outcome: FailedOutcome): PublicError {
   const error: PublicError = { kind: outcome.kind, message: outcome.message };
+  if (outcome.error) {
+    const { message: _said, ...said } = outcome.error;
+    Object.assign(error, said, { kind: outcome.kind, message: outcome.message });
+  }
   if (outcome.exitCode !== undefined) error.exitCode = outcome.exitCode;
   if (outcome.signal !== undefined) error.signal = outcome.signal;
   return error;

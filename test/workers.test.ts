@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
-import type { Pool, PoolInternals, PoolOptions, TaskResult, WorkerReport } from '../src/index.js';
+import type { MemorySource, Pool, PoolInternals, PoolOptions, TaskResult, WorkerReport } from '../src/index.js';
 import { MAX_OUTPUT } from '../src/process/driver.js';
 import { alive, fixture, until } from './helpers/procs.js';
 
@@ -15,7 +15,7 @@ import { alive, fixture, until } from './helpers/procs.js';
 const dir = mkdtempSync(join(tmpdir(), 'tidepool-workers-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-let pools: Pool[] = [];
+let pools: Pool<MemorySource>[] = [];
 const spawned = new Set<number>();
 
 afterEach(async () => {
@@ -26,7 +26,7 @@ afterEach(async () => {
   spawned.clear();
 });
 
-async function startPoolWith(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>, internals?: PoolInternals): Promise<Pool> {
+async function startPoolWith(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>, internals?: PoolInternals): Promise<Pool<MemorySource>> {
   const pool = createPool({
     concurrency: 2,
     attempts: 1,
@@ -64,7 +64,7 @@ describe('module workers', () => {
     const attempts: number[] = [];
     pool.on('attempt', (a) => attempts.push(a.attempt));
     const result = await pool.run({ id: 't1', params: { why: 'bad day' } });
-    expect(failed(result)).toEqual({ kind: 'error', message: 'boom: bad day' });
+    expect(failed(result)).toEqual({ kind: 'error', name: 'Error', message: 'boom: bad day', stack: expect.stringContaining('boom: bad day') });
     expect(result).toMatchObject({ id: 't1', attempts: 3 });
     expect(attempts).toEqual([1, 2, 3]);
     expect(pool.source.deadLetters).toHaveLength(1);

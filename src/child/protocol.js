@@ -49,7 +49,7 @@ export const STDERR_TAIL = 2048;
 export const MAX_OUTPUT = 16 * 1024 * 1024;
 
 /**
- * @typedef {{ name?: string, message: string, code?: string, stack?: string }} ErrorInfo
+ * @typedef {{ name?: string, message: string, code?: string, stack?: string, cause?: ErrorInfo, [field: string]: unknown }} ErrorInfo
  * @typedef {{ k: 'run', task: unknown, attempt: number, taskId: string, workerId: string, last: boolean }} RunMessage
  * @typedef {{ k: 'ready' }
  *   | { k: 'result', value: unknown }
@@ -57,18 +57,36 @@ export const MAX_OUTPUT = 16 * 1024 * 1024;
  *   | { k: 'load-error', error: ErrorInfo }} ChildMessage
  */
 
+/** How deep a chain of `cause`s is followed, and how large one own field may be (JSON bytes). */
+export const ERROR_LIMITS = /** @type {const} */ ({ causeDepth: 5, fieldBytes: 4096, fields: 20 });
+
+/** Fields an ErrorInfo sets itself; an error's own fields of these names are not copied. */
+const RESERVED = new Set(['name', 'message', 'code', 'stack', 'cause', 'kind', 'retryable', 'exitCode', 'signal']);
+
 /**
- * An error as plain JSON, whatever was thrown.
+ * An error as plain JSON, whatever was thrown: its name, message, string code, stack, its
+ * `cause` (recursively, at most ERROR_LIMITS.causeDepth deep) and its own enumerable fields
+ * that JSON can carry (each at most ERROR_LIMITS.fieldBytes; a `status: 503` stays a number).
  * @param {unknown} err
+ * @param {number} [depth]
  * @returns {ErrorInfo}
  */
-export function serializeError(err) {
+export function serializeError(err, depth = 0) {
   if (err instanceof Error) {
-    /** @type {ErrorInfo} */
+    /** @type {ErrorInfo & Record<string, unknown>} */
     const info = { name: err.name, message: err.message };
     const code = /** @type {{ code?: unknown }} */ (err).code;
     if (typeof code === 'string') info.code = code;
     if (err.stack) info.stack = err.stack;
+    if (err.cause !== undefined && depth < ERROR_LIMITS.causeDepth) info.cause = serializeError(err.cause, depth + 1);
+    let kept = 0;
+    for (const key of Object.keys(err)) {
+      if (RESERVED.has(key) || kept >= ERROR_LIMITS.fields) continue;
+      const value = jsonSafe(/** @type {Record<string, unknown>} */ (/** @type {unknown} */ (err))[key]);
+      if (value === undefined) continue;
+      info[key] = value;
+      kept++;
+    }
     return info;
   }
   if (typeof err === 'string') return { message: err };
@@ -76,6 +94,21 @@ export function serializeError(err) {
     return { message: `non-error thrown: ${JSON.stringify(err)}` };
   } catch {
     return { message: `non-error thrown: ${String(err)}` };
+  }
+}
+
+/**
+ * The value as JSON would carry it, or undefined when it cannot (a function, a BigInt, a
+ * cycle) or is larger than ERROR_LIMITS.fieldBytes.
+ * @param {unknown} value
+ */
+function jsonSafe(value) {
+  try {
+    const text = JSON.stringify(value);
+    if (text === undefined || text.length > ERROR_LIMITS.fieldBytes) return undefined;
+    return JSON.parse(text);
+  } catch {
+    return undefined;
   }
 }
 
