@@ -4,7 +4,7 @@ import { createActor, createEmptyActor, fromPromise, setup, SimulatedClock } fro
 import type { ActorLogic, AnyActorRef, AnyEventObject, InspectionEvent, SnapshotFrom } from 'xstate';
 import { getShortestPaths } from 'xstate/graph';
 import { poolMachine } from '../machines/pool.js';
-import type { PoolEvent, PoolInput } from '../machines/pool.js';
+import type { ForgetParams, PoolEvent, PoolInput, ReleaseParams, SettleParams } from '../machines/pool.js';
 import { workerMachine } from '../machines/worker.js';
 import type { ProcessCommand, ProcessEvent, WorkerCommand, WorkerInput } from '../machines/worker.js';
 import { Coverage, enables, enumerate, pendingDelays, pureInitial, pureTransition, transitionKeysOf } from './helpers/coverage.js';
@@ -243,11 +243,11 @@ function workerModel(): Model<WorkerState, WorkerStimulus> {
       if (c.pid === null && c.exit === null) {
         proc.unshift({ type: 'proc.spawned', pid: PID }, { type: 'proc.ready', pid: PID });
       }
-      // The pool assigns only to a worker without a task, and retires only idle ones.
+      // The pool retires only idle workers. It assigns to workers it believes idle, which may
+      // have taken a task or be leaving by the time the assignment arrives: they decline it.
       const commands: WorkerCommand[] = [{ type: 'worker.kill' }];
-      if (c.deliveryId === null) {
-        commands.unshift({ type: 'task.assign', deliveryId: `d${c.served + 1}` }, { type: 'worker.retire' });
-      }
+      commands.unshift({ type: 'task.assign', deliveryId: c.deliveryId === null ? `d${c.served + 1}` : 'd-late' });
+      if (c.deliveryId === null) commands.splice(1, 0, { type: 'worker.retire' });
       const timers = pendingDelays(snap).map(({ event, delay }) => ({
         type: 'timer' as const,
         event,
@@ -373,7 +373,7 @@ const IDLE_EVENT = { type: `xstate.after.idleTimeout.${workerMachine.root.states
 
 type EnvEvent = Extract<
   PoolEvent,
-  { type: 'delivery' | 'pause' | 'resume' | 'drain' | 'stop' | 'source.drained' | 'crash.expired' }
+  { type: 'delivery' | 'pause' | 'resume' | 'drain' | 'stop' | 'source.drained' | 'source.lost' | 'crash.expired' }
 >;
 type ProcAction = 'start' | 'result' | 'failed' | 'exit' | 'spawnError';
 
@@ -418,12 +418,15 @@ interface PoolState {
   depth: number;
   deliveries: number;
   faults: number;
+  /** The source reported a lost connection (once per path at most). */
+  lost: boolean;
   /** `closeIntake` was called: only then may the source report `source.drained`. */
   closed: boolean;
   drainedSent: boolean;
-  /** This step: events the pool received, slots it called, transitions it took. */
+  /** This step: events the pool received, slots it called, notifications it emitted, transitions it took. */
   received: AnyEventObject[];
   calls: SlotCall[];
+  emitted: AnyEventObject[];
   transitions: string[];
 }
 
@@ -438,7 +441,14 @@ interface PoolConfig {
 function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
   const worker = workerMachine.provide({ delays: POOL_WORKER_DELAYS });
   const pool = poolMachine.provide({ actors: { worker }, delays: POOL_DELAYS });
-  const poolSelf = createEmptyActor() as AnyActorRef;
+  /**
+   * The pool's `self` in pure steps. Its actions read their children's snapshots through
+   * `self.getSnapshot().children` (what a reaped worker last reported, what a failed one
+   * held), as the real actor's do: this one answers with the snapshot being transitioned and
+   * the simulated workers.
+   */
+  let selfView: () => unknown = () => ({ children: {} });
+  const poolSelf = Object.create(createEmptyActor(), { getSnapshot: { value: () => selfView() } }) as AnyActorRef;
 
   /**
    * One stimulus played through the pool and its workers, purely. Delivery follows XState's
@@ -453,6 +463,7 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
     closed: boolean;
     received: AnyEventObject[] = [];
     calls: SlotCall[] = [];
+    emitted: AnyEventObject[] = [];
     transitions: string[] = [];
     private queues = new Map<string, AnyEventObject[]>();
     private busy = new Set<string>();
@@ -481,6 +492,11 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
     private process(target: string, event: AnyEventObject): void {
       if (target === POOL_ID) {
         if (this.pool.status !== 'active') return;
+        const before = this.pool;
+        selfView = () => ({
+          ...before,
+          children: Object.fromEntries(Object.keys(this.workers).map((id) => [id, { id, getSnapshot: () => this.workers[id]?.snap }])),
+        });
         const step = pureTransition<PoolSnapshot>(pool, this.pool, event, poolSelf);
         if (step.thrown) throw new Error(`pool transition on ${event.type} threw: ${String(step.thrown.error)}`);
         this.pool = step.snapshot;
@@ -539,6 +555,10 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
           }
           return;
         }
+        case 'xstate.emit':
+          if (from !== POOL_ID) throw new Error(`worker ${from} emitted`);
+          this.emitted.push((action.params as { event: AnyEventObject }).event);
+          return;
         case 'xstate.raise':
         case 'xstate.cancel':
           return; // timers: see POOL_DELAYS
@@ -548,7 +568,8 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
     }
   }
 
-  const workerIdAt = (state: PoolState, index: number) => Object.keys(state.pool.context.workers)[index];
+  /** The pool's live workers in spawn order (its children, as it has them until it stops them). */
+  const workerIdAt = (state: PoolState, index: number) => Object.keys(state.workers)[index];
 
   return {
     initial: {
@@ -558,10 +579,12 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
       depth: 0,
       deliveries: 0,
       faults: 0,
+      lost: false,
       closed: false,
       drainedSent: false,
       received: [],
       calls: [],
+      emitted: [],
       transitions: [],
     },
 
@@ -572,6 +595,7 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
         case 'pool':
           if (stimulus.event.type === 'delivery') next.deliveries++;
           if (stimulus.event.type === 'source.drained') next.drainedSent = true;
+          if (stimulus.event.type === 'source.lost') next.lost = true;
           run.deliver(POOL_ID, stimulus.event);
           break;
         case 'startup':
@@ -591,8 +615,8 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
           run.deliver(workerIdAt(state, stimulus.worker), IDLE_EVENT);
           break;
       }
-      const { pool: p, workers, processes, closed, received, calls, transitions } = run;
-      return { ...next, pool: p, workers, processes, closed, received, calls, transitions };
+      const { pool: p, workers, processes, closed, received, calls, emitted, transitions } = run;
+      return { ...next, pool: p, workers, processes, closed, received, calls, emitted, transitions };
     },
 
     events: (state) => {
@@ -607,14 +631,16 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
       }
       // It reports drained once closed and holding nothing unsettled (a simplification:
       // retries are not modelled).
-      const held = c.backlog.length + Object.values(c.workers).filter((w) => w.deliveryId !== null).length;
+      const held = c.backlog.length + Object.values(state.workers).filter((w) => w.snap.context.deliveryId !== null).length;
       if (state.closed && !state.drainedSent && held === 0) env.push({ type: 'source.drained' });
+      // The connection drops once, while the pool holds something.
+      if (!state.lost && held > 0) env.push({ type: 'source.lost' });
       // Each counted crash has one pending expiry.
       if (c.crashes > 0) env.push({ type: 'crash.expired' });
       for (const event of env) if (enables(snap, event)) out.push({ type: 'pool', event });
       if (snap.matches('starting')) out.push({ type: 'startup', ok: true }, { type: 'startup', ok: false });
       if (enables(snap, COOLDOWN_EVENT)) out.push({ type: 'cooldown' });
-      Object.keys(c.workers).forEach((id, index) => {
+      Object.keys(state.workers).forEach((id, index) => {
         const w = state.workers[id];
         if (!w || w.snap.status !== 'active') return;
         for (const action of config.actions) {
@@ -628,28 +654,25 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
     },
 
     /**
-     * The pool's context abstracted to counts and flags, and each worker (in slot order, which
-     * `dispatch` follows) as slot status, has a delivery, machine state, tasks served.
+     * The pool's context abstracted to counts and flags (its idle lists as positions among its
+     * workers, which `dispatch` follows), and each worker, in spawn order, as its machine has
+     * it: state, phase reported, has a delivery, tasks served.
      */
     serializeState: (state) => {
       const snap = state.pool;
       const c = snap.context;
-      const workers = Object.entries(c.workers).map(([id, slot]) => {
-        const w = state.workers[id];
-        const wc = w?.snap.context;
-        return [
-          slot.status,
-          slot.deliveryId !== null,
-          w ? [w.snap.value, w.snap.status, wc!.served, wc!.deliveryId !== null, wc!.expectExit] : null,
-        ];
+      const order = Object.keys(state.workers);
+      const workers = Object.values(state.workers).map((w) => {
+        const wc = w.snap.context;
+        return [w.snap.value, w.snap.status, wc.reported, wc.served, wc.deliveryId !== null, wc.expectExit];
       });
       return JSON.stringify([
         snap.value,
         snap.status,
         [c.backlog.length, c.crashes, c.pausedBy, c.sourceDrained, c.drainRequested, c.spares, c.startError !== null],
-        [state.deliveries, state.faults, state.closed, state.drainedSent],
+        [c.live, c.phases, c.ready.map((id) => order.indexOf(id)), c.warming.map((id) => order.indexOf(id)), c.assigned.length],
+        [state.deliveries, state.faults, state.lost, state.closed, state.drainedSent],
         workers,
-        Object.keys(state.workers).filter((id) => !(id in c.workers)).length,
       ]);
     },
 
@@ -696,10 +719,12 @@ function poolRunner(config: PoolConfig, model: Model<PoolState, PoolStimulus>, c
       if (event.type === '@xstate.event' && poolRef && event.actorRef === poolRef) received.push(event.event);
     };
     const actor = createActor(machine, { clock, input: config.input, inspect });
+    let emitted: AnyEventObject[] = [];
+    actor.on('*', (event) => emitted.push(event));
     poolRef = actor;
     actor.start();
     received = [];
-    const counters = { depth: 0, deliveries: 0, faults: 0, closed: false, drainedSent: false };
+    const counters = { depth: 0, deliveries: 0, faults: 0, lost: false, closed: false, drainedSent: false };
 
     const check = (i: number) => {
       const snap = actor.getSnapshot();
@@ -717,6 +742,7 @@ function poolRunner(config: PoolConfig, model: Model<PoolState, PoolStimulus>, c
         processes: Object.fromEntries([...fakes.all].map(([id, p]) => [id, { commands: p.commands, stopped: p.stopped }])),
         received,
         calls,
+        emitted,
         transitions: taken,
       };
       const observed = comparable(real);
@@ -735,12 +761,14 @@ function poolRunner(config: PoolConfig, model: Model<PoolState, PoolStimulus>, c
       const stimulus = path.steps[i].event;
       received = [];
       calls = [];
+      emitted = [];
       taken = [];
-      const workerId = 'worker' in stimulus ? Object.keys(actor.getSnapshot().context.workers)[stimulus.worker] : '';
+      const workerId = 'worker' in stimulus ? Object.keys(actor.getSnapshot().children).filter((id) => id !== STARTUP_ID)[stimulus.worker] : '';
       switch (stimulus.type) {
         case 'pool':
           if (stimulus.event.type === 'delivery') counters.deliveries++;
           if (stimulus.event.type === 'source.drained') counters.drainedSent = true;
+          if (stimulus.event.type === 'source.lost') counters.lost = true;
           actor.send(stimulus.event);
           break;
         case 'startup':
@@ -780,12 +808,215 @@ const comparable = (s: PoolState) => ({
   processes: s.processes,
   deliveries: s.deliveries,
   faults: s.faults,
+  lost: s.lost,
   closed: s.closed,
   drainedSent: s.drainedSent,
   received: s.received,
   calls: s.calls,
+  emitted: s.emitted,
   transitions: s.transitions,
 });
+
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle rules, stated without the machines
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The rules every path of the pool (run to its end) must keep, stated from outside the
+ * machines: from the stimuli given, the events the pool received, the slots it called and the
+ * commands the processes got. They do not look at the machines' states or contexts.
+ *
+ * - live workers never exceed maxWorkers;
+ * - a worker is reaped at most once, and only after its process exited (or its process actor
+ *   failed);
+ * - a delivery is run at most once, only while the pool holds it, and never by a process
+ *   already signalled;
+ * - a delivery is settled or given back at most once (a delivery the source voided by losing
+ *   its connection may still be settled: the source drops it), settled `resolved` only after
+ *   the process that ran it sent a result;
+ * - a path run to its end (stop, then every process exits) reaches `stopped`, with every
+ *   worker it spawned reaped exactly once, no live child, every process actor stopped, and
+ *   every delivery settled or given back exactly once (void ones at most once).
+ */
+function poolPathViolations(config: PoolConfig, path: Path<PoolState, PoolStimulus>, states: PoolState[]): string[] {
+  const out: string[] = [];
+  const spawned = new Set<string>();
+  const reaped = new Map<string, number>();
+  const ended = new Set<string>();
+  const delivered = new Set<string>();
+  const voided = new Set<string>();
+  const finished = new Map<string, number>();
+  const runs = new Map<string, string>();
+  const signalled = new Set<string>();
+  /** Per worker: the delivery it last told its process to run; deliveries whose process then sent a result. */
+  const lastRun = new Map<string, string>();
+  const answered = new Set<string>();
+  const seen = new Map<string, number>();
+  const isFinished = (id: string) => (finished.get(id) ?? 0) > 0;
+  const held = () => [...delivered].filter((id) => !isFinished(id));
+  const finish = (id: string, how: string, step: number) => {
+    if (!delivered.has(id)) out.push(`step ${step}: ${how} ${id}, never delivered`);
+    if (isFinished(id)) out.push(`step ${step}: ${how} ${id}, already settled or given back`);
+    finished.set(id, (finished.get(id) ?? 0) + 1);
+  };
+  for (let i = 0; i < states.length; i++) {
+    const state = states[i];
+    const stimulus = i === 0 ? null : path.steps[i].event;
+    const ids = Object.keys(state.workers);
+    if (ids.length > config.input.maxWorkers) out.push(`step ${i}: ${ids.length} live workers > maxWorkers`);
+    // What the stimulus did to a process.
+    if (stimulus?.type === 'pool' && stimulus.event.type === 'delivery') delivered.add(stimulus.event.deliveryId);
+    if (stimulus?.type === 'pool' && stimulus.event.type === 'source.lost') for (const id of held()) voided.add(id);
+    const target = stimulus && 'worker' in stimulus ? Object.keys(states[i - 1].workers)[stimulus.worker] : null;
+    if (target !== null && stimulus?.type === 'fault') ended.add(target);
+    if (target !== null && stimulus?.type === 'proc') {
+      if (stimulus.action === 'exit') ended.add(target);
+      const last = lastRun.get(target);
+      if (stimulus.action === 'result' && last !== undefined) answered.add(last);
+    }
+    // What the processes were told.
+    for (const [id, proc] of Object.entries(state.processes)) {
+      spawned.add(id);
+      for (const command of proc.commands.slice(seen.get(id) ?? 0)) {
+        if (command.type !== 'proc.run') {
+          signalled.add(id);
+          continue;
+        }
+        const d = command.deliveryId;
+        if (signalled.has(id)) out.push(`step ${i}: ${id} told to run ${d} after a signal`);
+        if (!delivered.has(d) || isFinished(d)) out.push(`step ${i}: ${id} told to run ${d}, which the pool does not hold`);
+        if (runs.has(d)) out.push(`step ${i}: ${d} run twice (${runs.get(d)}, ${id})`);
+        runs.set(d, id);
+        lastRun.set(id, d);
+      }
+      seen.set(id, proc.commands.length);
+    }
+    // What the pool learnt and did.
+    for (const event of state.received) {
+      const m = /^xstate\.(done|error)\.actor\.(worker\..+)$/.exec(event.type);
+      if (!m) continue;
+      const id = m[2];
+      reaped.set(id, (reaped.get(id) ?? 0) + 1);
+      if (reaped.get(id)! > 1) out.push(`step ${i}: ${id} reaped twice`);
+      if (!ended.has(id)) out.push(`step ${i}: ${id} reaped before its process exited`);
+    }
+    for (const call of state.calls) {
+      if (call.name === 'settle') {
+        const { deliveryId, outcome } = call.params as SettleParams;
+        if (!voided.has(deliveryId) || isFinished(deliveryId)) finish(deliveryId, 'settled', i);
+        else finished.set(deliveryId, 1);
+        if (outcome.status === 'resolved') {
+          if (!answered.has(deliveryId)) {
+            out.push(`step ${i}: ${deliveryId} settled resolved, but no process that ran it sent a result`);
+          }
+        }
+      } else if (call.name === 'release') {
+        const { deliveryIds } = call.params as ReleaseParams;
+        for (const id of deliveryIds === 'all' ? held() : deliveryIds) finish(id, 'given back', i);
+      } else if (call.name === 'forget') {
+        for (const id of (call.params as ForgetParams).deliveryIds) finish(id, 'forgotten', i);
+      }
+    }
+  }
+  const end = states[states.length - 1];
+  if (end.pool.status !== 'done' || end.pool.value !== 'stopped') {
+    out.push(`run to its end, the pool is ${JSON.stringify(end.pool.value)} (${end.pool.status}), not stopped`);
+  }
+  if (Object.keys(end.workers).length > 0) out.push(`stopped with live children: ${Object.keys(end.workers).join(', ')}`);
+  for (const id of spawned) {
+    if ((reaped.get(id) ?? 0) !== 1) out.push(`${id} reaped ${reaped.get(id) ?? 0} times`);
+    if (!end.processes[id].stopped) out.push(`${id}'s process actor still running after the pool stopped`);
+  }
+  for (const id of delivered) {
+    const n = finished.get(id) ?? 0;
+    if (voided.has(id) ? n > 1 : n !== 1) out.push(`${voided.has(id) ? 'void ' : ''}delivery ${id} settled or given back ${n} times`);
+  }
+  return out;
+}
+
+/**
+ * A machine finding, reported and not yet fixed (see the `it.fails` below): a startup that
+ * fails drops the deliveries received while starting, neither settled nor given back.
+ */
+const KNOWN_VIOLATION = /startup error\]: delivery d\d settled or given back 0 times$/;
+
+/** `path` run to its end: the pool is told to stop, then the process of every live worker exits. */
+function runToEnd(model: Model<PoolState, PoolStimulus>, path: Path<PoolState, PoolStimulus>): Path<PoolState, PoolStimulus> {
+  const steps = [...path.steps];
+  const push = (event: PoolStimulus) => steps.push({ state: model.transition(steps[steps.length - 1].state, event), event });
+  if (steps[steps.length - 1].state.pool.status === 'active') push({ type: 'pool', event: { type: 'stop' } });
+  for (let i = 0; i < 10 && Object.keys(steps[steps.length - 1].state.workers).length > 0; i++) push({ type: 'proc', worker: 0, action: 'exit' });
+  return { steps };
+}
+
+/**
+ * The rules every worker path must keep, from the events it sent its parent and the commands
+ * its process got: it reports at most one outcome per task; every phase report leaves the
+ * phase the previous one entered (the first leaves `spawning`); its process is never told to
+ * run after a signal; it ends (once) only after its process exited; and when it ends, every
+ * task it ran has its outcome unless it was killed while running it.
+ */
+function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: WorkerState[]): string[] {
+  const out: string[] = [];
+  const ENTERS: Record<string, string | null> = {
+    'worker.ready': 'ready',
+    'worker.running': 'running',
+    'worker.outcome': 'leaving',
+    'worker.leaving': 'leaving',
+    'worker.declined': null,
+  };
+  let phase = 'spawning';
+  let exited = false;
+  let done = 0;
+  let signalled = false;
+  let killedWhileRunning = false;
+  const ran: string[] = [];
+  const outcomes = new Map<string, number>();
+  let seenCommands = 0;
+  for (let i = 0; i < states.length; i++) {
+    const state = states[i];
+    const stimulus = i === 0 ? null : path.steps[i].event;
+    if (stimulus?.type === 'proc' && stimulus.event.type === 'proc.exit') exited = true;
+    if (stimulus?.type === 'command' && stimulus.event.type === 'worker.kill' && ran.length > outcomes.size) killedWhileRunning = true;
+    for (const command of state.commands.slice(seenCommands)) {
+      if (command.type === 'proc.run') {
+        if (signalled) out.push(`step ${i}: told to run ${command.deliveryId} after a signal`);
+        ran.push(command.deliveryId);
+      } else signalled = true;
+    }
+    seenCommands = state.commands.length;
+    for (const event of state.toParent) {
+      if (event.type.startsWith('xstate.done.actor') || event.type.startsWith('xstate.error.actor')) {
+        done++;
+        if (done > 1) out.push(`step ${i}: ended twice`);
+        if (!exited && event.type.startsWith('xstate.done')) out.push(`step ${i}: ended before its process exited`);
+        continue;
+      }
+      const to = ENTERS[event.type];
+      if (to === undefined) {
+        out.push(`step ${i}: unknown event ${event.type} to the pool`);
+        continue;
+      }
+      if (to === null) continue;
+      if ((event as { from?: string }).from !== phase) out.push(`step ${i}: ${event.type} from ${(event as { from?: string }).from}, last reported ${phase}`);
+      phase = to;
+      if (event.type === 'worker.outcome') {
+        const id = (event as unknown as { deliveryId: string | null }).deliveryId;
+        if (id === null) continue;
+        outcomes.set(id, (outcomes.get(id) ?? 0) + 1);
+        if (outcomes.get(id)! > 1) out.push(`step ${i}: a second outcome for ${id}`);
+        if (!ran.includes(id) && !(event as unknown as { outcome: { kind?: string } }).outcome.kind?.startsWith('spawn')) {
+          out.push(`step ${i}: an outcome for ${id}, which its process was never told to run`);
+        }
+      }
+    }
+  }
+  if (done === 1 && !killedWhileRunning) {
+    for (const id of ran) if ((outcomes.get(id) ?? 0) !== 1) out.push(`ended with ${outcomes.get(id) ?? 0} outcomes for ${id}, which it ran`);
+  }
+  return out;
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -837,6 +1068,15 @@ const UNREACHABLE: Record<string, string> = {
   // the worker's spawn-failure outcome then waits in the pool's mailbox behind `stop`. A killed
   // worker never reports, so there is no other way to deliver an outcome in `stopping`.
   'pool.stopping on worker.outcome[0]': 'needs a re-entrant stop and a synchronous spawn failure',
+  // A worker declines an assignment that reaches it after it stopped being idle: the pool's
+  // view lags only while a report waits in its mailbox behind another event, which needs an
+  // event sent to the pool from inside its own transition (a re-entrant slot, such as a source
+  // that delivers from resumeIntake) and a process that fails synchronously at start without
+  // exiting. The fake processes answer only between stimuli. The worker paths cover declining.
+  'pool on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
+  'pool.running on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
+  'pool.draining on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
+  'pool.stopping on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
 };
 
 function expectCoverage(coverage: Coverage, name: string) {
@@ -857,7 +1097,12 @@ describe('worker machine: path coverage', () => {
     const generated = generatePaths(model);
     const started = performance.now();
     const run = workerRunner(model, coverage);
-    for (const path of generated.paths) run(path);
+    const violations: string[] = [];
+    for (const path of generated.paths) {
+      run(path);
+      for (const v of workerPathViolations(path, replay(path, model))) violations.push(`${describePath(path)}: ${v}`);
+    }
+    expect(violations.slice(0, 10), `${violations.length} lifecycle violations`).toEqual([]);
     console.log(summary('worker paths', generated, Math.round(performance.now() - started)));
   });
 
@@ -899,7 +1144,15 @@ describe('pool machine: path coverage', () => {
       const generated = generatePaths(model);
       const started = performance.now();
       const run = poolRunner(config, model, coverage, workerCoverage);
-      for (const path of generated.paths) await run(path);
+      const violations: string[] = [];
+      for (const generatedPath of generated.paths) {
+        // Every path is executed run to its end, and checked against the lifecycle rules.
+        const path = runToEnd(model, generatedPath);
+        await run(path);
+        for (const v of poolPathViolations(config, path, replay(path, model))) violations.push(`${describePath(path)}: ${v}`);
+      }
+      const unknown = violations.filter((v) => !KNOWN_VIOLATION.test(v));
+      expect(unknown.slice(0, 10), `${unknown.length} lifecycle violations`).toEqual([]);
       console.log(summary(`pool paths (${config.name})`, generated, Math.round(performance.now() - started)));
     });
   }
@@ -907,6 +1160,39 @@ describe('pool machine: path coverage', () => {
   it('covers every state, and every transition but the unreachable ones, on execution', () => {
     report(workerCoverage, 'worker machine (inside pool paths)');
     expectCoverage(coverage, 'pool machine');
+  });
+});
+
+describe('pool machine: lifecycle rules', () => {
+  const config = POOL_CONFIGS[1];
+  const model = poolModel(config);
+  const pathOf = (stimuli: PoolStimulus[]): Path<PoolState, PoolStimulus> => {
+    const steps: Path<PoolState, PoolStimulus>['steps'] = [{ state: model.initial, event: { type: 'cooldown' } }];
+    for (const event of stimuli) steps.push({ state: model.transition(steps[steps.length - 1].state, event), event });
+    return { steps };
+  };
+  const violationsOf = (path: Path<PoolState, PoolStimulus>) => poolPathViolations(config, path, replay(path, model));
+
+  // The rules can fail: the same path, not run to its end, leaves a worker unreaped.
+  it('are broken by a path that spawns a worker and does not run to its end', () => {
+    const started: PoolStimulus[] = [{ type: 'startup', ok: true }, { type: 'pool', event: { type: 'delivery', deliveryId: 'd1' } }];
+    expect(violationsOf(runToEnd(model, pathOf(started)))).toEqual([]);
+    expect(violationsOf(pathOf(started))).toEqual(
+      expect.arrayContaining(['worker.1 reaped 0 times', 'stopped with live children: worker.1', 'delivery d1 settled or given back 0 times']),
+    );
+  });
+
+  /*
+   * Machine finding (machines/pool.ts, `starting.onError`), reported, not fixed here: a startup
+   * that fails after the source delivered (a broker that consumed before a later step of
+   * open() failed) goes to `stopped` with the deliveries still in the backlog: neither settled
+   * nor released. Minimal sequence: `delivery d1`, then the startup rejects.
+   * `it.fails` while the bug is open: this test fails once it is fixed; then drop `.fails`
+   * and KNOWN_VIOLATION.
+   */
+  it.fails('a startup that fails gives back the deliveries received while starting', () => {
+    const path = runToEnd(model, pathOf([{ type: 'pool', event: { type: 'delivery', deliveryId: 'd1' } }, { type: 'startup', ok: false }]));
+    expect(violationsOf(path)).toEqual([]);
   });
 });
 

@@ -71,7 +71,8 @@ interface Channel {
  * src/child/host-protocol.js). The host is started on first use; a host that dies fails
  * every process it held (the registry still kills their groups), and the next spawn starts a
  * new one. A Perl host that dies before it is up is not tried again: the Node edition takes
- * over.
+ * over. The edition is `auto` unless given; `auto` follows the `TIDEPOOL_SPAWN_HOST`
+ * environment variable (`node`, `perl` or `auto`: Perl when a `perl` is on PATH, else Node).
  */
 export class SpawnHost {
   readonly #spec: SpawnSpec;
@@ -88,7 +89,9 @@ export class SpawnHost {
     const { channel, ...rest } = spec;
     this.#spec = rest;
     this.#logger = logger;
-    this.#edition = edition === 'auto' ? (findPerl() ? 'perl' : 'node') : edition;
+    // `auto` defers to TIDEPOOL_SPAWN_HOST (node, perl or auto), as CI forces the Node edition.
+    const wanted = edition === 'auto' ? process.env.TIDEPOOL_SPAWN_HOST : edition;
+    this.#edition = wanted === 'perl' || wanted === 'node' ? wanted : findPerl() ? 'perl' : 'node';
     if (channel) {
       const dir = mkdtempSync(join(tmpdir(), 'tidepool-'));
       const path = join(dir, 'channel');

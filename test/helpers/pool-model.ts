@@ -1,24 +1,49 @@
+import { EventEmitter } from 'node:events';
 import { isDeepStrictEqual } from 'node:util';
 import { pino } from 'pino';
 import { fromCallback, SimulatedClock } from 'xstate';
-import type { AnyEventObject, InspectionEvent } from 'xstate';
+import type { AnyActorRef, AnyEventObject, InspectionEvent } from 'xstate';
 import type { PoolContext } from '../../machines/pool.js';
 import type { Outcome, ProcessExit, WorkerReport } from '../../machines/types.js';
-import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
+import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput, WorkerContext } from '../../machines/worker.js';
+import { FrameReader, HOST, frame, parseConfigure } from '../../src/child/host-protocol.js';
+import type { SpawnSpec } from '../../src/child/host-protocol.js';
+import { MSG } from '../../src/child/protocol.js';
+import type { ChildMessage, RunMessage } from '../../src/child/protocol.js';
+import { createPool } from '../../src/create-pool.js';
 import { TidepoolError } from '../../src/errors.js';
-import { createPool, type AttemptEvent, type Pool, type TaskResult } from '../../src/pool.js';
+import type { AttemptEvent, Pool, TaskResult } from '../../src/pool.js';
 import type { Settlement } from '../../src/settlement.js';
+import type { MemorySource } from '../../src/sources/memory.js';
 import type { Delivery, SourceConsumer, Task } from '../../src/sources/source.js';
 
 /**
- * A model of the whole pool (`createPool` with a fake process slot and a simulated clock)
- * for fast-check model-based runs: commands that drive the pool and its fake processes, and
- * the lifecycle invariants checked after every command and at the end of a run.
+ * A model of the whole pool (`createPool` with a simulated clock) for fast-check model-based
+ * runs: commands that drive the pool and its fake processes, and the lifecycle invariants
+ * checked after every command and at the end of a run.
  *
- * The fake processes answer the way the driver in src/process/driver.ts does, one step at a
- * time, so that the order in which processes act, time passes and the user calls the pool is
- * what the property explores.
+ * Two ways a fake process is attached, following what the pool does for each kind of worker:
+ * - hosted (commands, and module workers that serve one task: the default): the real driver
+ *   and the real `SpawnHost` run; only the spawn host process is fake. It speaks the frame
+ *   protocol of src/child/host-protocol.js (configure, spawn, input, signal in; up, spawned,
+ *   failed, exited out), so what the pool writes to the host and reads from it is checked.
+ *   The test file routes `child_process.spawn` of a host here (see `FAKE_SPAWN_HOST`).
+ * - at the process slot (module workers that serve several tasks, over a channel): a fake
+ *   `process` actor that answers the way the driver does, one step at a time.
+ *
+ * Either way the fake processes act one step at a time, so that the order in which processes
+ * act, time passes and the user calls the pool is what the property explores.
  */
+
+/**
+ * Where the test file's `child_process` mock looks for a fake spawn host: a function on
+ * `globalThis` under this symbol, given the command and arguments of a `spawn`, returning a
+ * fake child or undefined (then the real `spawn` runs). A symbol, not an import, because the
+ * mock's factory runs before any module of the test is loaded.
+ */
+export const FAKE_SPAWN_HOST = Symbol.for('tidepool.test.fakeSpawnHost');
+type SpawnHook = (command: string, args: readonly string[]) => unknown;
+const hooks = globalThis as unknown as Record<typeof FAKE_SPAWN_HOST, SpawnHook | undefined>;
 
 // ---------------------------------------------------------------------------------------------
 // Vocabulary of a run
@@ -104,12 +129,15 @@ export type Cmd =
   /** A process not yet started fails to (ENOENT), or a module's handler fails to load. */
   | { k: 'spawnFail'; i: number; how: 'enoent' | 'load' }
   /**
-   * The next process fails inside the slot: a module's fork() throws (the driver reports
-   * spawnError + exit at once), or, for a command, the spawn host's fork() throws out of the slot.
+   * The next process fails inside the slot: for a worker at the process slot, the driver
+   * reports spawnError + exit at once; for hosted workers, the next start of a spawn host
+   * throws (ENOMEM) out of the slot (it takes effect when no host is running).
    */
   | { k: 'breakSpawn' }
-  /** The spawn host of command workers dies: every command process it holds fails. */
+  /** The spawn host dies: every process it holds fails (hosted workers only). */
   | { k: 'hostDies' }
+  /** The source loses its connection and gets it back: what it had delivered is void. */
+  | { k: 'lost' }
   /** A live process dies from outside: SIGKILL, the OOM killer, or exit code 1. */
   | { k: 'external'; i: number; how: 'kill' | 'oom' | 'exit' }
   /** Time passes: one of the named delays (+/- 1 ms), or up to the next due timer. */
@@ -177,11 +205,20 @@ export class FakeProc {
   readonly idleDeaths: Outcome[] = [];
   /** The slot threw as it started: its worker machine ends in error, not with a report. */
   threw = false;
+  /** A hosted module worker whose handler failed to load (it answers `load-error`, exits 78). */
+  loadFailed = false;
+  /** Its handler failed to load while it held a task and no signal had been sent: one `spawn` outcome. */
+  loadFailedRunning = false;
+  /** Hosted: its stdin was closed (its task written, with the spawn or later). */
+  stdinClosed = false;
 
   constructor(
     readonly workerId: string,
     readonly startedAt: number,
     readonly sendBack: (event: ProcessEvent) => void,
+    /** Hosted: the fake spawn host that started it, and its id there. */
+    readonly host: FakeHost | null = null,
+    readonly hostId = '',
   ) {}
 
   get live(): boolean {
@@ -197,6 +234,85 @@ export class FakeProc {
     const run = this.runs.at(-1);
     return run && run.reply === null && run.diedDuring === null ? run : null;
   }
+}
+
+/**
+ * A fake spawn host process: what `child_process.spawn` returns to `SpawnHost` in place of
+ * the Perl or Node host. Frames written to its stdin go to the model synchronously; the
+ * model answers with `send` when its processes act.
+ */
+export class FakeHost extends EventEmitter {
+  readonly pid = fakePids++;
+  readonly stdin: EventEmitter & { write(bytes: Buffer | string): boolean; end(): void };
+  readonly stdout: EventEmitter & { ref(): void; unref(): void };
+  readonly stderr = null;
+  readonly stdio: unknown[];
+  readonly #reader = new FrameReader();
+  /** The configure frame, once received. */
+  spec: SpawnSpec | null = null;
+  /** Its stdin ended (the manager let it go) or it died. */
+  gone = false;
+  readonly frames: string[] = [];
+
+  constructor(onFrame: (host: FakeHost, kind: string, fields: string[], payload: Buffer) => void, onEnd: (host: FakeHost) => void) {
+    super();
+    const stdin = Object.assign(new EventEmitter(), {
+      write: (bytes: Buffer | string) => {
+        for (const f of this.#reader.push(typeof bytes === 'string' ? Buffer.from(bytes) : bytes)) {
+          this.frames.push(f.kind);
+          onFrame(this, f.kind, f.fields, f.payload);
+        }
+        return true;
+      },
+      end: () => onEnd(this),
+    });
+    this.stdin = stdin;
+    this.stdout = Object.assign(new EventEmitter(), { ref: () => {}, unref: () => {} });
+    this.stdio = [this.stdin, this.stdout, null];
+  }
+
+  ref(): void {}
+  unref(): void {}
+  kill(): boolean {
+    return false;
+  }
+
+  /** A frame to the manager, at once (the model decides when a host speaks). */
+  send(bytes: Buffer): void {
+    if (!this.gone) this.stdout.emit('data', bytes);
+  }
+
+  /** The host process ends: SpawnHost fails whatever it still held. */
+  die(code: number | null, signal: NodeJS.Signals | null): void {
+    this.gone = true;
+    this.emit('exit', code, signal);
+    this.emit('close', code, signal);
+  }
+}
+
+/** A handler load check that succeeds, as a process does: it closes after the call. */
+function loadCheck(): EventEmitter {
+  const child = Object.assign(new EventEmitter(), {
+    pid: fakePids++,
+    stderr: Object.assign(new EventEmitter(), { setEncoding: () => {} }),
+    kill: () => false,
+  });
+  setImmediate(() => {
+    child.emit('exit', 0, null);
+    child.emit('close', 0, null);
+  });
+  return child;
+}
+
+/** Fake pids lie above any pid_max (2^22): a signal that reached the kernel by mistake would find nothing. */
+let fakePids = 5_000_000;
+
+/** An `X` frame: `X <id> <code> <signal> <overflow> <outlen> <errlen> <memory>` and the bytes. */
+function exitedFrame(id: string, exit: ProcessExit, answer: string): Buffer {
+  const out = Buffer.from(answer, 'utf8');
+  const err = Buffer.from(exit.detail ?? '', 'utf8');
+  const header = `${HOST.EXITED} ${id} ${exit.code ?? '-'} ${exit.signal ?? '-'} 0 ${out.length} ${err.length} ${exit.memory ? 1 : 0}\n`;
+  return Buffer.concat([Buffer.from(header, 'latin1'), out, err]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,6 +333,18 @@ interface DeliveryRecord {
   settles: Settlement[];
   releases: number;
   run: { proc: FakeProc; run: Run } | null;
+  /** Held when the source lost its connection: never settled nor released afterwards. */
+  void: boolean;
+}
+
+/** A worker as its own machine has it. */
+interface WorkerView {
+  id: string;
+  /** Its top-level state. */
+  state: string;
+  status: string;
+  reported: WorkerContext['reported'];
+  deliveryId: string | null;
 }
 
 type RootSnapshot = {
@@ -230,7 +358,6 @@ type RootSnapshot = {
 const CRASH_KINDS: readonly string[] = ['crash', 'memory', 'spawn'];
 const isCrash = (o: Outcome) => o.status === 'failed' && CRASH_KINDS.includes(o.kind);
 
-let pids = 10_000;
 
 /**
  * The retry jitter (Math.random) would make runs irreproducible: `pinRandom` replaces
@@ -295,12 +422,23 @@ export class PoolModel {
   #trippedAt: number | null = null;
   #trips = 0;
   #tripEvents = 0;
-  #lastSettle: { delivery: Delivery; settlement: Settlement } | null = null;
+  /** Settlements the source carried out, by `taskId#attempt`, until the attempt event comes. */
+  readonly #settledAttempts = new Map<string, { delivery: Delivery; settlement: Settlement }>();
   /** The pool told the source to pause (and not to resume since). */
   #intakePaused = false;
+  /** Hosted workers: the spawn hosts started so far (the last is the live one, if any). */
+  readonly hosts: FakeHost[] = [];
+  /** The worker whose process actor is starting right now (its `xstate.init`), for the host's `S` frame. */
+  #startingWorker: string | null = null;
+  /** Times the source lost its connection. */
+  #losses = 0;
+
+  /** Whether the pool starts this config's workers through its spawn host (else at the process slot). */
+  readonly hosted: boolean;
 
   private constructor(readonly config: ModelConfig) {
     this.t = { ...TIMING, ...config.timing };
+    this.hosted = config.kind === 'command' || config.maxTasksPerWorker === 1;
     const logger = pino(
       { level: 'error' },
       {
@@ -331,14 +469,54 @@ export class PoolModel {
         logger,
         inspect: (event: InspectionEvent) => this.#inspect(event),
       },
-      { processActor: this.#processSlot(), clock: this.clock },
+      this.hosted ? { clock: this.clock } : { processActor: this.#processSlot(), clock: this.clock },
     );
     this.#instrument();
+  }
+
+  /** Route the spawn of a spawn host to a fake one of this model (one model at a time). */
+  #hookSpawn(): void {
+    hooks[FAKE_SPAWN_HOST] = (command, args) => {
+      // The pool's check that a module handler loads, before it starts: it loads (the model's
+      // load failures are the workers').
+      if (args.some((a) => /\/child\/check\.js$/.test(a))) return loadCheck();
+      if (!args.some((a) => /spawn-host\.(pl|js)$/.test(a))) return undefined;
+      if (!this.hosted) {
+        this.violate(`a spawn host started for workers served at the process slot: ${command} ${args.join(' ')}`);
+      }
+      if (this.#breakSpawns > 0) {
+        // fork() of the host fails synchronously (ENOMEM): the exception leaves the slot.
+        this.#breakSpawns--;
+        const workerId = this.#takeStartingWorker('a spawn host started');
+        if (workerId !== null) {
+          const p = new FakeProc(workerId, this.clock.now(), () => {});
+          p.phase = 'exited';
+          p.exit = { code: null, signal: null };
+          p.stopped = true;
+          p.threw = true;
+          this.procs.push(p);
+        }
+        throw Object.assign(new Error('spawn ENOMEM'), { code: 'ENOMEM' });
+      }
+      if (this.hosts.some((h) => !h.gone)) this.violate('a second spawn host started while one is running');
+      const host = new FakeHost(
+        (h, kind, fields, payload) => this.#hostFrame(h, kind, fields, payload),
+        (h) => this.#hostEnd(h),
+      );
+      this.hosts.push(host);
+      return host;
+    };
+  }
+
+  /** Stop routing spawns here (the end of the run). */
+  #unhookSpawn(): void {
+    if (hooks[FAKE_SPAWN_HOST] !== undefined) hooks[FAKE_SPAWN_HOST] = undefined;
   }
 
   static async create(config: ModelConfig): Promise<PoolModel> {
     reseed();
     const model = new PoolModel(config);
+    model.#hookSpawn();
     const started = model.pool.start();
     if (config.early === 'pause') model.pool.pause();
     if (config.early === 'drain') {
@@ -396,7 +574,11 @@ export class PoolModel {
         this.#breakSpawns++;
         break;
       case 'hostDies':
-        if (this.config.kind === 'command') this.#hostDies();
+        if (this.hosted) this.#hostDies();
+        break;
+      case 'lost':
+        this.#losses++;
+        (this.pool.source as MemorySource).interrupt();
         break;
       case 'external': {
         const live = this.procs.filter((p) => p.live && p.spawned);
@@ -470,6 +652,7 @@ export class PoolModel {
 
   #processSlot() {
     return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
+      this.#startingWorker = null;
       const p = new FakeProc(input.workerId, this.clock.now(), (event) => {
         p.sent.push(event);
         const now = this.clock.now();
@@ -487,16 +670,6 @@ export class PoolModel {
         this.violate(`${alive} processes alive (started, not stopped) > concurrency ${this.config.concurrency}`);
       }
       receive((command) => this.#receive(p, command));
-      if (this.#breakSpawns > 0 && this.config.kind === 'command') {
-        // The spawn host cannot be forked (a synchronous fork error: ENOMEM, EINVAL): the
-        // exception leaves the slot, as it does from SpawnHost.spawn today.
-        this.#breakSpawns--;
-        p.phase = 'exited';
-        p.exit = { code: null, signal: null };
-        p.stopped = true; // no cleanup to run: the slot never started
-        p.threw = true;
-        throw new Error('spawn ENOMEM');
-      }
       if (this.#breakSpawns > 0) {
         // The driver when fork() throws: both events from inside the slot, before it returns.
         this.#breakSpawns--;
@@ -538,55 +711,204 @@ export class PoolModel {
         if (d.settles.length + d.releases > 0) {
           this.violate(`${p.workerId}: proc.run of ${command.deliveryId}, already settled or released`);
         }
-        if (d.run) this.violate(`delivery ${command.deliveryId} run twice (${d.run.proc.workerId}, ${p.workerId})`);
         const served = p.runs.length + 1;
         const expectLast = served >= this.config.maxTasksPerWorker;
         if (command.last !== expectLast) {
           this.violate(`${p.workerId}: proc.run #${served} with last=${command.last}, maxTasksPerWorker ${this.config.maxTasksPerWorker}`);
         }
-        const { task, attempt } = d.delivery;
-        const spec = (task as Task & { spec: TaskSpec }).spec;
-        const run: Run = {
-          deliveryId: command.deliveryId,
-          taskId: task.id,
-          attempt,
-          last: command.last,
-          behaviour: spec.behaviours[Math.min(attempt, spec.behaviours.length) - 1],
-          stubborn: spec.stubborn,
-          at: this.clock.now(),
-          reply: null,
-          repliedAt: null,
-          diedDuring: null,
-        };
-        p.runs.push(run);
-        d.run = { proc: p, run };
+        this.#startRun(p, d, command.last, this.clock.now());
         return;
       }
       case 'proc.terminate':
       case 'proc.kill':
-        if (p.firstSignalAt === null) {
-          p.firstSignalAt = this.clock.now();
-          p.firstSignalCmd = this.log.length;
-        }
-        // The driver holds a signal sent before the 'spawn' event and delivers it then.
-        if (p.phase === 'starting') p.earlySignals++;
-        if (command.type === 'proc.terminate') p.term = true;
-        else {
-          p.kill = true;
-          p.killAt ??= this.clock.now();
-        }
+        this.#signal(p, command.type);
         return;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The fake spawn host (hosted workers)
+
+  #takeStartingWorker(what: string): string | null {
+    const workerId = this.#startingWorker;
+    this.#startingWorker = null;
+    if (workerId === null) this.violate(`${what} outside the start of a worker's process actor`);
+    return workerId;
+  }
+
+  #hostProc(host: FakeHost, id: string, kind: string): FakeProc | undefined {
+    const p = this.procs.find((q) => q.host === host && q.hostId === id);
+    if (!p) this.violate(`spawn host frame ${kind} for unknown worker ${id}`);
+    return p;
+  }
+
+  /** A frame the manager wrote to a spawn host. */
+  #hostFrame(host: FakeHost, kind: string, fields: string[], payload: Buffer): void {
+    if (host.gone) {
+      this.violate(`frame ${kind} written to a spawn host that is gone`);
+      return;
+    }
+    if (host.spec === null && kind !== HOST.CONFIGURE) this.violate(`frame ${kind} before the configure frame`);
+    switch (kind) {
+      case HOST.CONFIGURE: {
+        if (host.spec !== null) this.violate('a spawn host configured twice');
+        const spec = parseConfigure(payload);
+        host.spec = spec;
+        // What the host must start: a command with its answer on stdout, or the module entry
+        // with its answer on fd 3 (a module's console.log is not its answer).
+        const module = this.config.kind === 'module';
+        const argvOk = module ? spec.argv.some((a) => a.endsWith('noop.js')) : isDeepStrictEqual(spec.argv, ['/bin/cat']);
+        if (!argvOk || (spec.answerFd === 3) !== module || spec.channel !== undefined) {
+          this.violate(`spawn host configured with ${JSON.stringify(spec)} for ${this.config.kind} workers`);
+        }
+        host.send(frame(`${HOST.UP} ${host.pid} subreaper`));
+        return;
+      }
+      case HOST.SPAWN: {
+        const [id, length] = fields;
+        if (this.procs.some((q) => q.host === host && q.hostId === id)) this.violate(`spawn host id ${id} reused`);
+        const workerId = this.#takeStartingWorker(`spawn frame ${id}`);
+        if (workerId === null) return;
+        const p = new FakeProc(workerId, this.clock.now(), () => {}, host, id);
+        this.#addProc(p);
+        if (length !== '-') this.#hostedInput(p, payload, 'spawn');
+        return;
+      }
+      case HOST.INPUT: {
+        const p = this.#hostProc(host, fields[0], kind);
+        if (p) this.#hostedInput(p, payload, 'input');
+        return;
+      }
+      case HOST.SIGNAL: {
+        const p = this.#hostProc(host, fields[0], kind);
+        if (!p) return;
+        // The host signals a group only while its worker is not reaped; the manager must not
+        // even ask once the exit was reported (the pid may belong to another process by then).
+        if (p.phase === 'exited') {
+          this.violate(`${p.workerId}: ${fields[1]} asked for after its exit was reported`);
+          return;
+        }
+        if (fields[1] !== 'SIGTERM' && fields[1] !== 'SIGKILL') this.violate(`${p.workerId}: unexpected signal ${fields[1]}`);
+        this.#signal(p, fields[1] === 'SIGKILL' ? 'proc.kill' : 'proc.terminate');
+        return;
+      }
+      default:
+        this.violate(`unknown frame ${kind} to the spawn host`);
+    }
+  }
+
+  /** The manager let the host go: it kills every tree it still holds, then exits. */
+  #hostEnd(host: FakeHost): void {
+    if (host.gone) return;
+    for (const p of this.procs.filter((q) => q.host === host && q.live)) {
+      this.violate(`${p.workerId}'s process (${p.phase}) still held by the spawn host when the pool let it go`);
+      p.phase = 'exited';
+      p.exit = { code: null, signal: 'SIGKILL' };
+      p.stopped = true;
+    }
+    host.gone = true;
+    // It exits once its stdin is closed, as a process does: later than the call.
+    setImmediate(() => host.die(0, null));
+  }
+
+  #addProc(p: FakeProc): void {
+    if (this.procs.some((q) => q.workerId === p.workerId)) this.violate(`a second process for ${p.workerId}`);
+    this.procs.push(p);
+    const alive = this.procs.filter((q) => q.live).length;
+    if (alive > this.config.concurrency) {
+      this.violate(`${alive} processes alive (started, not exited) > concurrency ${this.config.concurrency}`);
+    }
+  }
+
+  /** A hosted process's stdin: its task (a command's JSON line, a module's `run` message), then EOF. */
+  #hostedInput(p: FakeProc, payload: Buffer, how: 'spawn' | 'input'): void {
+    const text = payload.toString('utf8');
+    if (p.stdinClosed) {
+      this.violate(`${p.workerId}: input written after its stdin was closed`);
+      return;
+    }
+    p.stdinClosed = true;
+    p.commands.push({ type: 'proc.run', deliveryId: '?', last: true });
+    if (p.phase === 'exited') return; // the host drops input for a process that is gone
+    if (p.term || p.kill) this.violate(`${p.workerId}: task written after a signal`);
+    let task: Task;
+    let attempt: number | null = null;
+    try {
+      if (this.config.kind === 'module') {
+        const run = JSON.parse(text) as RunMessage;
+        if (run.k !== MSG.RUN || run.workerId !== p.workerId || run.last !== true || run.taskId !== (run.task as Task).id) {
+          this.violate(`${p.workerId}: run message ${text}`);
+        }
+        task = run.task as Task;
+        attempt = run.attempt;
+      } else {
+        if (!text.endsWith('\n') || text.indexOf('\n') !== text.length - 1) this.violate(`${p.workerId}: stdin is not one JSON line: ${JSON.stringify(text)}`);
+        task = JSON.parse(text) as Task;
+      }
+    } catch {
+      this.violate(`${p.workerId}: stdin is not a task: ${JSON.stringify(text)}`);
+      return;
+    }
+    // The delivery it runs: the one its worker machine holds (a void delivery and its
+    // redelivery carry the same task and attempt).
+    const child = (this.snapshot.children as Record<string, AnyActorRef | undefined>)[p.workerId];
+    const deliveryId = (child?.getSnapshot() as { context?: WorkerContext } | undefined)?.context?.deliveryId ?? null;
+    const d = deliveryId === null ? undefined : this.deliveries.get(deliveryId);
+    if (!d) {
+      this.violate(`${p.workerId}: given task ${task.id} by ${how}, its worker holds delivery ${deliveryId}`);
+      return;
+    }
+    if (d.settles.length + d.releases > 0) this.violate(`${p.workerId}: given ${d.delivery.id}, already settled or released`);
+    if (!isDeepStrictEqual(task, JSON.parse(JSON.stringify(d.delivery.task))) || (attempt !== null && attempt !== d.delivery.attempt)) {
+      this.violate(`${p.workerId}: given ${text}, its delivery ${d.delivery.id} is attempt ${d.delivery.attempt} of ${JSON.stringify(d.delivery.task)}`);
+    }
+    this.#startRun(p, d, true, p.phase === 'up' ? this.clock.now() : null);
+  }
+
+  /** Process `p` starts the task of delivery `d`; `at`: when it is running (null: once it is up). */
+  #startRun(p: FakeProc, d: DeliveryRecord, last: boolean, at: number | null): void {
+    if (d.run) this.violate(`delivery ${d.delivery.id} run twice (${d.run.proc.workerId}, ${p.workerId})`);
+    const { task, attempt } = d.delivery;
+    const spec = (task as Task & { spec: TaskSpec }).spec;
+    const run: Run = {
+      deliveryId: d.delivery.id,
+      taskId: task.id,
+      attempt,
+      last,
+      behaviour: spec.behaviours[Math.min(attempt, spec.behaviours.length) - 1],
+      stubborn: spec.stubborn,
+      at: at ?? Number.NaN,
+      reply: null,
+      repliedAt: null,
+      diedDuring: null,
+    };
+    p.runs.push(run);
+    d.run = { proc: p, run };
+  }
+
+  /** A signal reaches process `p` (held until it has started, as both the driver and the host do). */
+  #signal(p: FakeProc, type: 'proc.terminate' | 'proc.kill'): void {
+    if (p.host) p.commands.push({ type });
+    if (p.firstSignalAt === null) {
+      p.firstSignalAt = this.clock.now();
+      p.firstSignalCmd = this.log.length;
+    }
+    if (p.phase === 'starting') p.earlySignals++;
+    if (type === 'proc.terminate') p.term = true;
+    else {
+      p.kill = true;
+      p.killAt ??= this.clock.now();
     }
   }
 
   /** The next thing process `p` does by itself, if any. */
   #step(p: FakeProc): boolean {
     if (!p.live) return false;
+    if (p.host) return this.#stepHosted(p);
     const module = this.config.kind === 'module';
     if (p.phase === 'starting') {
-      // The 'spawn' event: a command is ready at once, a module once its handler has loaded.
-      // (The command driver folds both into one event: proc.ready with the pid.)
-      p.pid = pids++;
+      // The 'spawn' event: a module at the slot is ready once its handler has loaded.
+      p.pid = fakePids++;
       if (module) {
         p.sendBack({ type: 'proc.spawned', pid: p.pid });
         p.phase = 'loading';
@@ -661,6 +983,104 @@ export class PoolModel {
     }
   }
 
+  /**
+   * The next thing a hosted process does. A single-use module worker loads its handler, reads
+   * its `run` message from stdin (a spare waits there, where SIGTERM keeps its default
+   * action), writes its one reply to fd 3 and exits; a command reads its task line and
+   * answers with its exit status and stdout. The host reports the start (`P`) and the exit
+   * with the answer (`X`).
+   */
+  #stepHosted(p: FakeProc): boolean {
+    const module = this.config.kind === 'module';
+    if (p.phase === 'starting') {
+      p.pid = fakePids++;
+      p.phase = 'up';
+      const now = this.clock.now();
+      p.readyAt ??= now;
+      // A task written with the spawn runs from now on.
+      for (const run of p.runs) if (Number.isNaN(run.at)) run.at = now;
+      p.host!.send(frame(`${HOST.SPAWNED} ${p.hostId} ${p.pid}`));
+      return true;
+    }
+    if (p.kill) {
+      this.#exitHosted(p, { code: null, signal: 'SIGKILL' });
+      return true;
+    }
+    const run = p.running;
+    if (p.term) {
+      if (module) {
+        // Waiting on stdin, SIGTERM kills it; running a task, its handler aborts the task.
+        if (!run) {
+          this.#exitHosted(p, { code: null, signal: 'SIGTERM' });
+          return true;
+        }
+        if (!run.stubborn) {
+          this.#exitHosted(p, { code: EXIT_TERMINATED, signal: null }, { type: 'failed', retryable: true });
+          return true;
+        }
+      } else if (!(run ? run.stubborn : this.config.stubbornIdle)) {
+        this.#exitHosted(p, { code: null, signal: 'SIGTERM' });
+        return true;
+      }
+    }
+    if (!run) return false;
+    switch (run.behaviour) {
+      case 'hang':
+        return false;
+      case 'crash':
+        this.#exitHosted(p, module ? { code: 1, signal: null, detail: 'Error: boom' } : { code: null, signal: 'SIGSEGV' });
+        return true;
+      case 'memory':
+        this.#exitHosted(p, { code: null, signal: 'SIGKILL', memory: true });
+        return true;
+      case 'resolve':
+      case 'throw':
+      case 'fatal':
+        if (!module) {
+          this.#exitHosted(p, { code: run.behaviour === 'resolve' ? 0 : run.behaviour === 'throw' ? 1 : EXIT_NON_RETRYABLE, signal: null });
+        } else {
+          this.#exitHosted(
+            p,
+            { code: 0, signal: null },
+            run.behaviour === 'resolve'
+              ? { type: 'result', result: { task: run.taskId, attempt: run.attempt, by: p.workerId } }
+              : { type: 'failed', retryable: run.behaviour === 'throw' },
+          );
+        }
+        return true;
+    }
+  }
+
+  /**
+   * A hosted process exits; the host reports it with its answer: a module's reply on fd 3, a
+   * command's stdout (a command that ran its task answers with its exit status).
+   */
+  #exitHosted(p: FakeProc, exit: ProcessExit, reply?: NonNullable<Run['reply']>, answer = ''): void {
+    const run = p.running;
+    if (run && reply) {
+      this.#record(run, reply);
+      const message: ChildMessage =
+        reply.type === 'result'
+          ? { k: MSG.RESULT, value: reply.result }
+          : { k: MSG.ERROR, error: { name: 'Error', message: 'handler threw' }, retryable: reply.retryable };
+      answer = `${JSON.stringify(message)}\n`;
+    } else if (this.config.kind === 'command' && run && exit.code !== null && !exit.memory) {
+      if (exit.code === 0) {
+        const result = { task: run.taskId, attempt: run.attempt, by: p.workerId };
+        this.#record(run, { type: 'result', result });
+        answer = JSON.stringify(result);
+      } else {
+        this.#record(run, { type: 'failed', retryable: exit.code !== EXIT_NON_RETRYABLE });
+      }
+    } else if (run) {
+      run.diedDuring = exit;
+    }
+    p.phase = 'exited';
+    p.exit = exit;
+    p.stopped = true;
+    p.host!.send(exitedFrame(p.hostId, exit, answer));
+  }
+
   #reply(p: FakeProc, run: Run, reply: NonNullable<Run['reply']>, message: string): void {
     this.#record(run, reply);
     if (reply.type === 'result') p.sendBack({ type: 'proc.result', result: reply.result });
@@ -677,20 +1097,22 @@ export class PoolModel {
    * spawn, one it had started "exits" with no status (its group is killed by the registry).
    */
   #hostDies(): void {
-    for (const p of this.procs.filter((q) => q.live)) {
-      if (p.phase === 'starting') {
-        p.sendBack({ type: 'proc.spawnError', error: { message: 'the spawn host died (signal SIGKILL)' } });
-        p.phase = 'exited';
-        p.exit = { code: null, signal: null };
-        p.sendBack({ type: 'proc.exit', code: null, signal: null });
-      } else {
-        this.#exitProcess(p, { code: null, signal: null, detail: 'the spawn host died (signal SIGKILL)' });
-      }
+    const host = this.hosts.find((h) => !h.gone);
+    if (!host) return;
+    for (const p of this.procs.filter((q) => q.live && q.host === host)) {
+      if (p.phase === 'starting' && p.firstSignalAt === null) p.spawnFailedAt ??= this.clock.now();
+      const run = p.running;
+      if (run) run.diedDuring = { code: null, signal: null };
+      p.phase = 'exited';
+      p.exit = { code: null, signal: null };
+      p.stopped = true;
     }
+    host.die(null, 'SIGKILL');
   }
 
   /** The process ends; a command that ran its task answers with its exit status, in the same event. */
   #exitProcess(p: FakeProc, exit: ProcessExit): void {
+    if (p.host) return this.#exitHosted(p, exit);
     const run = p.running;
     let answer: ProcessAnswer | undefined;
     if (this.config.kind === 'command' && run && exit.code !== null && !exit.memory) {
@@ -713,6 +1135,7 @@ export class PoolModel {
   }
 
   #spawnFail(i: number, how: 'enoent' | 'load'): void {
+    if (this.hosted) return this.#spawnFailHosted(i, how);
     if (how === 'load' && this.config.kind === 'module') {
       // The handler module threw while loading: a load error, then exit 78.
       const loading = this.procs.filter((p) => p.live && p.phase === 'loading' && !p.pendingExit && !p.term && !p.kill);
@@ -730,6 +1153,33 @@ export class PoolModel {
     p.phase = 'exited';
     p.exit = { code: null, signal: null };
     p.sendBack({ type: 'proc.exit', code: null, signal: null });
+  }
+
+  /**
+   * A hosted process fails to start: its exec fails (`F`), or, for a module, its handler fails
+   * to load once it is up (it writes `load-error` to fd 3 and exits 78: an attempt that fails as
+   * `spawn`, or, for a spare that had no task yet, a death while idle).
+   */
+  #spawnFailHosted(i: number, how: 'enoent' | 'load'): void {
+    if (how === 'load') {
+      if (this.config.kind !== 'module') return;
+      const up = this.procs.filter((p) => p.live && p.phase === 'up' && !p.term && !p.kill && !p.runs.some((r) => r.reply));
+      if (up.length === 0) return;
+      const p = up[i % up.length];
+      p.loadFailed = true;
+      p.loadFailedRunning = p.running !== null && p.firstSignalAt === null;
+      const message: ChildMessage = { k: MSG.LOAD_ERROR, error: { name: 'Error', message: 'handler failed to load' } };
+      this.#exitHosted(p, { code: EXIT_LOAD_FAILED, signal: null }, undefined, `${JSON.stringify(message)}\n`);
+      return;
+    }
+    const starting = this.procs.filter((p) => p.live && p.phase === 'starting');
+    if (starting.length === 0) return;
+    const p = starting[i % starting.length];
+    if (p.firstSignalAt === null) p.spawnFailedAt ??= this.clock.now();
+    p.phase = 'exited';
+    p.exit = { code: null, signal: null };
+    p.stopped = true;
+    p.host!.send(frame(`${HOST.FAILED} ${p.hostId}`, 'ENOENT\0exec\0No such file or directory'));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -783,7 +1233,7 @@ export class PoolModel {
   // Instruments
 
   #instrument(): void {
-    const source = this.pool.source;
+    const source = this.pool.source as MemorySource;
     const open = source.open.bind(source);
     source.open = (consumer: SourceConsumer, prefetch: number) =>
       open(
@@ -791,12 +1241,22 @@ export class PoolModel {
           deliver: (delivery) => {
             if (this.#done) this.violate(`delivery ${delivery.id} after the pool stopped`);
             if (this.deliveries.has(delivery.id)) this.violate(`delivery id ${delivery.id} reused`);
-            this.deliveries.set(delivery.id, { delivery, settles: [], releases: 0, run: null });
-            const held = [...this.deliveries.values()].filter((d) => d.settles.length + d.releases === 0).length;
+            this.deliveries.set(delivery.id, { delivery, settles: [], releases: 0, run: null, void: false });
+            const held = this.#held().length;
             if (held > this.config.concurrency) this.violate(`${held} unsettled deliveries > prefetch ${this.config.concurrency}`);
             consumer.deliver(delivery);
           },
+          malformed: (rejected) => {
+            this.violate(`${rejected.id} dead-lettered as malformed: ${rejected.message}`);
+            consumer.malformed(rejected);
+          },
           drained: () => consumer.drained(),
+          lost: (reason) => {
+            // Every delivery made before is void: the source delivers it again.
+            for (const d of this.#held()) d.void = true;
+            consumer.lost(reason);
+          },
+          restored: () => consumer.restored(),
         },
         prefetch,
       );
@@ -804,8 +1264,8 @@ export class PoolModel {
     source.settle = (delivery: Delivery, settlement: Settlement) => {
       const d = this.#settling(delivery, 'settled');
       d?.settles.push(settlement);
-      this.#lastSettle = { delivery, settlement };
-      settle(delivery, settlement);
+      this.#settledAttempts.set(`${delivery.task.id}#${delivery.attempt}`, { delivery, settlement });
+      return settle(delivery, settlement);
     };
     const pause = source.pause.bind(source);
     source.pause = () => {
@@ -821,13 +1281,18 @@ export class PoolModel {
     source.release = (delivery: Delivery) => {
       const d = this.#settling(delivery, 'released');
       if (d) d.releases++;
-      release(delivery);
+      return release(delivery);
     };
 
     this.pool.on('attempt', (event) => this.#onAttempt(event));
     this.pool.on('outcome', (result) => this.#onOutcome(result));
     this.pool.on('worker:reaped', (report) => this.#onReaped(report));
     this.pool.on('breaker:tripped', () => this.#trips++);
+  }
+
+  /** Deliveries the pool holds: delivered, not settled, released or void. */
+  #held(): DeliveryRecord[] {
+    return [...this.deliveries.values()].filter((d) => !d.void && d.settles.length + d.releases === 0);
   }
 
   #settling(delivery: Delivery, what: string): DeliveryRecord | undefined {
@@ -839,6 +1304,7 @@ export class PoolModel {
     if (d.settles.length + d.releases > 0) {
       this.violate(`${delivery.id} ${what} again (settled ${d.settles.length}, released ${d.releases} before)`);
     }
+    if (d.void) this.violate(`${delivery.id} ${what} though the source lost the connection it came on`);
     if (this.#done) this.violate(`${delivery.id} ${what} after the pool stopped`);
     if (what === 'settled' && (this.#state === 'stopping' || this.#state === 'stopped')) {
       this.violate(`${delivery.id} settled while ${this.#state}`);
@@ -848,8 +1314,9 @@ export class PoolModel {
 
   #onAttempt(event: AttemptEvent): void {
     const task = this.tasks.get(event.taskId);
-    const last = this.#lastSettle;
-    this.#lastSettle = null;
+    const key = `${event.taskId}#${event.attempt}`;
+    const last = this.#settledAttempts.get(key) ?? null;
+    this.#settledAttempts.delete(key);
     if (!task) {
       this.violate(`attempt of unknown task ${event.taskId}`);
       return;
@@ -919,7 +1386,9 @@ export class PoolModel {
         if (!run?.diedDuring?.memory) bad('its process did not exceed its memory');
         return;
       case 'spawn':
-        if (run) bad(`${ran!.proc.workerId} ran it`);
+        // A hosted process is given its task with its spawn, before it has started (NaN); a
+        // hosted module worker takes its task before its handler has loaded.
+        if (run && !Number.isNaN(run.at) && !ran!.proc.loadFailedRunning) bad(`${ran!.proc.workerId} ran it`);
         return;
       case 'malformed':
         bad('tasks here are well formed');
@@ -971,9 +1440,10 @@ export class PoolModel {
     const ends = [p.readyAt, p.firstSignalAt, p.spawnFailedAt].filter((t): t is number => t !== null);
     const end = Math.min(...ends, Infinity);
     const ambiguous = end === deadline;
-    const expected = !ambiguous && (end > deadline || (p.spawnFailedAt !== null && p.spawnFailedAt === end));
+    // A hosted module worker whose handler failed to load while it held its task says so too.
+    const expected = p.loadFailedRunning || (!ambiguous && (end > deadline || (p.spawnFailedAt !== null && p.spawnFailedAt === end)));
     const spawnReports = p.reports.filter((o) => o.status === 'failed' && o.kind === 'spawn').length;
-    if (!ambiguous && spawnReports !== (expected ? 1 : 0)) {
+    if ((!ambiguous || p.loadFailedRunning) && spawnReports !== (expected ? 1 : 0)) {
       this.violate(
         `${report.workerId} reported ${spawnReports} spawn failures, expected ${expected ? 1 : 0} (started ${p.startedAt}, ready ${p.readyAt}, failed ${p.spawnFailedAt}, signalled ${p.firstSignalAt})`,
       );
@@ -988,6 +1458,11 @@ export class PoolModel {
   // The root machine, event by event (inspection): bounds and the crash breaker
 
   #inspect(event: InspectionEvent): void {
+    // A worker's process actor starting: a hosted one writes its spawn frame now.
+    if (event.type === '@xstate.event' && event.event.type === 'xstate.init' && (event.actorRef as AnyActorRef).id === 'process') {
+      this.#startingWorker = (event.sourceRef as AnyActorRef | undefined)?.id ?? null;
+      return;
+    }
     if (event.type !== '@xstate.snapshot' || event.actorRef.sessionId !== event.rootId) return;
     const snapshot = event.snapshot as unknown as RootSnapshot;
     const prev = this.#state;
@@ -997,8 +1472,10 @@ export class PoolModel {
     if (snapshot.status === 'done') this.#done = true;
     const children = Object.keys(snapshot.children).filter((id) => id.startsWith('worker.')).length;
     if (children > this.config.concurrency) this.violate(`${children} worker children > concurrency ${this.config.concurrency}`);
-    const slots = Object.keys(snapshot.context.workers).length;
-    if (slots > this.config.concurrency) this.violate(`${slots} worker slots > concurrency ${this.config.concurrency}`);
+    const { live, phases } = snapshot.context;
+    if (live > this.config.concurrency) this.violate(`${live} live workers counted > concurrency ${this.config.concurrency}`);
+    const total = phases.spawning + phases.ready + phases.running + phases.leaving;
+    if (total !== live || Object.values(phases).some((n) => n < 0)) this.violate(`phase counts ${JSON.stringify(phases)} do not add up to live ${live}`);
     if (event.event.type === 'worker.outcome') {
       const { workerId, deliveryId, outcome } = event.event as unknown as { workerId: string; deliveryId: string | null; outcome: Outcome };
       const proc = this.procs.find((p) => p.workerId === workerId);
@@ -1071,7 +1548,9 @@ export class PoolModel {
       const run = p.running;
       if (run) {
         const d = this.deliveries.get(run.deliveryId)!;
-        if (d.settles.length + d.releases === 0 && now >= run.at + this.t.timeout) {
+        // Settled (a timeout is), or for a void delivery, whose outcome is dropped, signalled.
+        const handled = d.settles.length + d.releases > 0 || (d.void && p.firstSignalAt !== null);
+        if (!handled && now >= run.at + this.t.timeout) {
           this.violate(`${p.workerId} still runs ${run.deliveryId} ${now - run.at} ms after it started (taskTimeout ${this.t.timeout})`);
         }
       }
@@ -1092,6 +1571,44 @@ export class PoolModel {
     }
   }
 
+  /** The pool's workers as their own machines have them (its children's snapshots). */
+  #workerViews(): WorkerView[] {
+    return Object.entries(this.snapshot.children as Record<string, AnyActorRef>)
+      .filter(([id]) => id.startsWith('worker.'))
+      .map(([id, child]) => {
+        const snap = child.getSnapshot() as { value: unknown; status: string; context: WorkerContext };
+        const value = typeof snap.value === 'string' ? snap.value : Object.keys(snap.value as object)[0];
+        return { id, state: value, status: snap.status, reported: snap.context.reported, deliveryId: snap.context.deliveryId };
+      });
+  }
+
+  /**
+   * Once quiescent (every command ends so), the pool's ids and counts are what its children
+   * report: `live` is their number, each phase count the number that last reported it, the
+   * idle lists name exactly the idle ones, and each assignment not yet acknowledged is held by
+   * the worker it names.
+   */
+  #checkCounts(ctx: PoolContext, workers: WorkerView[]): void {
+    const bad = (what: string) => this.violate(`${what}; children ${JSON.stringify(workers)}`);
+    if (ctx.live !== workers.length) bad(`live ${ctx.live} != ${workers.length} worker children`);
+    for (const phase of ['spawning', 'ready', 'running', 'leaving'] as const) {
+      const n = workers.filter((w) => w.reported === phase).length;
+      if (ctx.phases[phase] !== n) bad(`phases.${phase} ${ctx.phases[phase]} != ${n} children that reported it`);
+    }
+    const sameSet = (a: string[], b: string[]) => a.length === b.length && new Set(a).size === a.length && a.every((id) => b.includes(id));
+    const ids = (ws: WorkerView[]) => ws.map((w) => w.id);
+    const inStopping = this.#state === 'stopping';
+    const ready = ids(workers.filter((w) => w.reported === 'ready' && w.state === 'ready'));
+    const warming = ids(workers.filter((w) => w.reported === 'spawning' && w.deliveryId === null && w.state === 'spawning'));
+    // Draining retires idle workers; stopping kills them: neither keeps any in its lists.
+    if (!sameSet(ctx.ready, inStopping ? [] : ready)) bad(`ready ${JSON.stringify(ctx.ready)}, idle children ready ${JSON.stringify(ready)}`);
+    if (!sameSet(ctx.warming, inStopping ? [] : warming)) bad(`warming ${JSON.stringify(ctx.warming)}, spares spawning without a task ${JSON.stringify(warming)}`);
+    for (const a of ctx.assigned) {
+      const w = workers.find((x) => x.id === a.workerId);
+      if (!w || w.deliveryId !== a.deliveryId) bad(`${a.deliveryId} assigned to ${a.workerId}, which does not hold it`);
+    }
+  }
+
   check(): void {
     const { concurrency, spares } = this.config;
     this.#checkTimers();
@@ -1104,8 +1621,9 @@ export class PoolModel {
     const snapshot = this.snapshot;
     if (snapshot.status === 'active') {
       const ctx = snapshot.context;
-      const children = Object.keys(snapshot.children).filter((id) => id.startsWith('worker.'));
-      if (children.length > concurrency) this.violate(`${children.length} worker children > concurrency`);
+      const workers = this.#workerViews();
+      if (workers.length > concurrency) this.violate(`${workers.length} worker children > concurrency`);
+      this.#checkCounts(ctx, workers);
       const state = this.#state;
       if (state === 'running' || state === 'paused' || state === 'draining') {
         const expected = this.#inWindow(false);
@@ -1115,21 +1633,25 @@ export class PoolModel {
         this.violate(`the breaker pause outlived breakerCooldown (tripped at ${this.#trippedAt})`);
       }
       if (state === 'running' || state === 'paused' || state === 'draining') {
-        // Every delivery the pool holds unsettled is in its backlog or on one worker slot, once.
-        const places = [...ctx.backlog, ...Object.values(ctx.workers).flatMap((w) => (w.deliveryId === null ? [] : [w.deliveryId]))];
-        const held = [...this.deliveries.values()].filter((d) => d.settles.length + d.releases === 0).map((d) => d.delivery.id);
+        // Every delivery the pool holds unsettled is in its backlog or held by one worker (as
+        // the worker's own machine has it), once; a void one may still be held by its worker.
+        const places = [...ctx.backlog, ...workers.flatMap((w) => (w.deliveryId === null ? [] : [w.deliveryId]))];
+        const held = this.#held().map((d) => d.delivery.id);
         for (const id of held) {
           const n = places.filter((x) => x === id).length;
-          if (n !== 1) this.violate(`delivery ${id} is held unsettled but is ${n === 0 ? 'neither in the backlog nor on a worker' : `in ${n} places`}: backlog ${JSON.stringify(ctx.backlog)}, workers ${JSON.stringify(ctx.workers)}`);
+          if (n !== 1) this.violate(`delivery ${id} is held unsettled but is ${n === 0 ? 'neither in the backlog nor held by a worker' : `in ${n} places`}: backlog ${JSON.stringify(ctx.backlog)}, workers ${JSON.stringify(workers)}`);
         }
-        for (const id of places) if (!held.includes(id)) this.violate(`the pool holds ${id}, which is settled or unknown`);
-        const unknown = Object.keys(ctx.workers).filter((id) => !children.includes(id));
-        if (unknown.length > 0) this.violate(`worker slots without a live worker: ${unknown.join(', ')}`);
+        for (const id of places) {
+          const d = this.deliveries.get(id);
+          if (!held.includes(id) && !(d?.void && !ctx.backlog.includes(id))) this.violate(`the pool holds ${id}, which is settled, void or unknown`);
+        }
       }
       // The pool pauses intake while paused (by the user or the breaker), and only then.
       if ((state === 'paused') !== this.#intakePaused && (state === 'running' || state === 'paused' || state === 'draining')) {
         this.violate(`the pool is ${state} with intake ${this.#intakePaused ? 'paused' : 'open'}`);
       }
+      // Idle workers, as their machines have them: waiting for a task (a spare spawning, or ready).
+      const idle = workers.filter((w) => w.deliveryId === null && (w.reported === 'ready' || w.reported === 'spawning'));
       if (state === 'running' || state === 'paused') {
         // A warm spare that started fine is not terminated while the pool runs (nor churned).
         for (const p of this.procs) {
@@ -1138,24 +1660,16 @@ export class PoolModel {
             this.violate(`${p.workerId}, a warm spare ready at ${p.readyAt}, was signalled at ${p.firstSignalAt} while the pool is ${state}`);
           }
         }
-        // Warm spares: workers that never ran a task and hold none.
-        const fresh = Object.entries(ctx.workers).filter(
-          ([id, w]) =>
-            w.deliveryId === null &&
-            (w.status === 'ready' || w.status === 'starting') &&
-            !this.procs.find((p) => p.workerId === id)?.runs.length,
-        ).length;
+        // Warm spares: idle workers that never ran a task.
+        const fresh = idle.filter((w) => !this.procs.find((p) => p.workerId === w.id)?.runs.length).length;
         if (fresh > spares) this.violate(`${fresh} idle spares > spares ${spares}`);
       }
       if (state === 'running') {
-        const live = Object.keys(ctx.workers).length;
-        const idle = Object.values(ctx.workers).filter(
-          (w) => w.deliveryId === null && (w.status === 'ready' || w.status === 'starting'),
-        ).length;
-        if (ctx.backlog.length > 0 && (idle > 0 || live < concurrency)) {
-          this.violate(`${ctx.backlog.length} deliveries wait while ${idle} workers idle, ${live}/${concurrency} live`);
+        const live = workers.length;
+        if (ctx.backlog.length > 0 && (idle.length > 0 || live < concurrency)) {
+          this.violate(`${ctx.backlog.length} deliveries wait while ${idle.length} workers idle, ${live}/${concurrency} live`);
         }
-        if (idle < spares && live < concurrency) this.violate(`${idle} idle workers < spares ${spares} with ${live}/${concurrency} live`);
+        if (idle.length < spares && live < concurrency) this.violate(`${idle.length} idle workers < spares ${spares} with ${live}/${concurrency} live`);
       }
     }
     this.#throwViolations();
@@ -1185,19 +1699,35 @@ export class PoolModel {
     }
     await flush();
     if (!this.#done) {
-      this.violate(`the pool never stopped: ${this.#state}, workers ${JSON.stringify(this.snapshot.context.workers)}, backlog ${JSON.stringify(this.snapshot.context.backlog)}, source ${JSON.stringify(this.pool.source.size)}`);
+      const { live, phases, backlog, assigned } = this.snapshot.context;
+      this.violate(
+        `the pool never stopped: ${this.#state}, live ${live} ${JSON.stringify(phases)}, workers ${JSON.stringify(this.#workerViews())}, ` +
+          `assigned ${JSON.stringify(assigned)}, backlog ${JSON.stringify(backlog)}, source ${JSON.stringify((this.pool.source as MemorySource).size)}`,
+      );
+      this.#unhookSpawn();
       this.#throwViolations();
     }
     await Promise.all([this.#drainP, this.#stopP]);
     await flush();
+    this.#unhookSpawn();
     this.#finalChecks();
     this.#throwViolations();
+  }
+
+  /** Give up on a run that failed before its end: the spawn of hosts is no longer routed here. */
+  dispose(): void {
+    this.#unhookSpawn();
   }
 
   /** What this run went through, for coverage statistics. */
   labels(): string[] {
     const labels = new Set<string>();
-    labels.add(`kind:${this.config.kind}`);
+    labels.add(`kind:${this.config.kind}${this.config.kind === 'module' ? (this.hosted ? ' (single use, hosted)' : ' (reused, at the slot)') : ' (hosted)'}`);
+    if (this.hosts.length > 1) labels.add('spawn host restarted');
+    if (this.#losses > 0) labels.add('source lost its connection');
+    if ([...this.deliveries.values()].some((d) => d.void && d.run)) labels.add('void delivery ran');
+    if (this.procs.some((p) => p.threw)) labels.add('slot threw');
+    if (this.procs.some((p) => p.loadFailed)) labels.add(this.procs.some((p) => p.loadFailedRunning) ? 'load failed with a task' : 'load failed idle');
     if (this.#stopAsked) labels.add('stopped');
     else labels.add('drained');
     if (this.#tripEvents > 0) labels.add('breaker tripped');
@@ -1237,14 +1767,15 @@ export class PoolModel {
     if (timers.length > 0) {
       this.violate(`${timers.length} timers left on the clock after the pool stopped, due at ${timers.map((t) => t.start + t.timeout).join(', ')}`);
     }
+    for (const host of this.hosts) if (!host.gone) this.violate(`spawn host ${host.pid} still running after the pool stopped`);
     for (const p of this.procs) {
-      if (!p.stopped) this.violate(`${p.workerId}'s process actor still running after the pool stopped`);
+      if (!p.stopped) this.violate(`${p.workerId}'s process ${p.host ? 'still held by the spawn host' : 'actor still running'} after the pool stopped`);
       const reports = this.reaped.get(p.workerId)?.length ?? 0;
       if (reports !== 1) this.violate(`${p.workerId} reaped ${reports} times`);
     }
     for (const [id, d] of this.deliveries) {
       const n = d.settles.length + d.releases;
-      if (n !== 1) this.violate(`delivery ${id} (${d.delivery.task.id} attempt ${d.delivery.attempt}) settled ${d.settles.length} and released ${d.releases} times`);
+      if (n !== (d.void ? 0 : 1)) this.violate(`${d.void ? 'void ' : ''}delivery ${id} (${d.delivery.task.id} attempt ${d.delivery.attempt}) settled ${d.settles.length} and released ${d.releases} times`);
     }
     let failed = 0;
     for (const task of this.tasks.values()) {
@@ -1267,19 +1798,32 @@ export class PoolModel {
       }
     }
     if (!this.#stopAsked) {
-      const size = this.pool.source.size;
+      const source = this.pool.source as MemorySource;
+      const size = source.size;
       if (size.ready + size.delayed + size.unsettled > 0) this.violate(`the queue still holds ${JSON.stringify(size)} after drain`);
-      if (this.pool.source.deadLetters.length !== failed) {
-        this.violate(`${this.pool.source.deadLetters.length} dead letters for ${failed} failed tasks`);
+      if (source.deadLetters.length + source.deadLettersDropped !== failed) {
+        this.violate(`${source.deadLetters.length} dead letters for ${failed} failed tasks`);
       }
     }
+    if (this.#settledAttempts.size > 0) {
+      this.violate(`settlements without an attempt event: ${[...this.#settledAttempts.keys()].join(', ')}`);
+    }
   }
+}
+
+/** Route no spawn to a model any more (after each test: a test may leave a model unfinished). */
+export function unhookSpawnHosts(): void {
+  hooks[FAKE_SPAWN_HOST] = undefined;
 }
 
 /** Replay a command sequence (a regression case, or a counterexample fast-check printed). */
 export async function replay(config: ModelConfig, cmds: Cmd[]): Promise<PoolModel> {
   const model = await PoolModel.create(config);
-  for (const cmd of cmds) await model.apply(cmd);
-  await model.finish();
+  try {
+    for (const cmd of cmds) await model.apply(cmd);
+    await model.finish();
+  } finally {
+    model.dispose();
+  }
   return model;
 }
