@@ -271,6 +271,14 @@ sub keeper {
 
 sub spawn_job {
   my ($id, $stdin) = @_;   # $stdin undef: kept open for an input frame
+  my $sock;
+  if (defined $channel) {
+    # A reused worker talks to the manager over a socket the manager listens on: the host
+    # connects and says whose it is, and the worker gets it as its IPC channel (fd 3).
+    socket($sock, AF_UNIX, SOCK_STREAM, 0) or return spawn_failed($id, failure($! + 0, 'socket'));
+    connect($sock, pack_sockaddr_un($channel)) or return spawn_failed($id, failure($! + 0, 'connect'));
+    write_all($sock, "$id\n") or return spawn_failed($id, failure($! + 0, 'connect'));
+  }
   my @pipes;
   for (1 .. 5) {
     pipe(my $r, my $w) or return spawn_failed($id, failure($! + 0, 'pipe'));
@@ -278,15 +286,7 @@ sub spawn_job {
   }
   # Perl opens these close-on-exec: the worker keeps only what exec_worker moves to 0-3.
   my ($in_r, $in_w, $out_r, $out_w, $err_r, $err_w, $ctl_r, $ctl_w, $rep_r, $rep_w) = @pipes;
-  my $answer_w = $out_w;
-  if (defined $channel) {
-    # A reused worker talks to the manager over a socket the manager listens on: the host
-    # connects and says whose it is, and the worker gets it as its IPC channel (fd 3).
-    socket(my $sock, AF_UNIX, SOCK_STREAM, 0) or return spawn_failed($id, failure($! + 0, 'socket'));
-    connect($sock, pack_sockaddr_un($channel)) or return spawn_failed($id, failure($! + 0, 'connect'));
-    write_all($sock, "$id\n") or return spawn_failed($id, failure($! + 0, 'connect'));
-    $answer_w = $sock;
-  }
+  my $answer_w = $sock // $out_w;
   my $pid = fork;
   return spawn_failed($id, failure($! + 0, 'fork')) unless defined $pid;
   keeper([$in_r, $answer_w, $err_w], $ctl_r, $rep_w) if $pid == 0;
