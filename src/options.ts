@@ -73,6 +73,12 @@ const schema = v.strictObject({
   inspect: v.optional(
     v.custom<unknown>((x) => typeof x === 'function' || (typeof x === 'object' && x !== null), 'must be an inspection observer'),
   ),
+  stderr: v.optional(
+    v.custom<{ write(chunk: Buffer): unknown }>(
+      (x) => typeof x === 'object' && x !== null && typeof (x as { write?: unknown }).write === 'function',
+      'must be a writable stream (an object with write(chunk))',
+    ),
+  ),
   source: v.optional(
     v.custom<Source>(
       (x) => typeof x === 'object' && x !== null && ['open', 'settle', 'release', 'close'].every((m) => typeof (x as Record<string, unknown>)[m] === 'function'),
@@ -130,6 +136,8 @@ export interface PoolOptions {
   inspect?: unknown;
   /** Where tasks come from: any `Source`. Default: the embedded queue (`MemorySource`). */
   source?: Source;
+  /** Where the workers' stderr goes, chunk by chunk (`{ write(chunk) }`). Default: the manager's stderr. */
+  stderr?: { write(chunk: Buffer): unknown };
 }
 
 export type WorkerSpec = { kind: 'module'; path: string } | { kind: 'command'; argv: string[] };

@@ -12,6 +12,7 @@ import { resolveOptions } from './options.js';
 import type { PoolOptions, ResolvedOptions } from './options.js';
 import { hostSpec, processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
+import { checkHandler } from './process/load-check.js';
 import { SpawnHost } from './process/spawn-host.js';
 import type { HostEdition } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
@@ -127,6 +128,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   #actor: PoolActorRef | null = null;
   #done: Promise<unknown> | null = null;
   #finished = false;
+  #starting = false;
 
   readonly #internals: PoolInternals;
   /** This pool's live process groups; the process-wide registry holds them too. */
@@ -146,7 +148,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
     const spec = hostSpec(this.options);
-    this.#host = spec === null ? null : new SpawnHost(spec, this.logger, internals.spawnHost);
+    const stderr = options.stderr;
+    this.#host = spec === null ? null : new SpawnHost(spec, this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
   }
 
   /**
@@ -179,13 +182,21 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * Open the source and begin taking work. Rejects with `TIDEPOOL_ERR_START_FAILED` when the
-   * source cannot open, `TIDEPOOL_ERR_POOL_STATE` when called twice.
+   * Check that a module worker's handler loads, open the source and begin taking work.
+   * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
+   * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
+   * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
    */
   async start(): Promise<void> {
-    if (this.#actor) {
+    if (this.#actor || this.#starting) {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
+    }
+    this.#starting = true;
+    try {
+      await checkHandler(this.options);
+    } finally {
+      this.#starting = false;
     }
     const actor = createActor(this.#machine(), {
       input: {

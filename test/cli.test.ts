@@ -218,7 +218,7 @@ describe('tidepool run', () => {
 describe('tidepool run: bad usage exits 2 naming the flag', () => {
   const cases: Array<[string, string[], RegExp]> = [
     ['no worker', ['run'], /--worker PATH or --command/],
-    ['both kinds', ['run', '--worker', 'a.js', '--command', 'cat'], /--worker or --command, not both/],
+    ['both kinds', ['run', '--worker', 'a.js', '--command', 'cat'], /a worker module or a command, not both \(--worker and --command\)/],
     ['zero concurrency', ['run', '--command', 'cat', '--concurrency', '0'], /--concurrency must be a positive integer/],
     ['text for a number', ['run', '--command', 'cat', '--timeout', 'soon'], /--timeout must be a whole number, got "soon"/],
     ['unknown flag', ['run', '--command', 'cat', '--turbo'], /Unknown option '--turbo'/],
@@ -247,6 +247,7 @@ describe('tidepool run: bad usage exits 2 naming the flag', () => {
       c.on('close', (code, signal) => resolve({ code, signal, stdout: '', stderr, lines: [] }));
     });
     expect(child.code).toBe(2);
-    expect(child.stderr).toMatch(/--concurrency must be a positive integer/);
+    // Named as it was given: the variable, not the flag.
+    expect(child.stderr).toMatch(/TIDEPOOL_CONCURRENCY must be a positive integer/);
   });
 });

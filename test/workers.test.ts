@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -138,18 +138,35 @@ describe('module workers', () => {
     expect(failed(await pool.run({}))).toMatchObject({ kind: 'memory' });
   });
 
-  it('fails with kind spawn when the module throws while loading', async () => {
-    const pool = await startPool({ worker: { module: fixture('load-error.js') } });
+  it('start() rejects once, naming the error, when the module throws while loading', async () => {
+    await expect(startPool({ worker: { module: fixture('load-error.js') } })).rejects.toMatchObject({
+      code: 'TIDEPOOL_ERR_WORKER_LOAD',
+      message: expect.stringMatching(/load-error\.js cannot be loaded:[\s\S]*cannot load: missing configuration/),
+    });
+  });
+
+  it('start() rejects when the module has no default export function', async () => {
+    await expect(startPool({ worker: { module: fixture('no-default.js') } })).rejects.toMatchObject({
+      code: 'TIDEPOOL_ERR_WORKER_LOAD',
+      message: expect.stringContaining('no default export function'),
+    });
+  });
+
+  it("start() rejects with a syntax error's file and line", async () => {
+    const path = join(dir, 'syntax-error.js');
+    writeFileSync(path, 'export default async function (task) {\n  return task +;\n}\n');
+    const err = await startPool({ worker: { module: path } }).then(() => null, (e: unknown) => e as Error & { code: string });
+    expect(err?.code).toBe('TIDEPOOL_ERR_WORKER_LOAD');
+    expect(err?.message).toContain(`${path}:2`);
+    expect(err?.message).toContain('SyntaxError');
+  });
+
+  it('fails with kind spawn when the module loaded at start but throws while loading in a worker', async () => {
+    const mark = join(dir, `load-mark-${Date.now()}`);
+    const pool = await startPool({ worker: { module: fixture('load-error-later.js') }, env: [`LOAD_MARK=${mark}`] });
     const error = failed(await pool.run({}));
     expect(error.kind).toBe('spawn');
     expect(error.message).toContain('cannot load: missing configuration');
-  });
-
-  it('fails with kind spawn when the module has no default export function', async () => {
-    const pool = await startPool({ worker: { module: fixture('no-default.js') } });
-    const error = failed(await pool.run({}));
-    expect(error.kind).toBe('spawn');
-    expect(error.message).toContain('no default export function');
   });
 
   it('fails without retry when the result cannot be sent as JSON', async () => {

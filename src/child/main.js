@@ -10,7 +10,7 @@
 //   start.
 import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { EXIT, MSG, isNonRetryable, killGroup, serializeError } from './protocol.js';
+import { EXIT, MSG, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
 
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
@@ -92,11 +92,7 @@ function createLogger(bindings) {
 /** @type {(task: unknown, ctx: object) => unknown} */
 let handler;
 try {
-  const mod = await import(pathToFileURL(handlerPath).href);
-  handler = typeof mod.default === 'function' ? mod.default : mod.default?.default;
-  if (typeof handler !== 'function') {
-    throw new TypeError(`${handlerPath} has no default export function (found ${typeof mod.default})`);
-  }
+  handler = handlerOf(await import(pathToFileURL(handlerPath).href), handlerPath);
 } catch (err) {
   send({ k: MSG.LOAD_ERROR, error: serializeError(err) }, () => process.exit(EXIT.LOAD_FAILED));
   // Keep the loop alive until the message is written.

@@ -113,6 +113,22 @@ function jsonSafe(value) {
 }
 
 /**
+ * The handler a module exports: its default export function (or, for a CommonJS module, the
+ * default of its `module.exports`). Throws a TypeError naming the module when there is none.
+ * @param {Record<string, unknown>} mod the imported module namespace
+ * @param {string} path the module's path, for the message
+ * @returns {(task: unknown, ctx: object) => unknown}
+ */
+export function handlerOf(mod, path) {
+  const exported = /** @type {{ default?: unknown } | undefined} */ (mod.default);
+  const handler = typeof exported === 'function' ? exported : exported?.default;
+  if (typeof handler !== 'function') {
+    throw new TypeError(`${path} has no default export function (found ${typeof exported})`);
+  }
+  return /** @type {(task: unknown, ctx: object) => unknown} */ (handler);
+}
+
+/**
  * Whether a thrown value asks not to be retried (see `NonRetryableError`). Checked by shape,
  * not by class identity, so a handler bundling its own copy of the class still works.
  * @param {unknown} err

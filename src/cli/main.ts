@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
@@ -42,7 +44,7 @@ function usage(): string {
     const shown = known ?? doc.fallback;
     return [`--${flag} ${doc.arg}`, shown === undefined ? doc.help : `${doc.help} (default: ${shown})`];
   });
-  rows.push(['-h, --help', 'this text']);
+  rows.push(['--version', "tidepool's version"], ['-h, --help', 'this text']);
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
   return `Usage: tidepool run [FILE|-] (--worker PATH | --command "CMD ARGS") [options]
 
@@ -73,12 +75,13 @@ const INTEGER_FLAGS = {
   'memory-limit': 'memoryLimit',
 } as const satisfies Record<string, keyof PoolOptions>;
 
-type Flag = keyof typeof FLAGS | 'help';
+type Flag = keyof typeof FLAGS | 'help' | 'version';
 
 const flagConfig = {
   ...Object.fromEntries(Object.keys(FLAGS).map((f) => [f, { type: 'string' }])),
   env: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
 } as const;
 
 const kebab = (name: string) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -92,57 +95,100 @@ function flagFor(option: string): string {
 
 const envName = (flag: string) => `TIDEPOOL_${flag.toUpperCase().replace(/-/g, '_')}`;
 
-/** Split a command line on white space, honouring single and double quotes. */
+/**
+ * Split a command line as a POSIX shell would (quotes, backslash escapes), with the
+ * `shell-quote` library; `$NAME` stays literal (the caller's shell has expanded what it
+ * meant to). Operators (`&&`, `|`, `>`, `;`) throw a UsageError: one executable is run, not a
+ * shell; `sh -c '...'` runs a shell line.
+ */
 export function splitCommand(line: string): string[] {
   const words: string[] = [];
-  const re = /"((?:\\.|[^"\\])*)"|'([^']*)'|(\S+)/g;
-  let current = '';
-  let last = -1;
-  for (let m = re.exec(line); m; m = re.exec(line)) {
-    const part = m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : (m[2] ?? m[3]);
-    // Adjacent pieces without white space between them are one word (a"b"c).
-    if (last === m.index && words.length > 0) current = words.pop()! + part;
-    else current = part;
-    words.push(current);
-    last = re.lastIndex;
+  for (const entry of parseShell(line, (name) => `$${name}`)) {
+    if (typeof entry === 'string') words.push(entry);
+    else if ('comment' in entry) break;
+    else if (entry.op === 'glob') words.push(entry.pattern);
+    else throw new UsageError(`--command runs one executable, not a shell line (found ${JSON.stringify(entry.op)}); use --command "sh -c '...'"`);
   }
   return words;
 }
 
-/** Flags and TIDEPOOL_* variables to pool options. Throws UsageError or OptionError. */
+/** Where an option's value came from, as the user would name it: a flag or a variable. */
+export type Origins = Record<string, string>;
+
+/** The largest value a whole-number flag may take (a time beyond it would overflow a timer). */
+const MAX_WHOLE = 2 ** 31 - 1;
+
+/**
+ * Flags and TIDEPOOL_* variables to pool options; a flag wins over its variable (and either
+ * worker flag over both worker variables). Returns the options and where each came from.
+ * Throws UsageError naming the flag or variable at fault.
+ */
 export function optionsFromArgs(
   values: Partial<Record<Flag, string | string[] | boolean>>,
   env: NodeJS.ProcessEnv,
-): PoolOptions {
-  const get = (flag: string): string | undefined => {
+): { options: PoolOptions; origins: Origins } {
+  const origins: Origins = {};
+  const get = (flag: string, useEnv = true): { value: string; origin: string } | undefined => {
     const v = values[flag as Flag];
-    if (typeof v === 'string') return v;
-    return env[envName(flag)];
+    if (typeof v === 'string') return { value: v, origin: `--${flag}` };
+    const name = envName(flag);
+    return useEnv && env[name] !== undefined ? { value: env[name]!, origin: name } : undefined;
   };
-  const worker = get('worker');
-  const command = get('command');
-  if (worker !== undefined && command !== undefined) throw new UsageError('give --worker or --command, not both');
+  // A worker given by flag wins over both worker variables.
+  const flagged = typeof values.worker === 'string' || typeof values.command === 'string';
+  const worker = get('worker', !flagged);
+  const command = get('command', !flagged);
+  if (worker !== undefined && command !== undefined) {
+    throw new UsageError(`give a worker module or a command, not both (${worker.origin} and ${command.origin})`);
+  }
   if (worker === undefined && command === undefined) throw new UsageError('--worker PATH or --command "CMD ARGS" is required');
   const options: Record<string, unknown> = {};
-  if (worker !== undefined) options.worker = { module: worker };
-  else {
-    const argv = splitCommand(command!);
-    if (argv.length === 0) throw new UsageError('--command must name an executable');
+  if (worker !== undefined) {
+    options.worker = { module: worker.value };
+    origins['worker.module'] = worker.origin;
+  } else {
+    const argv = splitCommand(command!.value);
+    if (argv.length === 0) throw new UsageError(`${command!.origin} must name an executable`);
     options.worker = { command: argv };
+    origins['worker.command'] = command!.origin;
   }
   for (const [flag, option] of Object.entries(INTEGER_FLAGS)) {
-    const raw = get(flag);
-    if (raw === undefined) continue;
-    if (!/^\d+$/.test(raw.trim())) throw new UsageError(`--${flag} must be a whole number, got ${JSON.stringify(raw)}`);
+    const given = get(flag);
+    if (given === undefined) continue;
+    const raw = given.value.trim();
+    if (!/^\d+$/.test(raw)) throw new UsageError(`${given.origin} must be a whole number, got ${JSON.stringify(given.value)}`);
+    if (Number(raw) > MAX_WHOLE) throw new UsageError(`${given.origin} must be at most ${MAX_WHOLE}, got ${raw}`);
     options[option] = Number(raw);
+    origins[option] = given.origin;
   }
-  const cwd = get('cwd');
-  if (cwd !== undefined) options.cwd = cwd;
-  const logLevel = get('log-level');
-  if (logLevel !== undefined) options.logLevel = logLevel;
-  const envEntries = values.env;
-  if (Array.isArray(envEntries)) options.env = envEntries;
-  return options as unknown as PoolOptions;
+  for (const [flag, option] of [['cwd', 'cwd'], ['log-level', 'logLevel']] as const) {
+    const given = get(flag);
+    if (given === undefined) continue;
+    options[option] = given.value;
+    origins[option] = given.origin;
+  }
+  if (Array.isArray(values.env)) {
+    options.env = values.env;
+    origins.env = '--env';
+  } else if (env.TIDEPOOL_ENV !== undefined) {
+    // Several entries, split as a shell would: TIDEPOOL_ENV="FOO=bar BAZ='two words'".
+    options.env = splitCommand(env.TIDEPOOL_ENV);
+    origins.env = 'TIDEPOOL_ENV';
+  }
+  return { options: options as unknown as PoolOptions, origins };
+}
+
+/** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
+function version(): string {
+  for (let dir = new URL('.', import.meta.url); ; dir = new URL('..', dir)) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL('package.json', dir), 'utf8')) as { name?: string; version?: string };
+      if (pkg.version && pkg.name?.startsWith('tidepool')) return pkg.version;
+    } catch {
+      // not here
+    }
+    if (dir.pathname === '/') return 'unknown';
+  }
 }
 
 /** Run the CLI; resolves with the exit code. */
@@ -152,6 +198,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     process.stdout.write(`${usage()}\n`);
     return command === undefined ? EXIT_CODES.USAGE : EXIT_CODES.OK;
   }
+  if (command === '--version' || command === '-v' || command === 'version') {
+    process.stdout.write(`tidepool ${version()}\n`);
+    return EXIT_CODES.OK;
+  }
+  let origins: Origins = {};
   try {
     if (command !== 'run') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help"`);
     let parsed;
@@ -164,20 +215,25 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       process.stdout.write(`${usage()}\n`);
       return EXIT_CODES.OK;
     }
+    if (parsed.values.version) {
+      process.stdout.write(`tidepool ${version()}\n`);
+      return EXIT_CODES.OK;
+    }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
-    const options = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
-    return await runCommand(parsed.positionals[0] ?? '-', options);
+    const given = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
+    origins = given.origins;
+    return await runCommand(parsed.positionals[0] ?? '-', given.options);
   } catch (err) {
     if (err instanceof OptionError) {
-      // Name the option the way it was given: as a flag.
-      process.stderr.write(`tidepool: ${flagFor(err.option)} ${err.detail}\n`);
+      // Name the option the way it was given: a flag, or a variable.
+      process.stderr.write(`tidepool: ${origins[err.option] ?? flagFor(err.option)} ${err.detail}\n`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {
       process.stderr.write(`tidepool: ${err.message}\n${command === 'run' ? 'Try "tidepool run --help".\n' : ''}`);
       return EXIT_CODES.USAGE;
     }
-    if (err instanceof TidepoolError && err.code === 'TIDEPOOL_ERR_INPUT') {
+    if (err instanceof TidepoolError && (err.code === 'TIDEPOOL_ERR_INPUT' || err.code === 'TIDEPOOL_ERR_WORKER_LOAD')) {
       process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.USAGE;
     }

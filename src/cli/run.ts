@@ -1,15 +1,15 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { pino } from 'pino';
 import { TidepoolError } from '../errors.js';
+import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { Terminal } from './terminal.js';
 import { createPool } from '../create-pool.js';
 import type { TaskResult } from '../pool.js';
 
 /** Exit codes of the CLI. */
 export const EXIT_CODES = { OK: 0, FAILED: 1, USAGE: 2 } as const;
-
-/** Redraws of the progress line per second, at most. */
-const PROGRESS_HZ = 10;
 
 /**
  * Tasks read ahead of the workers: reading stops while this many more than the workers can
@@ -24,35 +24,57 @@ export const READ_AHEAD = 1000;
  * `line:<n>` too, so every output line can be matched to its input line.
  */
 export async function runCommand(input: string, options: PoolOptions): Promise<number> {
-  const pool = createPool(options);
-  const stream = input === '-' ? process.stdin : createReadStream(input);
-  const opened = new Promise<void>((resolve, reject) => {
-    if (input === '-') return resolve();
-    stream.once('open', () => resolve());
-    stream.once('error', (err: Error) => reject(new TidepoolError('TIDEPOOL_ERR_INPUT', `cannot read ${input}: ${err.message}`)));
-  });
-  await opened;
+  // On a terminal: a progress line, and logs a person can read, never on the same line.
+  const terminal = process.stderr.isTTY ? new Terminal() : null;
+  const pretty = terminal ? await prettyFormat() : null;
+  const pool = createPool(
+    terminal && pretty
+      ? {
+          ...options,
+          logger: options.logger ?? pino({ level: options.logLevel ?? DEFAULTS.logLevel, base: { managerPid: process.pid } }, terminal.destination(pretty)),
+          stderr: terminal.workerOutput(pretty),
+        }
+      : options,
+  );
+  const stream = await openInput(input);
+  if (input === '-' && process.stdin.isTTY) {
+    (terminal ?? new Terminal()).err('tidepool: reading tasks from stdin, one JSON object per line; end with Ctrl-D\n');
+  }
 
-  const progress = process.stderr.isTTY ? new Progress() : null;
   let failed = 0;
+  let done = 0;
+  let read = 0;
+  let inputEnded = false;
+  const startedAt = Date.now();
+  const showProgress = (now = false) => {
+    if (!terminal) return;
+    const seconds = (Date.now() - startedAt) / 1000;
+    const rate = seconds > 0 ? (done / seconds).toFixed(1) : '0.0';
+    const total = inputEnded ? `/${read}` : '';
+    terminal.progress(`tidepool: ${done}${total} done, ${failed} failed, ${pool.workers.running} running, ${rate}/s`, now);
+  };
   // One write per turn of the event loop, not per line: with reused workers, results come
   // faster than a pipe write each.
   let out: string[] = [];
+  let stdoutGone = false;
   const flush = () => {
-    if (out.length === 0) return;
-    process.stdout.write(out.join(''));
+    if (out.length === 0 || stdoutGone) return;
+    const text = out.join('');
     out = [];
+    if (terminal) terminal.out(text);
+    else process.stdout.write(text);
   };
   const write = (result: TaskResult) => {
     if (stopping) return;
+    done++;
     if (result.status === 'failed') failed++;
     if (out.length === 0) setImmediate(flush);
     out.push(`${JSON.stringify(result)}\n`);
-    progress?.done(result.status === 'failed');
+    showProgress();
   };
 
   await pool.start();
-  const { concurrency } = pool.options;
+  const { concurrency, killGrace } = pool.options;
   let stopping: NodeJS.Signals | null = null;
   // Set while the reader waits for room; called once there is (or the run stops).
   let wakeReader: (() => void) | null = null;
@@ -72,18 +94,27 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     if (stopping) return;
     stopping = signal;
     onOutcome();
-    if (signal !== 'SIGPIPE') pool.logger.warn({ signal }, `${signal}: stopping; unfinished tasks are not reported`);
+    if (signal !== 'SIGPIPE') {
+      const running = pool.workers.live;
+      pool.logger.warn(
+        { signal, workers: running, killGrace },
+        `${signal}: stopping; unfinished tasks are not reported. Waiting up to ${killGrace} ms for ${running} worker(s) to exit` +
+          (signal === 'SIGINT' ? '; Ctrl-C again to stop at once' : ''),
+      );
+    }
     stream.destroy();
     void pool.stop();
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  // The reader went away (`| head`): nobody wants the rest.
-  const onStdoutError = (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') stop('SIGPIPE');
-    else throw err;
-  };
-  process.stdout.on('error', onStdoutError);
+  // The reader went away (`| head`): nobody wants the rest. Kept after the run: a write
+  // still in flight can fail with EPIPE once the pool has stopped.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    stdoutGone = true;
+    out = [];
+    stop('SIGPIPE');
+  });
   // Each task's promise is let go once it has written its line: nothing per line is kept.
   const settle = (result: TaskResult) => {
     write(result);
@@ -103,50 +134,46 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
       }
       lineNo++;
       if (line.trim() === '') continue;
-      progress?.queued();
+      read++;
       // The line as text: the shared parser decides whether it is a task (else `malformed`).
       pool.run(line, { defaultId: `line:${lineNo}` }).then(settle).catch(lost);
     }
+    inputEnded = true;
+    showProgress(true);
     if (!stopping && pool.inFlight > 0) await new Promise<void>((resolve) => (wakeEnd = resolve));
   } finally {
     flush();
     if (!stopping) await pool.drain();
-    progress?.end();
+    showProgress(true);
+    terminal?.end();
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
-    process.stdout.off('error', onStdoutError);
   }
   if (stopping) return 128 + (stopping === 'SIGINT' ? 2 : stopping === 'SIGPIPE' ? 13 : 15);
   return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;
 }
 
-/** A one-line progress display on a terminal's stderr. */
-class Progress {
-  #queued = 0;
-  #done = 0;
-  #failed = 0;
-  #last = 0;
-
-  queued(): void {
-    this.#queued++;
-    this.#draw();
+/** The input as a stream; a path that cannot be read as a file is TIDEPOOL_ERR_INPUT. */
+async function openInput(input: string): Promise<NodeJS.ReadableStream & { destroy(): void }> {
+  if (input === '-') return process.stdin;
+  const fail = (why: string) => new TidepoolError('TIDEPOOL_ERR_INPUT', `cannot read ${input}: ${why}`);
+  let stats;
+  try {
+    stats = statSync(input);
+  } catch (err) {
+    throw fail((err as Error).message);
   }
+  if (stats.isDirectory()) throw fail('it is a directory');
+  const stream = createReadStream(input);
+  await new Promise<void>((resolve, reject) => {
+    stream.once('open', () => resolve());
+    stream.once('error', (err: Error) => reject(fail(err.message)));
+  });
+  return stream;
+}
 
-  done(failed: boolean): void {
-    this.#done++;
-    if (failed) this.#failed++;
-    this.#draw();
-  }
-
-  end(): void {
-    this.#draw(true);
-    process.stderr.write('\n');
-  }
-
-  #draw(force = false): void {
-    const now = Date.now();
-    if (!force && now - this.#last < 1000 / PROGRESS_HZ) return;
-    this.#last = now;
-    process.stderr.write(`\r\x1b[Ktidepool: ${this.#done}/${this.#queued} done, ${this.#failed} failed`);
-  }
+/** Log lines a person can read, one each (pino-pretty, loaded only for a terminal). */
+async function prettyFormat(): Promise<(line: string) => string> {
+  const { prettyFactory } = await import('pino-pretty');
+  return prettyFactory({ colorize: true, singleLine: true, translateTime: 'HH:MM:ss.l', ignore: 'hostname,managerPid' });
 }

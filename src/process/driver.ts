@@ -33,7 +33,7 @@ export interface DriverRuntime {
   registry: ProcessRegistry;
   logger: Logger;
   /** The task behind a delivery id, if the pool still holds it. */
-  taskFor(deliveryId: string): { task: Task; attempt: number } | undefined;
+  taskFor(deliveryId: string): Held | undefined;
   onSpawned?(workerId: string, pid: number): void;
   /** Starts every worker (required); the owner closes it when done. */
   host?: SpawnHost;
@@ -45,7 +45,7 @@ export interface DriverRuntime {
  * (a `run` message on stdin; its reply on fd 3).
  */
 interface HostedKind {
-  input(held: { task: Task; attempt: number }, workerId: string): string;
+  input(held: Held, workerId: string): string;
   answer(exit: HostExit): ProcessAnswer | undefined;
 }
 
@@ -204,7 +204,9 @@ function needHost(rt: DriverRuntime): SpawnHost {
 
 /** A command: the task as one JSON line on stdin; its exit status and stdout answer. */
 const COMMAND: HostedKind = {
-  input: (held) => taskLine(held.task),
+  // The bytes as they arrived when there are any: a worker in another language must read the
+  // numbers that were sent (JSON.parse would round 1970670598291982290).
+  input: (held) => (held.text === undefined ? taskLine(held.task) : `${held.text}\n`),
   // A signal (or a lost host) is no answer: the machine classifies it.
   answer: ({ code, stdout, stderr, overflow }) => {
     // The host killed the group for it: the output, not the signal, is the cause.
@@ -285,6 +287,9 @@ export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number })
 
 /** A task as a command reads it: one JSON line. */
 const taskLine = (task: Task): string => `${JSON.stringify(task)}\n`;
+
+/** A delivery's task as a worker is given it; `text`: its JSON as it arrived, when it came as text. */
+type Held = { task: Task; attempt: number; text?: string };
 
 /** A command's stdout as a result: JSON when it parses, else the text. */
 export function parseOutput(text: string): unknown {

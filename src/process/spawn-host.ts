@@ -85,7 +85,15 @@ export class SpawnHost {
   /** Where reused workers' channels connect (a socket in a directory only this user can enter). */
   readonly #listen: { server: Server; dir: string } | null = null;
 
-  constructor(spec: HostSpec, logger: Logger, edition: HostEdition = 'auto') {
+  /** Where the workers' stderr goes, when not to the manager's own stderr. */
+  readonly #stderr: ((chunk: Buffer) => void) | null;
+
+  /**
+   * `stderr`: where the workers' stderr (which reaches the host's) goes; by default the host
+   * shares the manager's stderr.
+   */
+  constructor(spec: HostSpec, logger: Logger, edition: HostEdition = 'auto', stderr: ((chunk: Buffer) => void) | null = null) {
+    this.#stderr = stderr;
     const { channel, ...rest } = spec;
     this.#spec = rest;
     this.#logger = logger;
@@ -202,9 +210,10 @@ export class SpawnHost {
     const child = spawn(edition === 'perl' ? 'perl' : process.execPath, [edition === 'perl' ? PERL_HOST : NODE_HOST, ...limits], {
       // The host only forks; the workers get their own environment, from the configure frame.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
-      stdio: ['pipe', 'pipe', 'inherit'],
+      stdio: ['pipe', 'pipe', this.#stderr ? 'pipe' : 'inherit'],
     });
     this.#child = child;
+    if (this.#stderr) child.stderr!.on('data', this.#stderr);
     let up = false;
     const reader = new FrameReader();
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -297,12 +306,13 @@ function findPerl(): boolean {
 
 /** Ref or unref the host's process handle and its stdout (either keeps the loop alive). */
 function hold(child: ChildProcess, on: boolean): void {
-  const stdout = child.stdout as (NodeJS.ReadableStream & { ref(): void; unref(): void }) | null;
+  type Handle = NodeJS.ReadableStream & { ref(): void; unref(): void };
+  const pipes = [child.stdout, child.stderr] as (Handle | null)[];
   if (on) {
     child.ref();
-    stdout?.ref();
+    for (const pipe of pipes) pipe?.ref();
   } else {
     child.unref();
-    stdout?.unref();
+    for (const pipe of pipes) pipe?.unref();
   }
 }
