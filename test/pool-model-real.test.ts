@@ -122,7 +122,8 @@ describe('pool model (real processes)', () => {
             concurrency,
             maxTasksPerWorker,
             attempts: 2,
-            timeout: 500, // 8x the slowest task that should resolve: room for a loaded machine
+            // Room for a single-use worker's Node start-up on a loaded machine: it is inside the timeout.
+            timeout: 1_500,
             killGrace: 100,
             retryDelay: 1,
             maxCrashes: 1_000,

@@ -52,7 +52,10 @@ describe('pool property (real processes)', () => {
           worker: { module: fixture('mixed.js') },
           ...config,
           spares: Math.min(config.spares, config.concurrency),
-          timeout: 500, // 12x the slowest task that should resolve: room for a loaded machine
+          // A single-use worker is running from its start (the spawn host reports it ready once
+          // started), so its Node start-up is inside the timeout: 500 ms was passed under two
+          // CPU burners (a `resolve` task failed as `timeout`).
+          timeout: 1_500,
           killGrace: 100,
           retryDelay: 1,
           maxCrashes: 1_000,
