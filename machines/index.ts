@@ -23,6 +23,9 @@ export type {
   PoolOutput,
   ReleaseParams,
   SettleParams,
+  SpawnParams,
+  TellParams,
+  WorkerEndEvent,
 } from './pool.js';
 export { DELAY_DEFAULTS } from './defaults.js';
 export { CRASH_KINDS, isCrash, isRetryable } from './types.js';

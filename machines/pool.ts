@@ -1,15 +1,14 @@
 import { assign, emit, enqueueActions, fromPromise, setup } from 'xstate';
-import type { ActorRefFrom, AnyActorRef } from 'xstate';
+import type { ActorRefFrom } from 'xstate';
 import { DELAY_DEFAULTS } from './defaults.js';
 import { isCrash } from './types.js';
 import type { Outcome, WorkerReport } from './types.js';
-import { workerMachine } from './worker.js';
-import type { WorkerCommand, WorkerContext, WorkerInput, WorkerPhase, WorkerToPoolEvent } from './worker.js';
+import type { WorkerCommand, WorkerInput, WorkerPhase, WorkerToPoolEvent } from './worker.js';
 
 /**
  * The pool machine: starting → running ⇄ paused → draining → stopped.
  *
- * It owns the worker machines (spawned on demand, reaped on `xstate.done.actor.worker.*`), a
+ * It owns the worker machines (started on demand through `spawnWorker`, reaped on `worker.done`), a
  * backlog of delivery ids bounded by the source's prefetch, and the crash breaker. Deliveries,
  * settlements and intake control are named slots filled by `src/`.
  */
@@ -82,8 +81,16 @@ export type PoolEvent =
   | { type: 'source.lost' }
   | { type: 'crash.expired' }
   | WorkerToPoolEvent
-  | { type: `xstate.done.actor.${string}`; actorId: string; output: WorkerReport }
-  | { type: `xstate.error.actor.${string}`; actorId: string; error: unknown };
+  | WorkerEndEvent;
+
+/**
+ * A worker machine ended: `worker.done` when it reached `reaped` (its report), `worker.error`
+ * when its machine failed (its process slot threw). Either way with what it last knew: the
+ * phase it last reported, and the delivery it held without reporting on it, if any.
+ */
+export type WorkerEndEvent =
+  | { type: 'worker.done'; workerId: string; report: WorkerReport; phase: WorkerPhase; held: string | null }
+  | { type: 'worker.error'; workerId: string; error: unknown; phase: WorkerPhase; held: string | null };
 
 /** Notifications for the outside world (`actor.on(type, ...)`), sent after the transition. */
 export type PoolEmitted =
@@ -117,6 +124,14 @@ export interface ReleaseParams {
   /** The deliveries to give back; `all`: every delivery the pool holds and has not settled. */
   deliveryIds: string[] | 'all';
 }
+/** A worker machine to start, as its own actor (see `spawnWorker`). */
+export type SpawnParams = WorkerInput;
+/** A command for a live worker. */
+export interface TellParams {
+  workerId: string;
+  command: WorkerCommand;
+}
+
 /** Deliveries to drop at once; every other delivery held is kept running but never settled. */
 export interface ForgetParams {
   deliveryIds: string[];
@@ -124,10 +139,12 @@ export interface ForgetParams {
 
 const NO_PHASES: PhaseCounts = { spawning: 0, ready: 0, running: 0, leaving: 0 };
 
-/** The report of a reaped worker (a machine that failed has no output). */
+/** The report of a reaped worker (a machine that failed has none: an empty one). */
 const reportOf = (event: PoolEvent): WorkerReport => {
-  const { actorId, output } = event as { actorId: string; output?: WorkerReport };
-  return output ?? { workerId: actorId, pid: null, exitCode: null, signal: null, served: 0, last: null };
+  const end = event as WorkerEndEvent;
+  return end.type === 'worker.done'
+    ? end.report
+    : { workerId: end.workerId, pid: null, exitCode: null, signal: null, served: 0, last: null };
 };
 
 const lateParams = ({ event }: { event: PoolEvent }): ReleaseParams => ({
@@ -143,10 +160,6 @@ const PHASE_AFTER: Record<WorkerToPoolEvent['type'], WorkerPhase | null> = {
   'worker.declined': null,
 };
 
-/** What a child worker's machine last knew (a machine that failed keeps its snapshot until stopped). */
-const childContext = (self: AnyActorRef, id: string): Pick<WorkerContext, 'reported' | 'deliveryId'> | undefined =>
-  (self.getSnapshot().children[id] as AnyActorRef | undefined)?.getSnapshot().context;
-
 const without = (ids: string[], id: string): string[] => {
   const at = ids.indexOf(id);
   return at === -1 ? ids : [...ids.slice(0, at), ...ids.slice(at + 1)];
@@ -161,7 +174,6 @@ export const poolMachine = setup({
     emitted: {} as PoolEmitted,
   },
   actors: {
-    worker: workerMachine,
     /** Slot: everything that must happen before intake opens (source connect, ledger sweep). */
     startup: fromPromise<void>(async () => undefined),
   },
@@ -191,6 +203,18 @@ export const poolMachine = setup({
     resumeIntake: () => {},
     /** Stop taking new work; the source sends `source.drained` once it has nothing left. */
     closeIntake: () => {},
+    /**
+     * Start a worker machine as an actor of its own; it reports back with `worker.*` events
+     * and ends with `worker.done` (or `worker.error`). Workers are not XState children: each
+     * spawned or stopped child would copy the whole `snapshot.children` record, and each
+     * stopped actor scans every timer of its system, so a pool of thousands would pay per
+     * task for every live worker (measured: docs/benchmarks.md).
+     */
+    spawnWorker: (_: unknown, _params: unknown) => {},
+    /** Send a command to a live worker (one that has ended ignores it). */
+    tellWorker: (_: unknown, _params: unknown) => {},
+    /** Send `worker.kill` to every live worker. */
+    killWorkers: () => {},
 
     // ---- notifications ----
     emitReaped: emit(({ event }): PoolEmitted => ({ type: 'worker.reaped', report: reportOf(event) })),
@@ -244,16 +268,14 @@ export const poolMachine = setup({
       enqueue.assign({ crashes: context.crashes + 1 });
       enqueue.raise({ type: 'crash.expired' }, { delay: 'crashWindow' });
     }),
-    /** Stop the finished child and free its slot in the counts. */
-    reap: enqueueActions(({ context, event, enqueue, self }) => {
-      const { actorId } = event as { actorId: string };
-      const phase = childContext(self, actorId)?.reported ?? 'leaving';
-      enqueue.stopChild(actorId);
+    /** Free the ended worker's slot in the counts. */
+    reap: enqueueActions(({ context, event, enqueue }) => {
+      const { workerId, phase } = event as WorkerEndEvent;
       enqueue.assign({
         live: context.live - 1,
         phases: { ...context.phases, [phase]: context.phases[phase] - 1 },
-        ready: phase === 'ready' ? without(context.ready, actorId) : context.ready,
-        warming: phase === 'spawning' ? without(context.warming, actorId) : context.warming,
+        ready: phase === 'ready' ? without(context.ready, workerId) : context.ready,
+        warming: phase === 'spawning' ? without(context.warming, workerId) : context.warming,
       });
       if (phase === 'leaving') enqueue.emit({ type: 'prefetch', prefetch: context.maxWorkers - (context.phases.leaving - 1) });
     }),
@@ -262,13 +284,12 @@ export const poolMachine = setup({
      * before an assignment reached it gives those deliveries back, to the front of the
      * backlog: they never ran.
      */
-    reclaim: enqueueActions(({ context, event, enqueue, self }) => {
-      const { actorId } = event as { actorId: string };
-      const held = childContext(self, actorId)?.deliveryId ?? null;
-      const unseen = context.assigned.filter((a) => a.workerId === actorId).map((a) => a.deliveryId);
+    reclaim: enqueueActions(({ context, event, enqueue }) => {
+      const { workerId, held } = event as WorkerEndEvent;
+      const unseen = context.assigned.filter((a) => a.workerId === workerId).map((a) => a.deliveryId);
       if (held === null && unseen.length === 0) return;
       enqueue.assign({
-        assigned: unseen.length === 0 ? context.assigned : context.assigned.filter((a) => a.workerId !== actorId),
+        assigned: unseen.length === 0 ? context.assigned : context.assigned.filter((a) => a.workerId !== workerId),
         backlog: [...(held === null || unseen.includes(held) ? [] : [held]), ...unseen, ...context.backlog],
       });
     }),
@@ -291,10 +312,7 @@ export const poolMachine = setup({
         live++;
         spawning++;
         if (deliveryId === null) warming.push(id);
-        enqueue.spawnChild('worker', {
-          id,
-          input: { workerId: id, deliveryId, maxTasks: context.maxTasksPerWorker } satisfies WorkerInput,
-        });
+        enqueue({ type: 'spawnWorker', params: { workerId: id, deliveryId, maxTasks: context.maxTasksPerWorker } satisfies SpawnParams });
       };
       let taken = 0;
       while (taken < backlog.length) {
@@ -302,7 +320,7 @@ export const poolMachine = setup({
         const workerId = ready.shift() ?? warming.shift();
         if (workerId !== undefined) {
           assigned.push({ workerId, deliveryId });
-          enqueue.sendTo(workerId, { type: 'task.assign', deliveryId } satisfies WorkerCommand);
+          enqueue({ type: 'tellWorker', params: { workerId, command: { type: 'task.assign', deliveryId } } satisfies TellParams });
         } else if (live < context.maxWorkers) {
           spawn(deliveryId);
         } else {
@@ -324,14 +342,14 @@ export const poolMachine = setup({
     /** Retire idle workers: draining keeps no spares. */
     retireIdle: enqueueActions(({ context, enqueue }) => {
       if (context.ready.length + context.warming.length === 0) return;
-      for (const id of [...context.ready, ...context.warming]) enqueue.sendTo(id, { type: 'worker.retire' } satisfies WorkerCommand);
+      for (const workerId of [...context.ready, ...context.warming]) {
+        enqueue({ type: 'tellWorker', params: { workerId, command: { type: 'worker.retire' } } satisfies TellParams });
+      }
       enqueue.assign({ ready: [], warming: [] });
     }),
-    /** Hard stop: kill every worker (walking the children once), forget the backlog. */
-    killAll: enqueueActions(({ enqueue, self }) => {
-      for (const id of Object.keys(self.getSnapshot().children)) {
-        if (id.startsWith(WORKER_PREFIX)) enqueue.sendTo(id, { type: 'worker.kill' } satisfies WorkerCommand);
-      }
+    /** Hard stop: kill every worker, forget the backlog. */
+    killAll: enqueueActions(({ enqueue }) => {
+      enqueue('killWorkers');
       enqueue.assign({ ready: [], warming: [], assigned: [], backlog: [], sourceDrained: true });
     }),
     /**
@@ -368,8 +386,8 @@ export const poolMachine = setup({
     'worker.leaving': { actions: 'track' },
     'worker.declined': { actions: 'takeBack' },
     'crash.expired': { actions: 'crashExpired' },
-    'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap'] },
-    'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash'] },
+    'worker.done': { actions: ['emitReaped', 'reclaim', 'reap'] },
+    'worker.error': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash'] },
     'source.drained': { actions: assign({ sourceDrained: true }) },
     'source.lost': { actions: 'dropVoided' },
   },
@@ -410,9 +428,9 @@ export const poolMachine = setup({
           },
           { actions: ['track', 'workerReported', 'dispatch'] },
         ],
-        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
+        'worker.done': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
         // Counted like a crash, or a slot that fails at every start would respawn forever.
-        'xstate.error.actor.worker.*': [
+        'worker.error': [
           {
             guard: 'errorTrips',
             target: 'paused',
@@ -450,8 +468,8 @@ export const poolMachine = setup({
       always: { guard: 'finished', target: 'stopped' },
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
-        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
-        'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
+        'worker.done': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
+        'worker.error': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         // No worker idles here (each is retired when ready), so none leaves on an idle timeout.
         'worker.ready': { actions: ['track', 'dispatch', 'retireIdle'] },
         'worker.declined': { actions: ['takeBack', 'dispatch'] },
@@ -469,8 +487,8 @@ export const poolMachine = setup({
         'worker.outcome': { actions: 'track' },
         'worker.declined': {},
         // Everything held was released: nothing comes back to the backlog.
-        'xstate.done.actor.worker.*': { actions: ['emitReaped', 'reap'] },
-        'xstate.error.actor.worker.*': { actions: ['emitReaped', 'reap', 'countCrash'] },
+        'worker.done': { actions: ['emitReaped', 'reap'] },
+        'worker.error': { actions: ['emitReaped', 'reap', 'countCrash'] },
         // Late deliveries go straight back.
         delivery: {
           actions: { type: 'release', params: lateParams },

@@ -1,4 +1,4 @@
-import { assign, enqueueActions, fromCallback, sendParent, sendTo, setup } from 'xstate';
+import { assign, emit, enqueueActions, fromCallback, sendTo, setup } from 'xstate';
 import { DELAY_DEFAULTS } from './defaults.js';
 import { isRetryable } from './types.js';
 import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, ProcessExit, WorkerReport } from './types.js';
@@ -56,7 +56,10 @@ export type WorkerEvent = ProcessEvent | WorkerCommand;
  */
 export type WorkerPhase = 'spawning' | 'ready' | 'running' | 'leaving';
 
-/** Events a worker sends to its parent (the pool). Each moves it from `from` to a phase its type names. */
+/**
+ * What a worker reports to the pool, emitted (`actor.on`): the pool's owner relays each to
+ * the pool machine. Each moves it from `from` to a phase its type names.
+ */
 export type WorkerToPoolEvent =
   /** → `ready`: idle and assignable (a warm spare, or a reused worker between tasks). */
   | { type: 'worker.ready'; workerId: string; from: WorkerPhase }
@@ -136,6 +139,7 @@ export const workerMachine = setup({
     events: {} as WorkerEvent,
     input: {} as WorkerInput,
     output: {} as WorkerReport,
+    emitted: {} as WorkerToPoolEvent,
   },
   actors: {
     /** Slot: drives one OS process. Filled by the driver in `src/`, by fakes in tests. */
@@ -163,7 +167,7 @@ export const workerMachine = setup({
       // while idle), so that the crash breaker sees them: else such spares would be
       // respawned without end.
       if (context.deliveryId === null && params.outcome.status !== 'failed') return;
-      enqueue.sendParent({
+      enqueue.emit({
         type: 'worker.outcome',
         workerId: context.workerId,
         from: context.reported,
@@ -197,11 +201,11 @@ export const workerMachine = setup({
     /** Hard stop: the delivery is released by the pool, not settled. */
     dropTask: assign({ deliveryId: null, expectExit: false }),
     announceReady: enqueueActions(({ context, enqueue }) => {
-      enqueue.sendParent({ type: 'worker.ready', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
+      enqueue.emit({ type: 'worker.ready', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
       enqueue.assign({ reported: 'ready' });
     }),
     announceRunning: enqueueActions(({ context, enqueue }) => {
-      enqueue.sendParent({
+      enqueue.emit({
         type: 'worker.running',
         workerId: context.workerId,
         from: context.reported,
@@ -212,11 +216,11 @@ export const workerMachine = setup({
     /** Entering `terminating`: unless an outcome said so already, the pool learns it is leaving. */
     announceLeaving: enqueueActions(({ context, enqueue }) => {
       if (context.reported === 'leaving') return;
-      enqueue.sendParent({ type: 'worker.leaving', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
+      enqueue.emit({ type: 'worker.leaving', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
       enqueue.assign({ reported: 'leaving' });
     }),
     /** A `task.assign` that found it busy or leaving goes straight back to the pool. */
-    decline: sendParent(({ context, event }): WorkerToPoolEvent => ({
+    decline: emit(({ context, event }): WorkerToPoolEvent => ({
       type: 'worker.declined',
       workerId: context.workerId,
       deliveryId: (event as Extract<WorkerEvent, { type: 'task.assign' }>).deliveryId,

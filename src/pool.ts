@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { createActor, fromPromise, toPromise } from 'xstate';
 import type { Actor, ActorOptions, InspectionEvent, Observer } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
-import type { ForgetParams, PhaseCounts, PoolEmitted, ReleaseParams, SettleParams } from '../machines/pool.js';
+import type { ForgetParams, PhaseCounts, PoolEmitted, ReleaseParams, SettleParams, SpawnParams, TellParams } from '../machines/pool.js';
 import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, WorkerReport } from '../machines/types.js';
 import { workerMachine } from '../machines/worker.js';
 import { OptionError, TidepoolError } from './errors.js';
@@ -14,6 +14,7 @@ import { hostSpec, processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
 import { checkHandler } from './process/load-check.js';
 import { SpawnHost } from './process/spawn-host.js';
+import { WorkerActors } from './worker-actors.js';
 import type { HostEdition } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
@@ -126,6 +127,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   /** Settlements under way: drain and stop wait for them. */
   readonly #settling = new Set<Promise<void>>();
   #actor: PoolActorRef | null = null;
+  /** The worker actors (set by start()). */
+  #workers: WorkerActors | null = null;
   #done: Promise<unknown> | null = null;
   #finished = false;
   #starting = false;
@@ -316,6 +319,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     this.#finished = true;
     await Promise.allSettled([...this.#settling]);
     await this.source.dispose();
+    // Only after a machine failure can a worker actor outlive the pool machine.
+    this.#workers?.stopAll();
     this.#host?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
@@ -393,9 +398,13 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         idleTimeout: o.idleTimeout,
       },
     });
+    const workers = new WorkerActors(worker, (event) => this.#actor?.send(event), {
+      inspect: o.inspect as Observer<InspectionEvent> | undefined,
+      clock: this.#internals.clock,
+    });
+    this.#workers = workers;
     return poolMachine.provide({
       actors: {
-        worker,
         startup: fromPromise(async () => {
           await source.open(
             {
@@ -435,6 +444,12 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
           for (const id of (params as ForgetParams).deliveryIds) this.#deliveries.delete(id);
           for (const held of this.#deliveries.values()) held.void = true;
         }),
+        spawnWorker: safe('spawnWorker', (_: unknown, params: unknown) => workers.spawn(params as SpawnParams)),
+        tellWorker: safe('tellWorker', (_: unknown, params: unknown) => {
+          const { workerId, command } = params as TellParams;
+          workers.tell(workerId, command);
+        }),
+        killWorkers: safe('killWorkers', () => workers.killAll()),
         pauseIntake: safe('pauseIntake', () => source.pause()),
         resumeIntake: safe('resumeIntake', () => source.resume()),
         closeIntake: safe('closeIntake', () => source.close()),

@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createActor, fromPromise, SimulatedClock, waitFor } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
-import type { ForgetParams, PoolEmitted, PoolInput, ReleaseParams, SettleParams } from '../machines/pool.js';
+import type { ForgetParams, PoolEmitted, PoolInput, ReleaseParams, SettleParams, SpawnParams, TellParams } from '../machines/pool.js';
+import { WorkerActors } from '../src/worker-actors.js';
 import type { WorkerReport } from '../machines/types.js';
 import { workerMachine } from '../machines/worker.js';
 import type { WorkerContext } from '../machines/worker.js';
@@ -44,7 +45,7 @@ interface WorkerView {
  * simulated clock. The `release`/`forget` slots are played as src/ plays them: the harness
  * holds every delivery given and not yet settled, released or forgotten. After every
  * snapshot it checks that live workers never exceed maxWorkers, and that the pool's counts
- * agree with its worker children: `live` is their number, each phase count is the number of
+ * agree with its worker actors: `live` is their number, each phase count is the number of
  * children that last reported that phase, and every idle id is a child.
  */
 async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
@@ -66,24 +67,35 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
     }
     if (name === 'forget') for (const id of (params as ForgetParams).deliveryIds) held.delete(id);
   };
-  const machine = poolMachine.provide({
-    actors: {
-      worker: workerMachine.provide({ actors: { process: fakes.logic }, delays: WORKER_DELAYS }),
-      startup: fromPromise(options.startup ?? (async () => {})),
+  const clock = new SimulatedClock();
+  // The workers as src/ hosts them: actors of their own, reporting to the pool.
+  const workers = new WorkerActors(
+    workerMachine.provide({ actors: { process: fakes.logic }, delays: WORKER_DELAYS }),
+    (event) => {
+      if (event.type === 'worker.done' || event.type === 'worker.error') ended.add(event.workerId);
+      pool.send(event);
     },
-    actions: recordSlots(record),
+    { clock },
+  );
+  /** Workers whose end was sent to the pool (it may still be on its way). */
+  const ended = new Set<string>();
+  const machine = poolMachine.provide({
+    actors: { startup: fromPromise(options.startup ?? (async () => {})) },
+    actions: {
+      ...recordSlots(record),
+      spawnWorker: (_: unknown, params: unknown) => workers.spawn(params as SpawnParams),
+      tellWorker: (_: unknown, params: unknown) => workers.tell((params as TellParams).workerId, (params as TellParams).command),
+      killWorkers: () => workers.killAll(),
+    },
     delays: POOL_DELAYS,
   });
-  const clock = new SimulatedClock();
   const pool = createActor(machine, { clock, input });
   pool.on('*', (emitted: PoolEmitted) => {
     if (emitted.type === 'worker.reaped') calls.push({ name: 'reaped', params: { report: emitted.report } });
     if (emitted.type === 'breaker.tripped') calls.push({ name: 'breakerTripped', params: { crashes: emitted.crashes } });
   });
-  const workerContexts = (s: ReturnType<typeof pool.getSnapshot>) =>
-    Object.entries(s.children)
-      .filter(([id]) => id.startsWith('worker.'))
-      .map(([id, child]) => [id, (child!.getSnapshot() as { context: WorkerContext }).context] as const);
+  const workerContexts = () =>
+    [...workers.live].map(([id, actor]) => [id, actor.getSnapshot().context as WorkerContext] as const);
   const harness: Harness = {
     violations: [],
     // A worker's report reaches the pool after the worker has moved: phase by phase, the
@@ -91,7 +103,8 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
     settledChecks: () => {
       const s = pool.getSnapshot();
       if (s.status !== 'active') return;
-      const children = workerContexts(s);
+      const children = workerContexts();
+      if (s.context.live !== children.length) harness.violations.push(`live ${s.context.live} != ${children.length} worker actors`);
       for (const phase of ['spawning', 'ready', 'running', 'leaving'] as const) {
         const reported = children.filter(([, w]) => w.reported === phase).length;
         if (s.context.phases[phase] !== reported) harness.violations.push(`phases.${phase} ${s.context.phases[phase]} != ${reported} children reporting it`);
@@ -102,15 +115,17 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
   let maxLive = 0;
   pool.subscribe({
     next: (s) => {
-      const children = workerContexts(s);
+      const children = workerContexts();
       const c = s.context;
       maxLive = Math.max(maxLive, c.live, children.length);
-      if (children.length > input.maxWorkers) harness.violations.push(`${children.length} worker children > maxWorkers`);
-      if (c.live !== children.length) harness.violations.push(`live ${c.live} != ${children.length} children`);
+      if (children.length > input.maxWorkers) harness.violations.push(`${children.length} worker actors > maxWorkers`);
+      // A worker leaves the map at its end, before the pool hears of it: never more than live.
+      if (children.length > c.live) harness.violations.push(`${children.length} worker actors > live ${c.live}`);
+      if (c.live > input.maxWorkers) harness.violations.push(`live ${c.live} > maxWorkers`);
       const total = c.phases.spawning + c.phases.ready + c.phases.running + c.phases.leaving;
       if (total !== c.live) harness.violations.push(`phases add up to ${total}, live is ${c.live}`);
       const ids = new Set(children.map(([id]) => id));
-      for (const id of [...c.ready, ...c.warming]) if (!ids.has(id)) harness.violations.push(`idle ${id} is not a child`);
+      for (const id of [...c.ready, ...c.warming]) if (!ids.has(id) && !ended.has(id)) harness.violations.push(`idle ${id} is no worker`);
     },
     error: (err) => harness.violations.push(`pool errored: ${String(err)}`),
   });
@@ -147,16 +162,14 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
     /** Live workers as their own machines have them (state at the top level, delivery held). */
     workers: (): Record<string, WorkerView> =>
       Object.fromEntries(
-        Object.entries(pool.getSnapshot().children)
-          .filter(([id]) => id.startsWith('worker.'))
-          .map(([id, child]) => {
-            const snap = child!.getSnapshot() as { value: string | Record<string, unknown>; context: WorkerContext };
-            const state = typeof snap.value === 'string' ? snap.value : Object.keys(snap.value)[0];
-            return [id, { state, deliveryId: snap.context.deliveryId }];
-          }),
+        [...workers.live].map(([id, actor]) => {
+          const snap = actor.getSnapshot();
+          const value = snap.value as string | Record<string, unknown>;
+          const state = typeof value === 'string' ? value : Object.keys(value)[0];
+          return [id, { state, deliveryId: snap.context.deliveryId }];
+        }),
       ),
-    workerIds: () => Object.keys(pool.getSnapshot().children).filter((id) => id.startsWith('worker.')),
-    childIds: () => Object.keys(pool.getSnapshot().children).filter((id) => id.startsWith('worker.')),
+    workerIds: () => [...workers.live.keys()],
   };
 }
 
@@ -544,7 +557,7 @@ describe('pool machine: drain', () => {
     p.pool.send({ type: 'source.drained' });
     expect(p.state()).toBe('stopped');
     expect(p.snapshot().status).toBe('done');
-    expect(Object.keys(p.snapshot().children)).toEqual([]);
+    expect(p.workerIds()).toEqual([]);
     expect(p.settledIds()).toEqual(['d1', 'd2']);
     expect(p.released()).toEqual([]);
   });
@@ -629,7 +642,7 @@ describe('pool machine: stop', () => {
     expect(p.state()).toBe('stopping');
     p.proc('worker.2').exit({ code: null, signal: 'SIGKILL' });
     expect(p.state()).toBe('stopped');
-    expect(Object.keys(p.snapshot().children)).toEqual([]);
+    expect(p.workerIds()).toEqual([]);
     expect(p.count('settle')).toBe(0);
     expect([...p.released()].sort()).toEqual(['d1', 'd2', 'd3', 'd4']);
     expect(p.reaped().map((r) => r.workerId)).toEqual(['worker.1', 'worker.2']);

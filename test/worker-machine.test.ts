@@ -19,27 +19,12 @@ function startWorker(input: Partial<WorkerInput> = {}) {
   const workerInput: WorkerInput = { workerId: 'w1', maxTasks: 1, ...input };
   const received: WorkerToPoolEvent[] = [];
   const done: WorkerReport[] = [];
-  const parent = setup({
-    types: { events: {} as WorkerToPoolEvent },
-    actors: { worker: workerMachine.provide({ actors: { process: fakes.logic }, delays: DELAYS }) },
-  }).createMachine({
-    invoke: {
-      id: 'worker',
-      src: 'worker',
-      input: workerInput,
-      onDone: { actions: ({ event }) => done.push(event.output) },
-    },
-    on: {
-      'worker.ready': { actions: ({ event }) => received.push(event) },
-      'worker.running': { actions: ({ event }) => received.push(event) },
-      'worker.outcome': { actions: ({ event }) => received.push(event) },
-      'worker.leaving': { actions: ({ event }) => received.push(event) },
-      'worker.declined': { actions: ({ event }) => received.push(event) },
-    },
-  });
   const clock = new SimulatedClock();
-  const actor = createActor(parent, { clock }).start();
-  const worker = actor.getSnapshot().children.worker!;
+  const worker = createActor(workerMachine.provide({ actors: { process: fakes.logic }, delays: DELAYS }), { clock, input: workerInput });
+  // What the pool hears: every report the worker emits, then its output when it is done.
+  worker.on('*', (event) => received.push(event));
+  worker.subscribe({ complete: () => done.push(worker.getSnapshot().output!) });
+  worker.start();
   return {
     clock,
     worker,
