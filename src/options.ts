@@ -117,7 +117,7 @@ export interface PoolOptions {
   crashWindow?: number;
   /** How long intake stays paused once the breaker trips, in ms. Default 5000. */
   breakerCooldown?: number;
-  /** Memory cap per worker process (resident set), in MiB. Default none. */
+  /** Memory cap on each worker's whole process tree (resident set summed), in MiB. Default none. */
   memoryLimit?: number;
   /**
    * The workers' environment: `NAME` passes the manager's value through, `NAME=VALUE` sets it.
@@ -167,6 +167,9 @@ export interface ResolvedOptions {
   inspect: unknown;
 }
 
+/** The smallest memory cap, in MiB, a module worker (a Node process) can start under. */
+export const MIN_MODULE_MEMORY = 64;
+
 /** Variables every worker gets when the manager has them. */
 export const BASE_ENV = ['PATH', 'HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV'] as const;
 
@@ -213,6 +216,11 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
       : { kind: 'command', argv: o.worker.command };
   // Checked once here rather than found out by every task failing to load.
   if (worker.kind === 'module' && !isFile(worker.path)) throw new OptionError('worker.module', `is not a file: ${worker.path}`);
+  // A Node process needs about 40 MiB to start; below the floor every module worker would die
+  // at start (V8's "Fatal javascript OOM", a SIGTRAP) and look like a crash.
+  if (worker.kind === 'module' && o.memoryLimit !== undefined && o.memoryLimit < MIN_MODULE_MEMORY) {
+    throw new OptionError('memoryLimit', `must be at least ${MIN_MODULE_MEMORY} (MiB) for a module worker: Node needs about 40 MiB to start`);
+  }
   if (worker.kind === 'command' && maxTasksPerWorker > 1) {
     throw new OptionError('maxTasksPerWorker', 'must be 1 for a command worker (a command serves one task per process)');
   }

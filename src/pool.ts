@@ -136,8 +136,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   readonly #internals: PoolInternals;
   /** This pool's live process groups; the process-wide registry holds them too. */
   readonly #registry = new ProcessRegistry(registry);
-  /** Starts command workers and single-use module workers (none for reused ones). */
-  readonly #host: SpawnHost | null;
+  /** Starts every worker, holds its tree, and signals and reaps it. */
+  readonly #host: SpawnHost;
 
   /** Throws `OptionError` (TIDEPOOL_ERR_OPTION_INVALID) naming the first bad option, or a missing `source`. */
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
@@ -150,9 +150,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       this.options.logger ??
       // `pid` in a log line is the worker's; the manager's is `managerPid`.
       pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
-    const spec = hostSpec(this.options);
     const stderr = options.stderr;
-    this.#host = spec === null ? null : new SpawnHost(spec, this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
+    this.#host = new SpawnHost(hostSpec(this.options), this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
   }
 
   /**
@@ -162,6 +161,14 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   get actor(): PoolActorRef {
     if (!this.#actor) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the pool has not been started');
     return this.#actor;
+  }
+
+  /**
+   * How the spawn host holds each worker's process tree (`subreaper`, `group` or `proc`; see
+   * docs/containment.md), or null before the first worker has started.
+   */
+  get containment(): string | null {
+    return this.#host.containment;
   }
 
   /** This pool's live worker processes, from its registry outside XState. */
@@ -321,7 +328,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     await this.source.dispose();
     // Only after a machine failure can a worker actor outlive the pool machine.
     this.#workers?.stopAll();
-    this.#host?.close();
+    this.#host.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
     }
@@ -387,7 +394,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
           registry: this.#registry,
           logger: log,
           taskFor: (deliveryId) => this.#deliveries.get(deliveryId)?.delivery,
-          host: this.#host ?? undefined,
+          host: this.#host,
           onSpawned: (workerId, pid) => this.#notify('worker:spawned', { workerId, pid }),
         }),
       },

@@ -18,6 +18,19 @@ function rejects(options: unknown): OptionError {
 }
 
 describe('resolveOptions', () => {
+  it('refuses a memory cap a Node worker cannot start under, naming the floor; a command may go lower', () => {
+    const err = rejects({ worker, memoryLimit: 1 });
+    expect(err.option).toBe('memoryLimit');
+    expect(err.detail).toMatch(/at least 64 \(MiB\) for a module worker/);
+    expect(resolveOptions({ worker, memoryLimit: 64 }).memoryLimit).toBe(64);
+    expect(resolveOptions({ worker: { command: ['cat'] }, memoryLimit: 1 }).memoryLimit).toBe(1);
+  });
+
+  it('a missing source is named when a Pool is made without createPool', async () => {
+    const { Pool } = await import('../src/index.js');
+    expect(() => new Pool({ worker })).toThrow(expect.objectContaining({ option: 'source' }));
+  });
+
   it('fills defaults', () => {
     const o = resolveOptions({ worker });
     expect(o).toMatchObject({ attempts: 3, maxTasksPerWorker: 1, spares: 0, timeout: 900_000, memoryLimit: null });

@@ -32,7 +32,7 @@ const FLAGS = {
   'max-crashes': { option: 'maxCrashes', arg: 'N', help: 'crash breaker threshold' },
   'crash-window': { option: 'crashWindow', arg: 'MS', help: 'crash breaker window' },
   'breaker-cooldown': { option: 'breakerCooldown', arg: 'MS', help: 'intake pause once the breaker trips' },
-  'memory-limit': { option: 'memoryLimit', arg: 'MIB', help: 'memory cap per worker process', fallback: 'none' },
+  'memory-limit': { option: 'memoryLimit', arg: 'MIB', help: "memory cap on each worker's whole process tree", fallback: 'none' },
   env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
   cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
   'log-level': { option: 'logLevel', arg: 'LEVEL', help: LOG_LEVELS.join(', ') },

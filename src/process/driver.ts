@@ -267,7 +267,8 @@ function singleUseModule(modulePath: string): HostedKind {
 
 /** V8 aborts with this on stderr when a worker reaches its heap limit. */
 const heapExhausted = (signal: string | null, stderr: string): boolean =>
-  signal === 'SIGABRT' && /heap out of memory|Reached heap limit/.test(stderr);
+  (signal === 'SIGABRT' || signal === 'SIGTRAP' || signal === 'SIGILL') &&
+  /heap out of memory|Reached heap limit|Fatal (javascript|JavaScript) OOM|invalid table size|Allocation failed/.test(stderr);
 
 /**
  * What the spawn host starts: commands, module workers that serve one task each (task on
