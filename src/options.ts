@@ -244,8 +244,13 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
     crashWindow: o.crashWindow ?? DEFAULTS.crashWindow,
     breakerCooldown: o.breakerCooldown ?? DEFAULTS.breakerCooldown,
     memoryLimit: o.memoryLimit ?? null,
-    // The child's own logger (ctx.log) follows the manager's level.
-    env: { ...workerEnv(o.env ?? [], baseEnv), TIDEPOOL_LOG_LEVEL: o.logLevel ?? DEFAULTS.logLevel },
+    // The child's own logger (ctx.log) follows the manager's level; a module worker started
+    // for one task gives up loading its handler at the spawn timeout.
+    env: {
+      ...workerEnv(o.env ?? [], baseEnv),
+      TIDEPOOL_LOG_LEVEL: o.logLevel ?? DEFAULTS.logLevel,
+      TIDEPOOL_SPAWN_TIMEOUT: String(o.spawnTimeout ?? DEFAULTS.spawnTimeout),
+    },
     cwd: o.cwd,
     uid: o.uid,
     gid: o.gid,

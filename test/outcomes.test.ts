@@ -1,7 +1,10 @@
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { AttemptEvent, Pool, PoolOptions, TaskResult } from '../src/index.js';
-import { alive, fixture } from './helpers/procs.js';
+import { alive, fixture, until } from './helpers/procs.js';
 
 /**
  * Outcomes say what the worker said: errors keep their name, code, stack, cause and own
@@ -65,5 +68,65 @@ describe.each([1, 2])('outcomes with maxTasksPerWorker %i', (maxTasksPerWorker) 
     const result = await pool.run({ id: 'u' });
     expect(result).toMatchObject({ status: 'resolved', result: null });
     expect('result' in JSON.parse(JSON.stringify(result))).toBe(true);
+  });
+});
+
+describe.each([1, 2])('one rule for loading and results, with maxTasksPerWorker %i', (maxTasksPerWorker) => {
+  const mark = () => join(tmpdir(), `tidepool-load-mark-${process.pid}-${maxTasksPerWorker}-${Math.random()}`);
+
+  it('a handler still loading when --spawn-timeout passes fails with kind spawn, not timeout', async () => {
+    const pool = await startPool({
+      worker: { module: fixture('slow-load.js') },
+      env: [`LOAD_MARK=${mark()}`, 'SLOW_LOAD_MS=5000'],
+      spawnTimeout: 1000,
+      timeout: 3000,
+      maxTasksPerWorker,
+    });
+    const started = Date.now();
+    const error = failed(await pool.run({ id: 'slow' }));
+    expect(error.kind).toBe('spawn');
+    expect(Date.now() - started).toBeLessThan(2900);
+  });
+
+  it('a handler whose loading never finishes fails with kind spawn', async () => {
+    const pool = await startPool({
+      worker: { module: fixture('slow-load.js') },
+      env: [`LOAD_MARK=${mark()}`, 'SLOW_LOAD_MS=never'],
+      spawnTimeout: 1000,
+      maxTasksPerWorker,
+    });
+    expect(failed(await pool.run({ id: 'never' })).kind).toBe('spawn');
+  });
+
+  it('a result past the reply cap fails, without retry, whatever carries it', async () => {
+    const pool = await startPool({ worker: { module: fixture('big-string.js') }, attempts: 3, maxTasksPerWorker });
+    const result = await pool.run({ id: 'big', params: { mb: 20 } });
+    expect(failed(result)).toMatchObject({ kind: 'error', message: expect.stringContaining('more than the 16777216') });
+    expect(result.attempts).toBe(1);
+  });
+
+  it('a handler stopped by the pool (not by its deadline) is told so by its abort reason', async () => {
+    const pool = await startPool({ worker: { module: fixture('abort-reason.js') }, timeout: 60_000, killGrace: 2_000, maxTasksPerWorker });
+    const file = join(tmpdir(), `tidepool-abort-${process.pid}-${maxTasksPerWorker}.txt`);
+    rmSync(file, { force: true });
+    const running = pool.run({ id: 'a', params: { file } }).catch(() => null);
+    await until(() => pool.workers.running === 1, 'the task to run');
+    // Running is reported at the exec: give the handler time to be listening.
+    await new Promise((r) => setTimeout(r, 500));
+    await pool.stop();
+    await running;
+    expect(readFileSync(file, 'utf8')).toMatch(/the pool is stopping the task/);
+  });
+});
+
+describe.each([1, 2])('stderr in a failure, with maxTasksPerWorker %i', (maxTasksPerWorker) => {
+  it('is decoded as a stream: written a byte at a time, and cut inside a character, it reads right', async () => {
+    const pool = await startPool({ worker: { module: fixture('stderr-bytes.js') }, maxTasksPerWorker, stderr: { write: () => {} } });
+    const text = 'Fehler: Größe überschritten';
+    const short = failed(await pool.run({ id: 's', params: { text } }));
+    expect(short.message).toContain(text);
+    const cut = failed(await pool.run({ id: 'c', params: { text, pad: 1000 } }));
+    expect(cut.message).toContain(text);
+    expect(cut.message).not.toContain('\uFFFD');
   });
 });

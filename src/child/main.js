@@ -10,14 +10,14 @@
 //   start.
 import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { EXIT, MSG, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
+import { EXIT, MAX_OUTPUT, MSG, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
 
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
 
 const handlerPath = process.argv[2];
 /** The task in progress: how to abort it. */
-/** @type {{ abort(reason: Error): void } | null} */
+/** @type {{ abort(reason: Error): void, deadline: number } | null} */
 let running = null;
 let terminating = false;
 
@@ -31,8 +31,13 @@ const ANSWER_FD = 3;
  */
 function send(message, then) {
   try {
+    const text = JSON.stringify(message);
+    // One cap on a reply whatever the channel (fd 3 or IPC): a result past it fails for good.
+    if (message.k === MSG.RESULT && text.length > MAX_OUTPUT) {
+      throw new RangeError(`it is ${text.length} bytes of JSON, more than the ${MAX_OUTPUT} a reply may carry`);
+    }
     if (piped) {
-      writeSync(ANSWER_FD, `${JSON.stringify(message)}\n`);
+      writeSync(ANSWER_FD, `${text}\n`);
       return then?.();
     }
     if (!process.connected) return process.exit(EXIT.OK);
@@ -66,7 +71,11 @@ if (!piped) {
 const onTerminate = () => {
   terminating = true;
   if (!running) process.exit(EXIT.TERMINATED);
-  running.abort(new Error('the task deadline passed; the worker is terminating'));
+  const reason =
+    Date.now() >= running.deadline
+      ? 'the task deadline passed; the worker is terminating'
+      : 'the pool is stopping the task (shutdown or cancel); the worker is terminating';
+  running.abort(new Error(reason));
 };
 if (!piped) process.on('SIGTERM', onTerminate);
 
@@ -89,10 +98,22 @@ function createLogger(bindings) {
   return { debug: at(20), info: at(30), warn: at(40), error: at(50) };
 }
 
+// A single-use worker loads its handler after it was started: past the spawn timeout, the
+// load is a failure to start (kind spawn), as it is for a reused worker that never says ready.
+const loadLimit = Number(process.env.TIDEPOOL_SPAWN_TIMEOUT);
+const loadTimer =
+  piped && loadLimit > 0
+    ? setTimeout(() => {
+        const error = serializeError(new Error(`${handlerPath} did not load within the spawn timeout (${loadLimit} ms)`));
+        send({ k: MSG.LOAD_ERROR, error }, () => process.exit(EXIT.LOAD_FAILED));
+      }, loadLimit)
+    : null;
+
 /** @type {(task: unknown, ctx: object) => unknown} */
 let handler;
 try {
   handler = handlerOf(await import(pathToFileURL(handlerPath).href), handlerPath);
+  if (loadTimer) clearTimeout(loadTimer);
 } catch (err) {
   send({ k: MSG.LOAD_ERROR, error: serializeError(err) }, () => process.exit(EXIT.LOAD_FAILED));
   // Keep the loop alive until the message is written.
@@ -109,6 +130,7 @@ async function run(message) {
   /** @type {Error | null} */
   let aborted = null;
   running = {
+    deadline: message.deadline ?? Infinity,
     abort(reason) {
       aborted = reason;
       controller?.abort(reason);

@@ -50,7 +50,9 @@ export const MAX_OUTPUT = 16 * 1024 * 1024;
 
 /**
  * @typedef {{ name?: string, message: string, code?: string, stack?: string, cause?: ErrorInfo, [field: string]: unknown }} ErrorInfo
- * @typedef {{ k: 'run', task: unknown, attempt: number, taskId: string, workerId: string, last: boolean }} RunMessage
+ * @typedef {{ k: 'run', task: unknown, attempt: number, taskId: string, workerId: string, last: boolean, deadline: number }} RunMessage
+ *   `deadline`: when the attempt's timeout passes (ms since the epoch): a SIGTERM at or after it
+ *   is the deadline, one before it is the pool stopping or cancelling the task.
  * @typedef {{ k: 'ready' }
  *   | { k: 'result', value: unknown }
  *   | { k: 'error', error: ErrorInfo, retryable: boolean }

@@ -26,6 +26,8 @@ export interface DriverOptions {
   memoryLimit: number | null;
   /** More than 1: module workers are reused, and talk to the manager over a channel. */
   maxTasksPerWorker?: number;
+  /** An attempt's deadline, in ms: a module worker is told it, to say why it is stopped. */
+  timeout: number;
 }
 
 export interface DriverRuntime {
@@ -182,6 +184,7 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
             taskId: held.task.id,
             workerId: input.workerId,
             last: command.last,
+            deadline: Date.now() + rt.options.timeout,
           };
           // The channel is gone (the worker is dying): its exit will fail the attempt.
           if (!host.post(id, run)) rt.logger.debug({ workerId: input.workerId }, 'task not sent');
@@ -224,7 +227,7 @@ const COMMAND: HostedKind = {
 };
 
 /** A single-use module worker: its `run` message on stdin, its one reply on fd 3. */
-function singleUseModule(modulePath: string): HostedKind {
+function singleUseModule(modulePath: string, timeout: number): HostedKind {
   return {
     input: (held, workerId) =>
       JSON.stringify({
@@ -234,6 +237,7 @@ function singleUseModule(modulePath: string): HostedKind {
         taskId: held.task.id,
         workerId,
         last: true,
+        deadline: Date.now() + timeout,
       } satisfies RunMessage),
     // No reply (it died first, or its reply was cut off) is no answer: the exit tells.
     answer: ({ stdout, overflow }) => {
@@ -311,7 +315,7 @@ export function processActor(rt: DriverRuntime) {
   const spec = rt.options.worker;
   if (spec.kind === 'command') return hostedProcess(rt, COMMAND);
   if ((rt.options.maxTasksPerWorker ?? 1) > 1) return channelProcess(rt, spec.path);
-  return hostedProcess(rt, singleUseModule(spec.path));
+  return hostedProcess(rt, singleUseModule(spec.path, rt.options.timeout));
 }
 
 export { MAX_OUTPUT };

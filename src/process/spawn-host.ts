@@ -271,7 +271,7 @@ export class SpawnHost {
           code: code === '-' ? null : Number(code),
           signal: signal === '-' ? null : (signal as NodeJS.Signals),
           stdout: payload.toString('utf8', 0, split),
-          stderr: payload.toString('utf8', split).trim(),
+          stderr: tailText(payload.subarray(split)),
           overflow: overflow === '1',
           memory: memory === '1',
         });
@@ -315,4 +315,15 @@ function hold(child: ChildProcess, on: boolean): void {
     child.unref();
     for (const pipe of pipes) pipe?.unref();
   }
+}
+
+/**
+ * A stderr tail as text. The host keeps the last bytes it saw, so the tail may begin inside a
+ * character: its leading UTF-8 continuation bytes (0b10xxxxxx) are dropped, never decoded into
+ * U+FFFD.
+ */
+export function tailText(tail: Buffer): string {
+  let start = 0;
+  while (start < tail.length && start < 3 && (tail[start] & 0xc0) === 0x80) start++;
+  return tail.toString('utf8', start).trim();
 }
