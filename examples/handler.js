@@ -1,5 +1,5 @@
 // An example module worker: each task sums `params.numbers`, or fails the way it is asked to.
-import { NonRetryableError } from 'tidepool/worker';
+import { NonRetryableError } from 'tidepool-runtime/worker';
 
 export default async function handler(task, ctx) {
   const { numbers = [], fail } = task.params ?? {};

@@ -8,6 +8,7 @@ export type { PoolOptions, ResolvedOptions, WorkerSpec } from './options.js';
 export { ERROR_CODES, OptionError, TidepoolError, UsageError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { NonRetryableError } from './child/api.js';
+export type { Handler, HandlerContext } from './child/api.js';
 export { backoff, decideSettlement } from './settlement.js';
 export type { RetryPolicy, Settlement } from './settlement.js';
 export { DEAD_LETTER_LIMIT, MemorySource } from './sources/memory.js';

@@ -89,8 +89,11 @@ const schema = v.strictObject({
 
 /** The options of `createPool`, as a user writes them. */
 export interface PoolOptions {
-  /** The worker: a module (`{ module: './handler.js' }`) or an executable (`{ command: ['python3', 'job.py'] }`). */
-  worker: { module: string } | { command: string[] };
+  /**
+   * The worker: a module (`{ module: './handler.js' }`, resolved from the current directory
+   * when relative) or an executable (`{ command: ['python3', 'job.py'] }`); not both.
+   */
+  worker: { module: string; command?: never } | { command: string[]; module?: never };
   /** Most live worker processes at once. Default: the CPU count. */
   concurrency?: number;
   /** Warm workers kept ready for the next task (each still serves `maxTasksPerWorker`). Default 0. */
