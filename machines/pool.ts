@@ -100,7 +100,9 @@ export type PoolEmitted =
    * The prefetch the source should keep: `maxWorkers` less the workers on their way out. With
    * at most that many deliveries unsettled, the pool never holds one it cannot start.
    */
-  | { type: 'prefetch'; prefetch: number };
+  | { type: 'prefetch'; prefetch: number }
+  /** A spare exited by itself, cleanly, before any task: the pool keeps no spares from now on. */
+  | { type: 'spares.unkept'; workerId: string };
 
 export interface PoolOutput {
   /** Set when the pool could not start. */
@@ -189,6 +191,14 @@ export const poolMachine = setup({
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
     pausedByUser: ({ context }) => context.pausedBy === 'user',
     drainRequested: ({ context }) => context.drainRequested,
+    /** A warm spare that left by itself, exit 0, never having served: it cannot be kept warm. */
+    spareLeftClean: ({ context, event }) =>
+      context.spares > 0 &&
+      event.type === 'worker.done' &&
+      event.phase === 'ready' &&
+      event.report.served === 0 &&
+      event.report.exitCode === 0 &&
+      event.report.signal === null,
     finished: ({ context }) => context.sourceDrained && context.backlog.length === 0 && context.live === 0,
   },
   actions: {
@@ -219,6 +229,11 @@ export const poolMachine = setup({
     // ---- notifications ----
     emitReaped: emit(({ event }): PoolEmitted => ({ type: 'worker.reaped', report: reportOf(event) })),
     emitBreaker: emit(({ context }): PoolEmitted => ({ type: 'breaker.tripped', crashes: context.crashes })),
+    /** Keep no spares from now on (the worker exits as soon as it starts: nothing stays warm). */
+    stopSpares: enqueueActions(({ event, enqueue }) => {
+      enqueue.assign({ spares: 0 });
+      enqueue.emit({ type: 'spares.unkept', workerId: (event as WorkerEndEvent).workerId });
+    }),
 
     // ---- pure bookkeeping ----
     enqueueDelivery: assign({
@@ -428,7 +443,10 @@ export const poolMachine = setup({
           },
           { actions: ['track', 'workerReported', 'dispatch'] },
         ],
-        'worker.done': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
+        'worker.done': [
+          { guard: 'spareLeftClean', actions: ['emitReaped', 'reclaim', 'reap', 'stopSpares', 'dispatch'] },
+          { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
+        ],
         // Counted like a crash, or a slot that fails at every start would respawn forever.
         'worker.error': [
           {

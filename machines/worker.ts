@@ -157,6 +157,8 @@ export const workerMachine = setup({
     expectsExit: ({ context }) => context.expectExit,
     reusable: ({ context }) => context.exit === null && context.served < context.maxTasks,
     hasServed: ({ context }) => context.served > 0,
+    cleanExitUnused: ({ context, event }) =>
+      context.served === 0 && event.type === 'proc.exit' && event.code === 0 && event.signal === null && !event.memory,
     answeredResolved: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'resolved',
     answeredFailed: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'failed',
   },
@@ -312,11 +314,16 @@ export const workerMachine = setup({
           target: 'running',
           actions: assign({ deliveryId: ({ event }) => event.deliveryId }),
         },
-        // Dying while idle is a crash without a task.
-        'proc.exit': {
-          target: 'reaped',
-          actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
-        },
+        'proc.exit': [
+          // A fresh spare that exits 0 before any task (a command that does not wait for its
+          // stdin) could not be kept warm: no failure, and the pool stops keeping such spares.
+          { guard: 'cleanExitUnused', target: 'reaped', actions: 'recordExit' },
+          // Dying while idle otherwise is a crash without a task.
+          {
+            target: 'reaped',
+            actions: ['recordExit', { type: 'report', params: ({ event }) => ({ outcome: exitOutcome(event) }) }],
+          },
+        ],
         'worker.retire': { target: 'terminating' },
         'worker.kill': { target: 'terminating' },
       },

@@ -369,6 +369,12 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       }
       case 'prefetch':
         return this.source.prefetch(emitted.prefetch);
+      case 'spares.unkept':
+        this.logger.warn(
+          { workerId: emitted.workerId, spares: this.options.spares },
+          'a spare exited (code 0) before it was given a task: this worker cannot be kept warm, so the pool keeps no spares from now on',
+        );
+        return;
     }
   }
 

@@ -130,3 +130,21 @@ describe.each([1, 2])('stderr in a failure, with maxTasksPerWorker %i', (maxTask
     expect(cut.message).not.toContain('\uFFFD');
   });
 });
+
+describe('spares of a command that does not wait for its task', () => {
+  it('are not crashes: the pool stops keeping spares, trips nothing, and a task runs at once', async () => {
+    const pool = await startPool({ worker: { command: ['echo', '{"ok":true}'] }, spares: 2, maxCrashes: 2 });
+    const trips: unknown[] = [];
+    pool.on('breaker:tripped', (t) => trips.push(t));
+    await new Promise((r) => setTimeout(r, 1500));
+    // The first spares exit at once; then no more are started.
+    const spawnedWhileIdle = spawned.size;
+    expect(spawnedWhileIdle).toBeLessThanOrEqual(2);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(spawned.size).toBe(spawnedWhileIdle);
+    const started = Date.now();
+    await expect(pool.run({ id: 'now' })).resolves.toMatchObject({ status: 'resolved', result: { ok: true }, attempts: 1 });
+    expect(Date.now() - started).toBeLessThan(1500);
+    expect(trips).toEqual([]);
+  });
+});

@@ -417,16 +417,25 @@ describe('worker machine: idle timeout', () => {
 });
 
 describe('worker machine: proc.exit while idle', () => {
-  it('a ready worker whose process exits is reaped at once, reporting a crash without a delivery', () => {
+  it('a ready worker whose process dies is reaped at once, reporting a crash without a delivery', () => {
     const w = startWorker();
     w.proc.start(5);
+    w.proc.exit({ code: 3 });
+    expect(w.state()).toBe('reaped');
+    // The breaker must see idle workers that die.
+    expect(w.outcomes()).toHaveLength(1);
+    expect(w.outcomes()[0]).toMatchObject({ deliveryId: null, outcome: { status: 'failed', kind: 'crash', exitCode: 3 } });
+    expect(w.proc.commands).toEqual([]);
+    expect(w.report()).toEqual({ workerId: 'w1', pid: 5, exitCode: 3, signal: null, served: 0, last: 'crash' });
+  });
+
+  it('a fresh spare that exits 0 by itself (a command that does not wait for its task) is reaped with no failure', () => {
+    const w = startWorker();
+    w.proc.start(6);
     w.proc.exit({ code: 0 });
     expect(w.state()).toBe('reaped');
-    // The breaker must see idle workers that die (a command that exits before reading).
-    expect(w.outcomes()).toHaveLength(1);
-    expect(w.outcomes()[0]).toMatchObject({ deliveryId: null, outcome: { status: 'failed', kind: 'crash', exitCode: 0 } });
-    expect(w.proc.commands).toEqual([]);
-    expect(w.report()).toEqual({ workerId: 'w1', pid: 5, exitCode: 0, signal: null, served: 0, last: 'crash' });
+    expect(w.outcomes()).toEqual([]);
+    expect(w.report()).toEqual({ workerId: 'w1', pid: 6, exitCode: 0, signal: null, served: 0, last: null });
   });
 });
 
