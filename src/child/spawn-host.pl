@@ -13,45 +13,67 @@
 # cannot be reused until its parent reaps it, so no signal can reach a stranger. The host is a
 # subreaper too: what a keeper that was killed leaves behind comes here and is killed at once.
 #
+# Scale (docs/benchmarks.md, "Scale and memory"). The host does as little per worker as it
+# can, because it is one process serving thousands: per worker it holds one socket to the
+# keeper, and forks. The keeper does the rest: the worker's pipes, its input, its output (the
+# answer, the stderr tail), the exec status, and it sends the host one report at the end. The
+# host waits with epoll (one wake-up per event, whatever the number of workers), and starts
+# queued workers a few at a time between events, so an exit is never stuck behind a burst of
+# spawns, and a worker the manager gave up on before it started is never started.
+#
 # Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS (the limits, from protocol.js).
 # Uses only modules of perl-base (Debian's essential Perl).
 use strict;
 use warnings;
 use Config;
 use Errno ();
-use Fcntl qw(F_GETFL F_SETFL F_SETFD O_NONBLOCK);
+use Fcntl qw(F_GETFL F_SETFL F_SETFD O_NONBLOCK O_RDWR);
 use POSIX ();
-use Socket qw(AF_UNIX SOCK_STREAM pack_sockaddr_un);
+use Socket qw(AF_UNIX SOCK_STREAM PF_UNSPEC pack_sockaddr_un);
 
 my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS) = @ARGV;
 die "usage: spawn-host.pl MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS\n" unless defined $FLUSH_LIMIT_MS;
 
 my $TICKS = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 my @SIGNAME = split ' ', $Config{sig_name};
-# No syscall.ph in perl-base: the numbers of the calls used here, per architecture.
-my %SYSCALLS = (x86_64 => { prctl => 157, setitimer => 38 }, aarch64 => { prctl => 167, setitimer => 103 });
+# No syscall.ph in perl-base: the numbers of the calls used here, per architecture, and the
+# layout of struct epoll_event (packed on x86_64, aligned elsewhere).
+my %SYSCALLS = (
+  x86_64 => { prctl => 157, epoll_create1 => 291, epoll_ctl => 233, epoll_pwait => 281, ppoll => 271, close_range => 436, event => 'L Q' },
+  aarch64 => { prctl => 167, epoll_create1 => 20, epoll_ctl => 21, epoll_pwait => 22, ppoll => 73, close_range => 436, event => 'L x4 Q' },
+);
 my ($ARCH) = $Config{archname} =~ /^(x86_64|aarch64)/;
 my $SYS = $ARCH ? $SYSCALLS{$ARCH} : undef;
 my ($PR_SET_PDEATHSIG, $PR_SET_CHILD_SUBREAPER) = (1, 36);
+my ($EPOLLIN, $EPOLLOUT, $EPOLL_CTL_ADD, $EPOLL_CTL_DEL, $EPOLL_CLOEXEC) = (1, 4, 1, 2, 0x80000);
+my ($POLLIN, $POLLOUT, $POLLERR, $POLLHUP, $POLLNVAL) = (1, 4, 8, 16, 32);
 # A keeper reads the memory of its worker's tree this often when a cap is set.
-my $MEMORY_POLL_US = 100_000;
+my $MEMORY_POLL_MS = 100;
+# Keepers forked per turn of the host's loop before it looks at its sockets again.
+my $SPAWN_BATCH = 8;
 
 sub prctl { return $SYS && syscall($SYS->{prctl}, $_[0], $_[1], 0, 0, 0) == 0 }
+
+# The kernel's sigset_t (64 bits) with these signals in it.
+sub sigmask { my $bits = 0; $bits |= 1 << ($_ - 1) for @_; return pack 'Q', $bits }
 
 # The manager decides when workers stop: a Ctrl-C reaching the whole terminal group must not
 # kill the host under them, and a command that does not read its input must make the write
 # fail with EPIPE, not kill the host. Blocking SIGINT, SIGTERM and SIGPIPE (rather than
 # ignoring them) does both and leaves their default actions in place for the children, which
 # inherit the mask and clear it just before exec: a SIGTERM that reaches a child between its
-# fork and its exec waits there instead of being lost. A child's exit interrupts select(), so
-# it is seen at once.
-my $HELD = POSIX::SigSet->new(POSIX::SIGINT(), POSIX::SIGTERM(), POSIX::SIGPIPE());
+# fork and its exec waits there instead of being lost.
+my @HELD = (POSIX::SIGINT(), POSIX::SIGTERM(), POSIX::SIGPIPE());
+my $HELD = POSIX::SigSet->new(@HELD);
 my $NONE = POSIX::SigSet->new;
+# SIGCHLD (a child's exit) and SIGUSR1 (a keeper's host died) wake a wait; they are blocked the
+# rest of the time, and unblocked only inside it (epoll_pwait, ppoll), so none can slip in
+# between a check and the wait.
+my $WAKE = POSIX::SigSet->new(POSIX::SIGCHLD(), POSIX::SIGUSR1());
 POSIX::sigprocmask(POSIX::SIG_BLOCK(), $HELD);
-# SIGUSR1 wakes a keeper. A keeper is born with it blocked (inherited from here), so one sent
-# before the keeper has its handler waits instead of killing it.
-POSIX::sigprocmask(POSIX::SIG_BLOCK(), POSIX::SigSet->new(POSIX::SIGUSR1()));
-$SIG{CHLD} = sub { };
+POSIX::sigprocmask(POSIX::SIG_BLOCK(), $WAKE);
+my $WAIT_MASK = sigmask(@HELD);   # in a wait: only what the host never takes stays blocked
+$SIG{CHLD} = $SIG{USR1} = sub { };
 
 binmode $_ for \*STDIN, \*STDOUT, \*STDERR;
 
@@ -62,13 +84,11 @@ my $CONTAINMENT = prctl($PR_SET_CHILD_SUBREAPER, 1) ? 'subreaper' : 'group';
 # memory cap, and the socket a reused worker's channel connects to, from the configure frame
 # (and its environment, which becomes the host's own).
 my (@argv, $cwd, $uid, $gid, $answer_fd, $memory_limit, $channel);
-my %jobs;     # id -> job
-my %by_pid;   # keeper pid -> job
-my %by_fd;    # fileno -> [job, stream, handle]; stream: 'report', 'stdin', 'stdout' or 'stderr'
-# select() bit vectors: the pipes to read (the manager's stdin, fd 0, always) and the stdins
-# with input still to write.
-my ($readers, $writers) = ('', '');
-vec($readers, 0, 1) = 1;
+my %jobs;      # id -> job, from its keeper's fork to its report
+my %by_pid;    # keeper pid -> job
+my %by_fd;     # fileno of a keeper's socket -> job
+my @queue;     # ids of workers asked for and not started yet, oldest first
+my %queued;    # id -> [stdin or undef]
 my $from_manager = '';
 # Until then, look for strays among the host's children at every turn (see sweep_strays).
 my $sweep_until = 0;
@@ -83,9 +103,17 @@ sub write_all {
     my $n = syswrite($fh, $data, length($data) - $off, $off);
     if (defined $n) { $off += $n; next }
     next if $!{EINTR};
+    if ($!{EAGAIN}) { wait_writable(fileno $fh); next }
     return 0;
   }
   return 1;
+}
+
+sub wait_writable {
+  my ($fd) = @_;
+  my $w = '';
+  vec($w, $fd, 1) = 1;
+  select(undef, $w, undef, 0.05);
 }
 
 sub to_manager { write_all(\*STDOUT, $_[0]) or shutdown_host() }   # the manager is gone
@@ -104,6 +132,16 @@ sub spawn_failed {
   to_manager("F $id " . length($payload) . "\n$payload");
 }
 
+# A small file (of /proc) read whole, by raw fd: a keeper never opens a Perl handle (see
+# close_inherited).
+sub slurp {
+  my $fd = POSIX::open($_[0], POSIX::O_RDONLY()) // return undef;
+  my ($all, $buf) = ('', '');
+  while ((POSIX::read($fd, $buf, 65536) // 0) > 0) { $all .= $buf }
+  POSIX::close($fd);
+  return $all;
+}
+
 # Pids of a process's children, from every one of its threads.
 sub children_of {
   my ($pid, $one_thread) = @_;
@@ -113,24 +151,25 @@ sub children_of {
     @tasks = grep { /^\d+$/ } readdir $dh;
   }
   my @kids;
-  for my $task (@tasks) {
-    open(my $fh, '<', "/proc/$pid/task/$task/children") or next;
-    push @kids, split ' ', (<$fh> // '');
-  }
+  push @kids, split ' ', (slurp("/proc/$pid/task/$_/children") // '') for @tasks;
   return @kids;
 }
 
 # The state letter of a process (R, S, Z, ...), or '' when it is gone.
 sub state_of {
-  open(my $fh, '<', "/proc/$_[0]/stat") or return '';
-  my $stat = <$fh> // '';
+  my $stat = slurp("/proc/$_[0]/stat") // return '';
   return $stat =~ /\)\s+(\S)/ ? $1 : '';
 }
 
 sub resident_bytes {
-  open(my $fh, '<', "/proc/$_[0]/status") or return 0;
-  while (<$fh>) { return $1 * 1024 if /^VmRSS:\s+(\d+)/ }
-  return 0;
+  my $status = slurp("/proc/$_[0]/status") // return 0;
+  return $status =~ /^VmRSS:\s+(\d+)/m ? $1 * 1024 : 0;
+}
+
+sub nonblocking {
+  my ($fh) = @_;
+  my $flags = fcntl($fh, F_GETFL, 0);
+  fcntl($fh, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
 }
 
 # ---- The keeper: one per worker, a fork of the host ----------------------------------------
@@ -181,223 +220,346 @@ sub kill_tree {
   }
 }
 
-sub keeper {
-  my ($worker_fds, $ctl_r, $rep_w) = @_;
-  my $report = sub { syswrite($rep_w, $_[0]) };   # EPIPE once the host is gone: nothing to tell
-  # Wakes: a child's exit, a request from the host (or the host's death), the memory tick.
-  # Blocked except inside sigsuspend, so none can slip in between a check and the wait.
-  my $WAKE = POSIX::SigSet->new(POSIX::SIGCHLD(), POSIX::SIGUSR1(), POSIX::SIGALRM());
+# Close every fd of the host's but stderr and the keeper's socket: another worker's socket or
+# pipe held here would keep it from ever closing. One call (close_range, Linux 5.9+) per gap,
+# whatever the number of fds the host holds; else each fd in /proc/self/fd.
+#
+# They are closed under Perl's feet: its handles for them still count those fd numbers as
+# theirs, so a handle the keeper opens later on the same number would not be closed by Perl's
+# `close` (the count says another handle still uses it: that is how a keeper once held its own
+# exec status pipe open and waited forever), and one freed later could close a reused number.
+# So a keeper never closes a Perl handle: it closes fds with `shut` (POSIX::close) and keeps
+# the handle alive until it exits (POSIX::_exit runs no destructor), and reads /proc by raw fd.
+my @SHUT;
+sub shut { for (@_) { next unless $_; POSIX::close(fileno $_); push @SHUT, $_ } }
+
+sub close_inherited {
+  my ($keep) = @_;
+  my $null = POSIX::open('/dev/null', O_RDWR);
+  # fds 0 and 1 are the host's frames: the keeper must not hold them; /dev/null takes their
+  # place, so that no pipe of the keeper's lands on them.
+  if (defined $null) { POSIX::dup2($null, 0); POSIX::dup2($null, 1); }
+  my @ranges = ([3, $keep - 1], [$keep + 1, 0xffffffff]);
+  my $done = $SYS;
+  for (@ranges) {
+    my ($first, $last) = @$_;
+    next if $last < $first;
+    $done &&= syscall($SYS->{close_range}, $first, $last, 0) == 0;
+  }
+  return if $done;
+  opendir(my $dh, '/proc/self/fd') or return;
+  my @fds = grep { /^\d+$/ && $_ > 2 && $_ != $keep } readdir $dh;
+  closedir $dh;
+  POSIX::close($_) for @fds;
+}
+
+# Wait for the fds (pairs of fileno and poll events) or a wake-up signal, at most $ms (undef:
+# no limit). Returns the revents of each fd, in order.
+sub poll_fds {
+  my ($ms, @want) = @_;
+  if ($SYS) {
+    my $fds = join '', map { pack 'i s s', $_->[0], $_->[1], 0 } @want;
+    my $tmo = defined $ms ? pack('q q', int($ms / 1000), ($ms % 1000) * 1_000_000) : 0;
+    my $n = syscall($SYS->{ppoll}, $fds, scalar(@want), $tmo, $WAIT_MASK, 8);
+    return map { 0 } @want if $n <= 0;
+    return map { (unpack 'i s s', substr($fds, $_ * 8, 8))[2] } 0 .. $#want;
+  }
+  # Unknown architecture: select, with the wake-up signals let in just before it (a signal in
+  # between is seen at the latest after the bounded wait).
+  my ($r, $w) = ('', '');
+  for (@want) {
+    vec($r, $_->[0], 1) = 1 if $_->[1] & $POLLIN;
+    vec($w, $_->[0], 1) = 1 if $_->[1] & $POLLOUT;
+  }
+  $ms = 50 if !defined $ms || $ms > 50;
+  POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $WAKE);
+  my $n = select($r, $w, undef, $ms / 1000);
   POSIX::sigprocmask(POSIX::SIG_BLOCK(), $WAKE);
-  $SIG{$_} = sub { } for qw(CHLD USR1 ALRM);
+  return map { 0 } @want if $n <= 0;
+  return map { (vec($r, $_->[0], 1) ? $POLLIN : 0) | (vec($w, $_->[0], 1) ? $POLLOUT : 0) } @want;
+}
+
+sub keeper {
+  my ($id, $sock, $stdin) = @_;   # $stdin undef: it comes later, over the socket
   prctl($PR_SET_CHILD_SUBREAPER, 1);
   prctl($PR_SET_PDEATHSIG, POSIX::SIGUSR1());
   my $host_gone = getppid() != $HOST_PID;
+  close_inherited(fileno $sock);
+  my $tell = sub { write_all($sock, $_[0]) };   # fails once the host is gone: nothing to tell
+  my $never = sub { my $f = failure($! + 0, $_[0]); $tell->('F ' . length($f) . "\n$f"); POSIX::_exit(0) };
 
-  my $never = sub { my $f = failure($! + 0, $_[0]); $report->('F ' . length($f) . "\n$f"); POSIX::_exit(0) };
-  pipe(my $status_r, my $status_w) or $never->('pipe');
+  my $answer_w;
+  if (defined $channel) {
+    # A reused worker talks to the manager over a socket the manager listens on: the keeper
+    # connects and says whose it is, and the worker gets it as its IPC channel (fd 3).
+    socket($answer_w, AF_UNIX, SOCK_STREAM, 0) or $never->('socket');
+    connect($answer_w, pack_sockaddr_un($channel)) or $never->('connect');
+    write_all($answer_w, "$id\n") or $never->('connect');
+  }
+  my @pipes;
+  for (1 .. 4) {
+    pipe(my $r, my $w) or $never->('pipe');
+    push @pipes, $r, $w;
+  }
+  # Perl opens these close-on-exec: the worker keeps only what exec_worker moves to 0-3.
+  my ($status_r, $status_w, $in_r, $in_w, $out_r, $out_w, $err_r, $err_w) = @pipes;
+  $answer_w //= $out_w;
   my $worker = fork;
   $never->('fork') unless defined $worker;
-  exec_worker(@$worker_fds, $status_w) if $worker == 0;
-  # Nothing of the host's but what the keeper uses: another worker's pipes held here would
-  # keep that worker's input or output from ever closing.
-  my %keep = map { $_ => 1 } 2, fileno $status_r, fileno $ctl_r, fileno $rep_w;
-  if (opendir(my $dh, '/proc/self/fd')) {
-    my @fds = grep { /^\d+$/ && !$keep{$_} } readdir $dh;
-    closedir $dh;
-    POSIX::close($_) for @fds;
-  }
+  exec_worker($in_r, $answer_w, $err_w, $status_w) if $worker == 0;
+  shut($status_w, $in_r, $out_w, $err_w, defined $channel ? $answer_w : ());
+  if (defined $channel) { shut($out_r); undef $out_r }   # the worker's stdout goes to the host's stderr then
+  nonblocking($_) for grep { defined } $in_w, $out_r, $err_r, $sock;
 
-  # The exec is confirmed when the status pipe closes with nothing written.
-  my $why = '';
-  while (1) {
-    my $n = sysread($status_r, $why, 4096, length $why);
-    last if defined $n && $n == 0;
-    next if !defined $n && $!{EINTR};
-    last unless defined $n;
-  }
-  $report->(length $why ? 'F ' . length($why) . "\n$why" : "P $worker\n");
-
-  my ($ctl, $memory) = ('', 0);
+  my ($why, $started) = ('', 0);
+  my ($ctl, $pending, $close_stdin) = ('', '', 0);
+  my ($stdout, $out_bytes, $overflow, $tail, $memory) = ('', 0, 0, '', 0);
+  my ($exited, $status, $flush_by);
+  my $next_memory = $memory_limit ? now_ms() + $MEMORY_POLL_MS : undef;
   my $request = sub {   # signal the worker's group; only while the worker is not reaped
     my ($signal) = @_;
+    return if $exited;
     kill($signal, -$worker) || kill($signal, $worker);
   };
-  if ($memory_limit && $SYS && !length $why) {
-    syscall($SYS->{setitimer}, 0, pack('q4', 0, $MEMORY_POLL_US, 0, $MEMORY_POLL_US), 0);
-  }
-  $SIG{ALRM} = sub {
-    return if $memory;
-    my ($sum, @todo) = (0, children_of($$, 1));
-    while (defined(my $pid = shift @todo)) {
-      $sum += resident_bytes($pid);
-      push @todo, children_of($pid);
+  if (defined $stdin) { $pending = $stdin; $close_stdin = 1 }
+  my $close_in = sub { shut($in_w); undef $in_w; $pending = '' };
+  my $flush_in = sub {
+    while ($in_w && length $pending) {
+      my $n = syswrite($in_w, $pending);
+      if (defined $n) { substr($pending, 0, $n) = ''; next }
+      last if $!{EAGAIN} || $!{EINTR};
+      $close_in->();   # EPIPE: the command does not read its input; its exit says the rest
     }
-    if ($sum > $memory_limit) {
-      $memory = 1;
-      $request->('KILL');
-    }
+    $close_in->() if $in_w && !length $pending && $close_stdin;
   };
-  my $fl = fcntl($ctl_r, F_GETFL, 0);
-  fcntl($ctl_r, F_SETFL, $fl | O_NONBLOCK) if defined $fl;
   $request->('KILL') if $host_gone;
   for (;;) {
-    # Requests from the host: signal names, one a line; end of file, the host is gone.
-    while (!$host_gone) {
-      my $n = sysread($ctl_r, $ctl, 256, length $ctl);
-      if (defined $n && $n == 0) { $host_gone = 1; $request->('KILL') }
-      last unless $n;
-    }
+    $flush_in->();
+    # Requests from the host: I <len>\n<stdin>, K <SIGNAL>\n.
     while ((my $nl = index $ctl, "\n") >= 0) {
-      my $signal = substr($ctl, 0, $nl);
-      substr($ctl, 0, $nl + 1) = '';
-      $request->($signal);
+      my ($kind, $arg) = split / /, substr($ctl, 0, $nl);
+      if ($kind eq 'I') {
+        last if length($ctl) < $nl + 1 + $arg;
+        $pending .= substr($ctl, $nl + 1, $arg) if $in_w;
+        $close_stdin = 1;
+        substr($ctl, 0, $nl + 1 + $arg) = '';
+        $flush_in->();
+      } else {
+        last unless $started || $exited;   # a signal waits for the exec (or for its failure)
+        substr($ctl, 0, $nl + 1) = '';
+        $request->($arg);
+      }
     }
-    # Orphans that came here and died: reaped, so no zombie is left behind.
-    waitpid($_, POSIX::WNOHANG()) for grep { $_ != $worker } children_of($$, 1);
-    last if state_of($worker) =~ /^[ZX]?$/;
-    POSIX::sigsuspend($HELD);   # INT, TERM and PIPE stay blocked, as in the host
+    if (!$exited) {
+      # Orphans that came here and died: reaped, so no zombie is left behind.
+      waitpid($_, POSIX::WNOHANG()) for grep { $_ != $worker } children_of($$, 1);
+      if (state_of($worker) =~ /^[ZX]?$/) {
+        # The worker has exited and is not reaped yet: its group id cannot have been reused,
+        # so the group is killed now, then the worker is reaped, then whatever is left of its
+        # tree; the pipes it held close with it.
+        kill 'KILL', -$worker;
+        waitpid($worker, 0);
+        $status = $?;
+        $exited = 1;
+        kill_tree();
+        $flush_by = now_ms() + $FLUSH_LIMIT_MS;
+        $close_in->();
+      }
+    }
+    if ($memory_limit && !$exited && !$memory && now_ms() >= $next_memory) {
+      $next_memory = now_ms() + $MEMORY_POLL_MS;
+      my ($sum, @todo) = (0, children_of($$, 1));
+      while (defined(my $pid = shift @todo)) {
+        $sum += resident_bytes($pid);
+        push @todo, children_of($pid);
+      }
+      if ($sum > $memory_limit) { $memory = 1; $request->('KILL') }
+    }
+    if ($exited && !$status_r && !$out_r && !$err_r || $exited && now_ms() >= $flush_by) {
+      last if !$started;   # reported with F
+      my $code = POSIX::WIFEXITED($status) ? POSIX::WEXITSTATUS($status) : '-';
+      my $signal = POSIX::WIFSIGNALED($status) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($status)] : '-';
+      $tell->("X $code $signal $overflow " . length($stdout) . ' ' . length($tail) . " $memory\n$stdout$tail") unless $host_gone;
+      last;
+    }
+    my @want = grep { $_->[0] >= 0 } (
+      [$host_gone ? -1 : fileno $sock, $POLLIN],
+      [$status_r ? fileno $status_r : -1, $POLLIN],
+      [$out_r ? fileno $out_r : -1, $POLLIN],
+      [$err_r ? fileno $err_r : -1, $POLLIN],
+      [$in_w && length $pending ? fileno $in_w : -1, $POLLOUT],
+    );
+    my $wait = $exited ? $flush_by - now_ms() : $memory_limit ? $next_memory - now_ms() : undef;
+    $wait = 0 if defined $wait && $wait < 0;
+    my @revents = poll_fds($wait, @want);
+    $host_gone ||= getppid() != $HOST_PID;
+    for my $i (0 .. $#want) {
+      my $ev = $revents[$i] or next;
+      my $fd = $want[$i][0];
+      if (!$host_gone && $fd == fileno $sock) {
+        my $n = sysread($sock, $ctl, 65536, length $ctl);
+        if (defined $n && $n == 0 || !defined $n && !$!{EAGAIN} && !$!{EINTR}) { $host_gone = 1 }
+      } elsif ($status_r && $fd == fileno $status_r) {
+        my $n = sysread($status_r, $why, 4096, length $why);
+        next if !defined $n && ($!{EAGAIN} || $!{EINTR});
+        next if $n;
+        # The exec is confirmed when the status pipe closes with nothing written.
+        shut($status_r);
+        undef $status_r;
+        if (length $why) { $tell->('F ' . length($why) . "\n$why") }
+        else { $started = 1; $tell->("P $worker\n") }
+      } elsif ($out_r && $fd == fileno $out_r) {
+        my $n = sysread($out_r, my $chunk, 65536);
+        next if !defined $n && ($!{EAGAIN} || $!{EINTR});
+        if (!$n) { shut($out_r); undef $out_r; next }
+        next if $overflow;
+        $out_bytes += $n;
+        if ($out_bytes > $MAX_OUTPUT) { $overflow = 1; $stdout = ''; $request->('KILL') }
+        else { $stdout .= $chunk }
+      } elsif ($err_r && $fd == fileno $err_r) {
+        my $n = sysread($err_r, my $chunk, 65536);
+        next if !defined $n && ($!{EAGAIN} || $!{EINTR});
+        if (!$n) { shut($err_r); undef $err_r; next }
+        write_all(\*STDERR, $chunk);   # the worker's own diagnostics, forwarded
+        $tail = substr($tail . $chunk, -$STDERR_TAIL);
+      } elsif ($in_w && $fd == fileno $in_w) {
+        $flush_in->();
+        $close_in->() if $ev & ($POLLERR | $POLLHUP);
+      }
+    }
+    $request->('KILL') if $host_gone;
   }
-  # The worker has exited and is not reaped yet: its group id cannot have been reused, so the
-  # group is killed now, then the worker is reaped, then whatever is left of its tree.
-  kill 'KILL', -$worker;
-  waitpid($worker, 0);
-  my $status = $?;
-  kill_tree();
-  $report->("X $status $memory\n");
   POSIX::_exit(0);
 }
 
 # ---- The host ------------------------------------------------------------------------------
 
+# The host's wait: epoll where the architecture is known (its cost follows the events, not the
+# number of workers), else select over every socket.
+my $EPOLL = $SYS ? syscall($SYS->{epoll_create1}, $EPOLL_CLOEXEC) : -1;
+$EPOLL = -1 if $EPOLL < 0;
+my $EVENT_SIZE = $SYS ? length(pack $SYS->{event}, 0, 0) : 0;
+my $EVENTS = 256;
+my $watched = '';   # select() fallback: the fds to read
+
+sub watch {
+  my ($fd, $on) = @_;
+  if ($EPOLL >= 0) {
+    my $event = pack $SYS->{event}, $EPOLLIN, $fd;
+    syscall($SYS->{epoll_ctl}, $EPOLL, $on ? $EPOLL_CTL_ADD : $EPOLL_CTL_DEL, $fd, $event);
+  } else {
+    vec($watched, $fd, 1) = $on ? 1 : 0;
+  }
+}
+
+# The fds ready to read, waiting at most $ms (undef: until one is, or a child exits).
+sub host_wait {
+  my ($ms) = @_;
+  if ($EPOLL >= 0) {
+    my $buf = "\0" x ($EVENT_SIZE * $EVENTS);
+    my $n = syscall($SYS->{epoll_pwait}, $EPOLL, $buf, $EVENTS, defined $ms ? int($ms) : -1, $WAIT_MASK, 8);
+    return () if $n <= 0;
+    return map { (unpack $SYS->{event}, substr($buf, $_ * $EVENT_SIZE, $EVENT_SIZE))[1] } 0 .. $n - 1;
+  }
+  my $r = $watched;
+  $ms = 200 if !defined $ms || $ms > 200;
+  POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $WAKE);
+  my $n = select($r, undef, undef, $ms / 1000);
+  POSIX::sigprocmask(POSIX::SIG_BLOCK(), $WAKE);
+  return () if $n <= 0;
+  return grep { vec($r, $_, 1) } 0 .. 8 * length($r) - 1;
+}
+
+# Start a queued worker: a socket to its keeper, and the keeper.
 sub spawn_job {
   my ($id, $stdin) = @_;   # $stdin undef: kept open for an input frame
-  my $sock;
-  if (defined $channel) {
-    # A reused worker talks to the manager over a socket the manager listens on: the host
-    # connects and says whose it is, and the worker gets it as its IPC channel (fd 3).
-    socket($sock, AF_UNIX, SOCK_STREAM, 0) or return spawn_failed($id, failure($! + 0, 'socket'));
-    connect($sock, pack_sockaddr_un($channel)) or return spawn_failed($id, failure($! + 0, 'connect'));
-    write_all($sock, "$id\n") or return spawn_failed($id, failure($! + 0, 'connect'));
-  }
-  my @pipes;
-  for (1 .. 5) {
-    pipe(my $r, my $w) or return spawn_failed($id, failure($! + 0, 'pipe'));
-    push @pipes, $r, $w;
-  }
-  # Perl opens these close-on-exec: the worker keeps only what exec_worker moves to 0-3.
-  my ($in_r, $in_w, $out_r, $out_w, $err_r, $err_w, $ctl_r, $ctl_w, $rep_r, $rep_w) = @pipes;
-  my $answer_w = $sock // $out_w;
+  socketpair(my $ours, my $theirs, AF_UNIX, SOCK_STREAM, PF_UNSPEC) or return spawn_failed($id, failure($! + 0, 'socketpair'));
   my $pid = fork;
   return spawn_failed($id, failure($! + 0, 'fork')) unless defined $pid;
-  keeper([$in_r, $answer_w, $err_w], $ctl_r, $rep_w) if $pid == 0;
-  close $_ for $in_r, $out_w, $err_w, $ctl_r, $rep_w;
-  close $answer_w if defined $channel;
-  close $out_r if defined $channel;   # the worker's stdout goes to the host's stderr then
-  my $job = {
-    id => $id, keeper => $pid, ctl => $ctl_w, stdin => $in_w, pending => '', close_stdin => 0, report => '',
-    stdout => '', out_bytes => 0, overflow => 0, tail => '', open => defined $channel ? 2 : 3, status => undef, deadline => undef,
-  };
-  $jobs{$id} = $by_pid{$pid} = $job;
-  my @streams = ([$rep_r, 'report'], [$err_r, 'stderr'], defined $channel ? () : [$out_r, 'stdout']);
-  for (@streams) {
-    my ($fh, $stream) = @$_;
-    $by_fd{fileno $fh} = [$job, $stream, $fh];
-    vec($readers, fileno $fh, 1) = 1;
+  if ($pid == 0) { close $ours; keeper($id, $theirs, $stdin) }
+  close $theirs;
+  my $job = { id => $id, keeper => $pid, sock => $ours, buf => '', out => '' };
+  $jobs{$id} = $by_pid{$pid} = $by_fd{fileno $ours} = $job;
+  watch(fileno $ours, 1);
+}
+
+sub start_queued {
+  my $n = $SPAWN_BATCH;
+  while ($n-- > 0 && @queue) {
+    my $id = shift @queue;
+    my $entry = delete $queued{$id} or next;
+    spawn_job($id, $entry->[0]);
+    tell_keeper($jobs{$id}, $entry->[1]) if $jobs{$id} && defined $entry->[1];   # signals asked for meanwhile
   }
-  my $flags = fcntl($in_w, F_GETFL, 0);
-  fcntl($in_w, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
-  $by_fd{fileno $in_w} = [$job, 'stdin', $in_w];
-  input_for($job, $stdin) if defined $stdin;
 }
 
-# Ask a job's keeper to signal its worker's group. The keeper is a child not reaped yet, so
-# waking it cannot reach another process.
-sub request {
-  my ($job, $signal) = @_;
-  return if defined $job->{status} || !$job->{ctl};
-  syswrite($job->{ctl}, "$signal\n");
-  kill 'USR1', $job->{keeper};
+# Tell a job's keeper (a request it reads on its socket); nothing once its socket is done.
+sub tell_keeper {
+  my ($job, $bytes) = @_;
+  return unless $job->{sock} && !$job->{eof};
+  $job->{out} .= $bytes;
+  flush_keeper($job);
 }
 
-# Queue the task's input for the command's stdin, then close it.
-sub input_for {
-  my ($job, $data) = @_;
-  return unless $job->{stdin};
-  $job->{pending} .= $data;
-  $job->{close_stdin} = 1;
-  flush_stdin($job);
-}
-
-sub flush_stdin {
+sub flush_keeper {
   my ($job) = @_;
-  my $fh = $job->{stdin};
-  while (length $job->{pending}) {
-    my $n = syswrite($fh, $job->{pending});
-    if (defined $n) { substr($job->{pending}, 0, $n) = ''; next }
-    if ($!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR}) { vec($writers, fileno $fh, 1) = 1; return }
-    $job->{pending} = '';   # EPIPE: the command does not read its input; its exit says the rest
+  while (length $job->{out}) {
+    my $n = syswrite($job->{sock}, $job->{out});
+    if (defined $n) { substr($job->{out}, 0, $n) = ''; next }
+    if ($!{EAGAIN} || $!{EINTR}) { wait_writable(fileno $job->{sock}); next }
+    $job->{out} = '';   # the keeper is gone: its exit says the rest
   }
-  close_stdin($job) if $job->{close_stdin};
 }
 
-sub close_stdin {
-  my ($job) = @_;
-  my $fh = $job->{stdin} or return;
-  vec($writers, fileno $fh, 1) = 0;
-  delete $by_fd{fileno $fh};
-  close $fh;
-  $job->{stdin} = undef;
-}
-
-# What the keeper says: P <pid> (exec done), F <len>\n<why> (never started), X <status>
-# <memory> (the worker exited and its tree is gone).
+# What a keeper says: P <pid> (exec done), F <len>\n<why> (never started), X <code> <signal>
+# <overflow> <outlen> <errlen> <memory>\n<answer><tail> (the worker exited and its tree is
+# gone): passed on to the manager with the job's id.
 sub keeper_said {
   my ($job) = @_;
   for (;;) {
-    my $nl = index $job->{report}, "\n";
+    my $nl = index $job->{buf}, "\n";
     return if $nl < 0;
-    my ($kind, @fields) = split / /, substr($job->{report}, 0, $nl);
-    if ($kind eq 'F') {
-      return if length($job->{report}) < $nl + 1 + $fields[0];
-      $job->{failed} = 1;
-      spawn_failed($job->{id}, substr($job->{report}, $nl + 1, $fields[0]));
-      substr($job->{report}, 0, $nl + 1 + $fields[0]) = '';
-      next;
-    }
-    substr($job->{report}, 0, $nl + 1) = '';
+    my ($kind, @fields) = split / /, substr($job->{buf}, 0, $nl);
+    my $len = $kind eq 'F' ? $fields[0] : $kind eq 'X' ? $fields[3] + $fields[4] : 0;
+    return if length($job->{buf}) < $nl + 1 + $len;
+    my $payload = substr($job->{buf}, $nl + 1, $len);
+    substr($job->{buf}, 0, $nl + 1 + $len) = '';
     if ($kind eq 'P') { $job->{pid} = $fields[0]; to_manager("P $job->{id} $fields[0]\n") }
-    elsif ($kind eq 'X') { ($job->{exit}, $job->{memory}) = @fields }
+    elsif ($kind eq 'F') { $job->{done} = 1; to_manager("F $job->{id} $fields[0]\n$payload") }
+    elsif ($kind eq 'X') { $job->{done} = 1; to_manager("X $job->{id} @fields\n$payload") }
   }
 }
 
-sub read_job {
-  my ($fh) = @_;
-  my ($job, $stream) = @{ $by_fd{fileno $fh} };
-  my $n = sysread($fh, my $chunk, 65536);
-  return if !defined $n && $!{EINTR};
-  if ($n) {
-    if ($stream eq 'report') {
-      $job->{report} .= $chunk;
-      keeper_said($job);
-    } elsif ($stream eq 'stderr') {
-      write_all(\*STDERR, $chunk);   # the worker's own diagnostics, forwarded
-      $job->{tail} = substr($job->{tail} . $chunk, -$STDERR_TAIL);
-    } elsif (!$job->{overflow}) {
-      $job->{out_bytes} += $n;
-      if ($job->{out_bytes} > $MAX_OUTPUT) {
-        $job->{overflow} = 1;
-        $job->{stdout} = '';
-        request($job, 'KILL');
-      } else {
-        $job->{stdout} .= $chunk;
-      }
-    }
-    return;
+sub read_keeper {
+  my ($job) = @_;
+  my $n = sysread($job->{sock}, $job->{buf}, 65536, length $job->{buf});
+  return if !defined $n && ($!{EINTR} || $!{EAGAIN});
+  if ($n) { keeper_said($job); return }
+  # End of file: the keeper is gone, or going. Every report it wrote has been read.
+  watch(fileno $job->{sock}, 0);
+  delete $by_fd{fileno $job->{sock}};
+  close $job->{sock};
+  $job->{sock} = undef;
+  $job->{eof} = 1;
+  finish($job);
+}
+
+# A job ends when its keeper has been reaped and its socket read to the end (in either order):
+# then everything the keeper said has been passed on.
+sub finish {
+  my ($job) = @_;
+  return unless $job->{eof} && defined $job->{status};
+  delete $jobs{$job->{id}};
+  return if $job->{done};
+  if (!defined $job->{pid}) {
+    # The keeper died (killed from outside) before it could say either way.
+    return spawn_failed($job->{id}, join "\0", 'ECHILD', 'spawn', 'the keeper of the worker died');
   }
-  vec($readers, fileno $fh, 1) = 0;
-  delete $by_fd{fileno $fh};
-  close $fh;
-  $job->{open}--;
+  # The keeper was killed while the worker ran: its tree came here and is killed (sweep).
+  my $st = $job->{status};
+  my $code = POSIX::WIFEXITED($st) ? POSIX::WEXITSTATUS($st) : '-';
+  my $signal = POSIX::WIFSIGNALED($st) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($st)] : '-';
+  to_manager("X $job->{id} $code $signal 0 0 0 0\n");
 }
 
 # A child of the host that is no keeper came from the tree of a keeper that died (killed from
@@ -411,77 +573,28 @@ sub sweep_strays {
 
 # Collect the keepers' exit statuses (and the strays').
 sub reap {
-  my $reaped = 0;
+  my $stray = 0;
   while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
-    $reaped++;
-    my $job = delete $by_pid{$pid} or next;
+    my $job = delete $by_pid{$pid};
+    if (!$job) { $stray = 1; next }
     $job->{status} = $?;
-    $job->{deadline} = now_ms() + $FLUSH_LIMIT_MS;
-    close_stdin($job);
-    close $job->{ctl};
-    $job->{ctl} = undef;
     # A keeper that left without its report was killed: its worker's tree comes here.
     $sweep_until = now_ms() + 2000 if $? != 0;
+    finish($job);
   }
-  sweep_strays() if $reaped && $CONTAINMENT eq 'subreaper' || $sweep_until > now_ms();
-}
-
-# Report exits whose output is complete (or waited for long enough).
-sub report_exits {
-  my $now;
-  for my $job (values %jobs) {
-    next unless defined $job->{status};
-    if ($job->{open} > 0) {
-      $now //= now_ms();
-      next if $now < $job->{deadline};
-      for my $fd (keys %by_fd) {
-        my ($owner, $stream, $fh) = @{ $by_fd{$fd} };
-        next unless $owner == $job;
-        vec($readers, $fd, 1) = 0;
-        delete $by_fd{$fd};
-        close $fh;
-      }
-    }
-    delete $jobs{$job->{id}};
-    if (!$job->{failed} && !defined $job->{pid}) {
-      # The keeper died before it could say either way.
-      spawn_failed($job->{id}, join "\0", 'ECHILD', 'spawn', 'the keeper of the worker died');
-      next;
-    }
-    next if $job->{failed};   # reported with F already
-    my $st = $job->{exit} // $job->{status};
-    my $code = POSIX::WIFEXITED($st) ? POSIX::WEXITSTATUS($st) : '-';
-    my $signal = POSIX::WIFSIGNALED($st) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($st)] : '-';
-    to_manager(
-      "X $job->{id} $code $signal $job->{overflow} " . length($job->{stdout}) . ' ' . length($job->{tail}) . ' ' . ($job->{memory} // 0) . "\n"
-        . $job->{stdout} . $job->{tail},
-    );
-  }
-}
-
-# How long select() may block: until the next flush deadline. A child's exit signal
-# interrupts select(), but one that arrives between the last reap and the call interrupts
-# nothing, so while workers run the wait is bounded: 1 ms once a worker's pipes have closed
-# (it is exiting: its status is a moment away), 200 ms otherwise.
-sub timeout {
-  my $wait = $sweep_until > now_ms() ? 0.1 : undef;
-  for my $job (values %jobs) {
-    my $t = defined $job->{deadline} ? ($job->{deadline} - now_ms()) / 1000 : $job->{open} ? 0.2 : 0.001;
-    $t = 0 if $t < 0;
-    $wait = $t if !defined $wait || $t < $wait;
-  }
-  return $wait;
+  sweep_strays() if $stray || $sweep_until > now_ms();
 }
 
 # The manager is gone (or done with us): no worker outlives it. Each keeper kills its
-# worker's tree and leaves; the host waits for them (a moment, unless a process is stuck in
-# the kernel), so that none is left to whoever reaps the host.
+# worker's tree and leaves (its socket closes); the host waits for them (a moment, unless a
+# process is stuck in the kernel), so that none is left to whoever reaps the host.
 sub shutdown_host {
+  @queue = ();
+  %queued = ();
   for my $job (values %jobs) {
-    next if defined $job->{status};
-    close $job->{ctl} if $job->{ctl};
-    $job->{ctl} = undef;
-    kill 'USR1', $job->{keeper};
+    close $job->{sock} if $job->{sock};
+    $job->{sock} = undef;
+    kill 'USR1', $job->{keeper} if !defined $job->{status};
   }
   local $SIG{ALRM} = sub { POSIX::_exit(0) };
   alarm 3;
@@ -507,9 +620,11 @@ sub configure {
 }
 
 # Frames from the manager: C (configure), S (spawn), I (input), K (signal). See host-protocol.js.
+# A spawn is queued; a signal for a worker still in the queue goes to its keeper once it is
+# started (the keeper applies it once the worker's exec is done).
 sub read_manager {
   my $n = sysread(\*STDIN, $from_manager, 65536, length $from_manager);
-  return if !defined $n && $!{EINTR};
+  return if !defined $n && ($!{EINTR} || $!{EAGAIN});
   shutdown_host() unless $n;
   while ((my $nl = index $from_manager, "\n") >= 0) {
     my @head = split / /, substr($from_manager, 0, $nl);
@@ -519,33 +634,29 @@ sub read_manager {
     last if length($from_manager) < $nl + 1 + $len;
     my $payload = substr($from_manager, $nl + 1, $len);
     substr($from_manager, 0, $nl + 1 + $len) = '';
+    my $id = $head[1];
     if ($kind eq 'C') { configure($payload) }
-    elsif ($kind eq 'S') { spawn_job($head[1], $head[2] eq '-' ? undef : $payload) }
-    elsif ($kind eq 'I') { input_for($jobs{$head[1]}, $payload) if $jobs{$head[1]} }
-    elsif ($kind eq 'K') { request($jobs{$head[1]}, $head[2] =~ s/^SIG//r) if $jobs{$head[1]} }
+    elsif ($kind eq 'S') { push @queue, $id; $queued{$id} = [$head[2] eq '-' ? undef : $payload] }
+    elsif ($kind eq 'I') {
+      if ($queued{$id}) { $queued{$id}[0] = $payload }
+      elsif ($jobs{$id}) { tell_keeper($jobs{$id}, 'I ' . length($payload) . "\n$payload") }
+    } elsif ($kind eq 'K') {
+      if ($queued{$id}) { $queued{$id}[1] .= 'K ' . ($head[2] =~ s/^SIG//r) . "\n" }
+      elsif ($jobs{$id}) { tell_keeper($jobs{$id}, 'K ' . ($head[2] =~ s/^SIG//r) . "\n") }
+    }
   }
 }
 
+nonblocking(\*STDIN);
+watch(0, 1);
 to_manager("R $$ $CONTAINMENT\n");
 for (;;) {
-  my ($can_read, $can_write) = ($readers, $writers);
-  my $ready = select($can_read, $writers =~ /[^\0]/ ? $can_write : undef, undef, timeout());
-  if ($ready > 0) {
-    # The ready pipes, taken before any is closed: the manager's frames may close one and
-    # open another under the same number in this round, and that one is not ready.
-    my @ready = map { [$_, $by_fd{$_}] } grep { vec($can_read, $_, 1) || vec($can_write, $_, 1) } keys %by_fd;
-    read_manager() if vec($can_read, 0, 1);
-    for (@ready) {
-      my ($fd, $entry) = @$_;
-      next unless ($by_fd{$fd} // 0) == $entry;   # closed in this round
-      if ($entry->[1] eq 'stdin') {
-        vec($writers, $fd, 1) = 0;
-        flush_stdin($entry->[0]);
-      } else {
-        read_job($entry->[2]);
-      }
-    }
+  my $wait = @queue ? 0 : $sweep_until > now_ms() ? 100 : undef;
+  for my $fd (host_wait($wait)) {
+    if ($fd == 0) { read_manager(); next }
+    my $job = $by_fd{$fd} or next;
+    read_keeper($job);
   }
   reap();
-  report_exits();
+  start_queued();
 }
