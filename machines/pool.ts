@@ -417,7 +417,14 @@ export const poolMachine = setup({
           { guard: 'pausedByUser', target: 'paused' },
           { target: 'running' },
         ],
-        onError: { target: 'stopped', actions: assign({ sourceDrained: true, startError: ({ event }) => event.error }) },
+        // What was delivered while starting goes back to the source: it never ran.
+        onError: {
+          target: 'stopped',
+          actions: [
+            { type: 'release', params: { deliveryIds: 'all' } satisfies ReleaseParams },
+            assign({ sourceDrained: true, backlog: [], startError: ({ event }) => event.error }),
+          ],
+        },
       },
       on: {
         delivery: { actions: 'enqueueDelivery' },

@@ -131,7 +131,10 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   #workers: WorkerActors | null = null;
   #done: Promise<unknown> | null = null;
   #finished = false;
-  #starting = false;
+  /** The handler check under way in start(), before the pool machine exists. */
+  #checking: Promise<void> | null = null;
+  /** pause() and resume() called during the check, carried out once the machine exists. */
+  #early: ('pause' | 'resume')[] = [];
 
   readonly #internals: PoolInternals;
   /** This pool's live process groups; the process-wide registry holds them too. */
@@ -198,16 +201,17 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
    * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
    */
   async start(): Promise<void> {
-    if (this.#actor || this.#starting) {
+    if (this.#actor || this.#checking || this.#finished) {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
     }
-    this.#starting = true;
+    this.#checking = checkHandler(this.options);
     try {
-      await checkHandler(this.options);
+      await this.#checking;
     } finally {
-      this.#starting = false;
+      this.#checking = null;
     }
+    if (this.#finished) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the pool was stopped while it started');
     const actor = createActor(this.#machine(), {
       input: {
         maxWorkers: this.options.concurrency,
@@ -230,6 +234,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     this.#done.catch(() => {});
     actor.subscribe({ error: () => {} });
     actor.start();
+    for (const type of this.#early.splice(0)) actor.send({ type });
     const snapshot = await new Promise<ReturnType<PoolActorRef['getSnapshot']>>((resolve) => {
       const check = (s: ReturnType<PoolActorRef['getSnapshot']>) => {
         if (!s.matches('starting')) {
@@ -240,6 +245,9 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       const sub = actor.subscribe({ next: check, error: () => resolve(actor.getSnapshot()) });
       check(actor.getSnapshot());
     });
+    if (snapshot.matches('stopping') || (snapshot.status === 'done' && snapshot.output?.error === undefined)) {
+      throw new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool was stopped while it started');
+    }
     if (snapshot.status !== 'active') {
       const cause = snapshot.output?.error ?? snapshot.error;
       const why = cause instanceof Error ? `: ${cause.message}` : '';
@@ -284,6 +292,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
 
   /** Finish everything queued (retries included), take nothing new, then stop. */
   async drain(options: DrainOptions = {}): Promise<void> {
+    if (await this.#notStarted()) return;
     this.#send({ type: 'drain' });
     let timer: NodeJS.Timeout | undefined;
     if (options.timeout !== undefined) {
@@ -299,6 +308,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
 
   /** Stop now: kill every worker; tasks not yet finished are rejected with POOL_STOPPED. */
   async stop(): Promise<void> {
+    if (await this.#notStarted()) return;
     this.#send({ type: 'stop' });
     try {
       await this.#done;
@@ -308,11 +318,25 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   }
 
   pause(): void {
-    this.#send({ type: 'pause' });
+    if (this.#checking) this.#early.push('pause');
+    else this.#send({ type: 'pause' });
   }
 
   resume(): void {
-    this.#send({ type: 'resume' });
+    if (this.#checking) this.#early.push('resume');
+    else this.#send({ type: 'resume' });
+  }
+
+  /**
+   * For drain() and stop() called while start() checks the handler: wait for the check (the
+   * machine then exists, in `starting`, and takes the request). True when there is no machine
+   * to stop (never started, or the check failed): the pool is then marked stopped.
+   */
+  async #notStarted(): Promise<boolean> {
+    if (this.#checking) await this.#checking.catch(() => {});
+    if (this.#actor) return false;
+    await this.#finish();
+    return true;
   }
 
   /** Events for a stopped pool are dropped (XState would warn about each). */

@@ -205,3 +205,45 @@ describe('a lost connection', () => {
     expect((final as { result: { pid: number } }).result.pid).toBe(started[1]);
   });
 });
+
+describe('calls while start() checks the handler', () => {
+  it('stop() during start() stops the pool: nothing runs, and it cannot start again', async () => {
+    const pool = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
+    pools.push(pool);
+    // start() may finish first (then the pool is stopped) or learn that it was stopped.
+    const starting = pool.start().then(
+      () => 'started',
+      (err: { code?: string }) => err.code,
+    );
+    await pool.stop();
+    expect(['started', 'TIDEPOOL_ERR_POOL_STOPPED']).toContain(await starting);
+    await expect(pool.run({ id: 'late' })).rejects.toMatchObject({ code: 'TIDEPOOL_ERR_POOL_STATE' });
+    await expect(pool.start()).rejects.toMatchObject({ code: 'TIDEPOOL_ERR_POOL_STATE', message: expect.stringContaining('create a new one') });
+  });
+
+  it('pause() during start() holds intake once started; resume() lets it run', async () => {
+    const pool = await (async () => {
+      const p = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
+      pools.push(p);
+      p.on('worker:spawned', ({ pid }) => spawned.add(pid));
+      const starting = p.start();
+      p.pause();
+      await starting;
+      return p;
+    })();
+    const result = pool.run({ id: 'held' });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(spawned.size).toBe(0);
+    pool.resume();
+    await expect(result).resolves.toMatchObject({ status: 'resolved' });
+  });
+
+  it('drain() during start() drains: the pool ends with nothing run', async () => {
+    const pool = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
+    pools.push(pool);
+    const starting = pool.start().catch((e: unknown) => e);
+    await pool.drain();
+    await starting;
+    await expect(pool.run({ id: 'late' })).rejects.toMatchObject({ code: 'TIDEPOOL_ERR_POOL_STATE' });
+  });
+});

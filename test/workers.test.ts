@@ -88,8 +88,11 @@ describe('module workers', () => {
     expect(failed(await pool.run({ params: { signal: 'SIGKILL' } }))).toMatchObject({ kind: 'crash', signal: 'SIGKILL' });
   });
 
+  // A single-use worker's deadline runs from its start: these timeouts leave room for Node to
+  // start and load the handler on a loaded machine (two CPU burners), so the handler is
+  // running when the deadline passes.
   it('times out a hung task and kills its whole process group, grandchildren included', async () => {
-    const pool = await startPool({ worker: { module: fixture('hang.js') }, timeout: 500 });
+    const pool = await startPool({ worker: { module: fixture('hang.js') }, timeout: 2_000 });
     const pidFile = join(dir, 'hang-module.pid');
     const reaped: WorkerReport[] = [];
     pool.on('worker:reaped', (r) => reaped.push(r));
@@ -102,7 +105,7 @@ describe('module workers', () => {
   });
 
   it('SIGKILLs a worker that ignores SIGTERM after the grace period', async () => {
-    const pool = await startPool({ worker: { module: fixture('stubborn.js') }, timeout: 200, killGrace: 200 });
+    const pool = await startPool({ worker: { module: fixture('stubborn.js') }, timeout: 2_000, killGrace: 200 });
     const reaped: WorkerReport[] = [];
     pool.on('worker:reaped', (r) => reaped.push(r));
     expect(failed(await pool.run({}))).toMatchObject({ kind: 'timeout' });
@@ -111,7 +114,7 @@ describe('module workers', () => {
   });
 
   it('fires ctx.signal at the deadline so the handler can clean up', async () => {
-    const pool = await startPool({ worker: { module: fixture('abortable.js') }, timeout: 300, killGrace: 2_000 });
+    const pool = await startPool({ worker: { module: fixture('abortable.js') }, timeout: 2_000, killGrace: 2_000 });
     const file = join(dir, 'aborted.txt');
     expect(failed(await pool.run({ params: { file } }))).toMatchObject({ kind: 'timeout' });
     await pool.drain();
@@ -126,9 +129,9 @@ describe('module workers', () => {
   });
 
   it('gives a handler that reads ctx.signal after the deadline an aborted signal', async () => {
-    const pool = await startPool({ worker: { module: fixture('late-signal.js') }, timeout: 200, killGrace: 2_000 });
+    const pool = await startPool({ worker: { module: fixture('late-signal.js') }, timeout: 2_000, killGrace: 3_000 });
     const file = join(dir, 'late-signal.txt');
-    expect(failed(await pool.run({ params: { file } }))).toMatchObject({ kind: 'timeout' });
+    expect(failed(await pool.run({ params: { file, ms: 2_600 } }))).toMatchObject({ kind: 'timeout' });
     await pool.drain();
     expect(readFileSync(file, 'utf8')).toBe('aborted: true\n');
   });

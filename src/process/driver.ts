@@ -101,19 +101,11 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
       if (!exited) host.signal(id, sig);
     };
     receive((command) => {
-      switch (command.type) {
-        case 'proc.run': {
-          ran = true;
-          if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
-          const task = rt.taskFor(command.deliveryId);
-          if (task && !exited) host.stdin(id, kind.input(task, input.workerId));
-          return;
-        }
-        case 'proc.terminate':
-          return signal('SIGTERM');
-        case 'proc.kill':
-          return signal('SIGKILL');
-      }
+      if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
+      ran = true;
+      if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
+      const task = rt.taskFor(command.deliveryId);
+      if (task && !exited) host.stdin(id, kind.input(task, input.workerId));
     });
     return () => signal('SIGKILL');
   });
@@ -173,27 +165,12 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
       if (!exited) host.signal(id, sig);
     };
     receive((command) => {
-      switch (command.type) {
-        case 'proc.run': {
-          const held = rt.taskFor(command.deliveryId);
-          if (!held || exited) return;
-          const run: RunMessage = {
-            k: MSG.RUN,
-            task: held.task,
-            attempt: held.attempt,
-            taskId: held.task.id,
-            workerId: input.workerId,
-            last: command.last,
-            deadline: Date.now() + rt.options.timeout,
-          };
-          // The channel is gone (the worker is dying): its exit will fail the attempt.
-          if (!host.post(id, run)) rt.logger.debug({ workerId: input.workerId }, 'task not sent');
-          return;
-        }
-        case 'proc.terminate':
-          return signal('SIGTERM');
-        case 'proc.kill':
-          return signal('SIGKILL');
+      if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
+      const held = rt.taskFor(command.deliveryId);
+      if (!held || exited) return;
+      // The channel is gone (the worker is dying): its exit will fail the attempt.
+      if (!host.post(id, runMessage(held, input.workerId, command.last, rt.options.timeout))) {
+        rt.logger.debug({ workerId: input.workerId }, 'task not sent');
       }
     });
     return () => signal('SIGKILL');
@@ -229,16 +206,7 @@ const COMMAND: HostedKind = {
 /** A single-use module worker: its `run` message on stdin, its one reply on fd 3. */
 function singleUseModule(modulePath: string, timeout: number): HostedKind {
   return {
-    input: (held, workerId) =>
-      JSON.stringify({
-        k: MSG.RUN,
-        task: held.task,
-        attempt: held.attempt,
-        taskId: held.task.id,
-        workerId,
-        last: true,
-        deadline: Date.now() + timeout,
-      } satisfies RunMessage),
+    input: (held, workerId) => JSON.stringify(runMessage(held, workerId, true, timeout)),
     // No reply (it died first, or its reply was cut off) is no answer: the exit tells.
     answer: ({ stdout, overflow }) => {
       if (overflow) {
@@ -292,6 +260,20 @@ export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number })
 
 /** A task as a command reads it: one JSON line. */
 const taskLine = (task: Task): string => `${JSON.stringify(task)}\n`;
+
+/** The signal each stopping command of the worker machine sends to the worker's tree. */
+const SIGNAL_OF = { 'proc.terminate': 'SIGTERM', 'proc.kill': 'SIGKILL' } as const satisfies Record<string, NodeJS.Signals>;
+
+/** The `run` message a module worker is given; its deadline is `timeout` ms from now. */
+const runMessage = (held: Held, workerId: string, last: boolean, timeout: number): RunMessage => ({
+  k: MSG.RUN,
+  task: held.task,
+  attempt: held.attempt,
+  taskId: held.task.id,
+  workerId,
+  last,
+  deadline: Date.now() + timeout,
+});
 
 /** A delivery's task as a worker is given it; `text`: its JSON as it arrived, when it came as text. */
 type Held = { task: Task; attempt: number; text?: string };
