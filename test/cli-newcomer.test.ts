@@ -20,7 +20,8 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 /** Run the CLI to its end with `env` added and `input` on stdin. */
 function run(args: string[], options: { input?: string; env?: Record<string, string> } = {}) {
   const env = { ...process.env };
-  for (const name of Object.keys(env)) if (name.startsWith('TIDEPOOL_')) delete env[name];
+  // The caller's TIDEPOOL_* settings stay out, but for the spawn host edition CI chooses.
+  for (const name of Object.keys(env)) if (name.startsWith('TIDEPOOL_') && name !== 'TIDEPOOL_SPAWN_HOST') delete env[name];
   const result = spawnSync(process.execPath, [BIN, ...args], {
     input: options.input ?? '',
     env: { ...env, ...options.env },
