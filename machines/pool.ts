@@ -22,6 +22,11 @@ export interface PoolInput {
   maxTasksPerWorker: number;
   /** The breaker trips on the crash after this many within `crashWindow`. */
   maxCrashes: number;
+  /**
+   * Most workers starting at once (spawned, not yet ready or running): a burst of work is
+   * started in waves the host can start within `spawnTimeout` (PHP-FPM's `pm.max_spawn_rate`).
+   */
+  maxSpawning: number;
 }
 
 /** Live workers per phase, as they reported it (see `WorkerPhase`). */
@@ -315,13 +320,15 @@ export const poolMachine = setup({
      */
     dispatch: enqueueActions(({ context, enqueue }) => {
       const idle = context.ready.length + context.warming.length;
-      if (context.backlog.length === 0 && (context.live >= context.maxWorkers || idle >= context.spares)) return;
+      const full = context.live >= context.maxWorkers || context.phases.spawning >= context.maxSpawning;
+      if (context.backlog.length === 0 && (full || idle >= context.spares)) return;
       const ready = [...context.ready];
       const warming = [...context.warming];
       const backlog = [...context.backlog];
       const assigned = [...context.assigned];
       let { seq, live } = context;
       let spawning = context.phases.spawning;
+      const canSpawn = () => live < context.maxWorkers && spawning < context.maxSpawning;
       const spawn = (deliveryId: string | null) => {
         const id = `${WORKER_PREFIX}${++seq}`;
         live++;
@@ -336,14 +343,14 @@ export const poolMachine = setup({
         if (workerId !== undefined) {
           assigned.push({ workerId, deliveryId });
           enqueue({ type: 'tellWorker', params: { workerId, command: { type: 'task.assign', deliveryId } } satisfies TellParams });
-        } else if (live < context.maxWorkers) {
+        } else if (canSpawn()) {
           spawn(deliveryId);
         } else {
           break;
         }
         taken++;
       }
-      while (ready.length + warming.length < context.spares && live < context.maxWorkers) spawn(null);
+      while (ready.length + warming.length < context.spares && canSpawn()) spawn(null);
       enqueue.assign({
         ready,
         warming,
@@ -440,6 +447,8 @@ export const poolMachine = setup({
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
         'worker.ready': { actions: ['track', 'dispatch'] },
+        // A worker out of `spawning` frees a place in the wave of starts.
+        'worker.running': { actions: ['track', 'dispatch'] },
         'worker.leaving': { actions: ['track', 'dispatch'] },
         'worker.declined': { actions: ['takeBack', 'dispatch'] },
         'worker.outcome': [
@@ -497,6 +506,7 @@ export const poolMachine = setup({
         'worker.error': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         // No worker idles here (each is retired when ready), so none leaves on an idle timeout.
         'worker.ready': { actions: ['track', 'dispatch', 'retireIdle'] },
+        'worker.running': { actions: ['track', 'dispatch'] },
         'worker.declined': { actions: ['takeBack', 'dispatch'] },
         'worker.outcome': { actions: ['track', 'workerReported', 'dispatch'] },
         stop: 'stopping',

@@ -59,6 +59,7 @@ const schema = v.strictObject({
   killGrace: v.optional(positiveInt),
   idleTimeout: v.optional(positiveInt),
   maxCrashes: v.optional(nonNegativeInt),
+  maxSpawning: v.optional(positiveInt),
   crashWindow: v.optional(positiveInt),
   breakerCooldown: v.optional(positiveInt),
   memoryLimit: v.optional(positiveInt),
@@ -114,6 +115,11 @@ export interface PoolOptions {
   killGrace?: number;
   /** A reused worker idle this long exits, in ms. Default 60000. */
   idleTimeout?: number;
+  /**
+   * Most workers starting at once; a burst of tasks is started in waves (PHP-FPM's
+   * `pm.max_spawn_rate`), so none waits past `spawnTimeout` behind the others. Default 32.
+   */
+  maxSpawning?: number;
   /** The crash breaker trips on the crash after this many within `crashWindow`. Default 10. */
   maxCrashes?: number;
   /** The breaker's sliding window, in ms. Default 60000. */
@@ -158,6 +164,7 @@ export interface ResolvedOptions {
   killGrace: number;
   idleTimeout: number;
   maxCrashes: number;
+  maxSpawning: number;
   crashWindow: number;
   breakerCooldown: number;
   memoryLimit: number | null;
@@ -191,6 +198,7 @@ export const DEFAULTS = {
   killGrace: DELAY_DEFAULTS.killGrace,
   idleTimeout: DELAY_DEFAULTS.idleTimeout,
   maxCrashes: 10,
+  maxSpawning: 32,
   crashWindow: DELAY_DEFAULTS.crashWindow,
   breakerCooldown: DELAY_DEFAULTS.breakerCooldown,
   logLevel: 'info',
@@ -244,6 +252,7 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
     killGrace: o.killGrace ?? DEFAULTS.killGrace,
     idleTimeout: o.idleTimeout ?? DEFAULTS.idleTimeout,
     maxCrashes: o.maxCrashes ?? DEFAULTS.maxCrashes,
+    maxSpawning: o.maxSpawning ?? DEFAULTS.maxSpawning,
     crashWindow: o.crashWindow ?? DEFAULTS.crashWindow,
     breakerCooldown: o.breakerCooldown ?? DEFAULTS.breakerCooldown,
     memoryLimit: o.memoryLimit ?? null,

@@ -218,6 +218,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         spares: this.options.spares,
         maxTasksPerWorker: this.options.maxTasksPerWorker,
         maxCrashes: this.options.maxCrashes,
+        maxSpawning: this.options.maxSpawning,
       },
       inspect: this.options.inspect as Observer<InspectionEvent> | undefined,
       ...(this.#internals.clock ? { clock: this.#internals.clock } : {}),

@@ -49,7 +49,7 @@ interface WorkerView {
  * children that last reported that phase, and every idle id is a child.
  */
 async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
-  const input: PoolInput = { maxWorkers: 2, spares: 0, maxTasksPerWorker: 1, maxCrashes: 2, ...partial };
+  const input: PoolInput = { maxWorkers: 2, spares: 0, maxTasksPerWorker: 1, maxCrashes: 2, maxSpawning: 100, ...partial };
   const fakes = createFakeProcesses(options.fake);
   /** Every slot call and notification, in order. */
   const calls: { name: string; params?: unknown }[] = [];
@@ -214,12 +214,16 @@ describe('pool machine: starting', () => {
     expect(p.calls).toEqual([]);
   });
 
-  it('a startup that rejects ends in stopped with no workers and no slot called', async () => {
-    const p = await startPool({ spares: 1 }, { startup: async () => Promise.reject(new Error('connection refused')) });
+  it('a startup that rejects ends in stopped with no workers, giving back what was delivered meanwhile', async () => {
+    const gate = deferred();
+    const p = await startPool({ spares: 1 }, { startup: () => gate.promise, noWait: true });
+    p.deliver('d1', 'd2');
+    gate.reject(new Error('connection refused'));
+    await waitFor(p.pool, (s) => s.status === 'done');
     expect(p.state()).toBe('stopped');
-    expect(p.snapshot().status).toBe('done');
     expect(p.fakes.all.size).toBe(0);
-    expect(p.calls).toEqual([]);
+    expect(p.calls.map((c) => c.name)).toEqual(['release']);
+    expect(p.released()).toEqual(['d1', 'd2']);
   });
 
   it('a startup that rejects leaves its error in the output (PoolOutput.error)', async () => {
@@ -245,6 +249,20 @@ describe('pool machine: starting', () => {
 });
 
 describe('pool machine: dispatch', () => {
+  it('starts a burst in waves of maxSpawning: the next starts as one leaves spawning', async () => {
+    const p = await startPool({ maxWorkers: 5, maxSpawning: 2 });
+    p.deliver('d1', 'd2', 'd3', 'd4', 'd5');
+    expect(p.workerIds()).toEqual(['worker.1', 'worker.2']);
+    expect(p.context().backlog).toEqual(['d3', 'd4', 'd5']);
+    p.proc('worker.1').start();
+    expect(p.workerIds()).toEqual(['worker.1', 'worker.2', 'worker.3']);
+    p.proc('worker.2').start();
+    p.proc('worker.3').start();
+    expect(p.workerIds()).toHaveLength(5);
+    expect(p.context().backlog).toEqual([]);
+    expect(p.runs()).toEqual(['d1', 'd2', 'd3']);
+  });
+
   it('spawns workers just in time up to maxWorkers; the rest wait in the backlog', async () => {
     const p = await startPool({ maxWorkers: 2 });
     expect(p.fakes.all.size).toBe(0);
