@@ -126,7 +126,13 @@ export class SpawnHost {
     const id = String(++this.#seq);
     const channel = this.#listen ? { socket: null, closed: false, exit: null } : undefined;
     this.#pending.set(id, { ...handlers, pid: null, channel });
-    this.#send(stdin === undefined ? frame(`${HOST.SPAWN} ${id} -`) : frame(`${HOST.SPAWN} ${id}`, stdin));
+    try {
+      this.#send(stdin === undefined ? frame(`${HOST.SPAWN} ${id} -`) : frame(`${HOST.SPAWN} ${id}`, stdin));
+    } catch (err) {
+      // The host itself could not be started: nothing holds this process, so nothing is pending.
+      this.#pending.delete(id);
+      throw err;
+    }
     return id;
   }
 
@@ -238,8 +244,11 @@ export class SpawnHost {
         this.#edition = 'node';
       }
       if (this.#pending.size > 0) this.#logger.error({ code, signal }, 'spawn host died; failing the processes it held');
-      for (const [id, handlers] of this.#pending) {
-        this.#pending.delete(id);
+      // Taken whole before any is failed: failing one re-enters the pool at once, which may
+      // start a new worker on a new host, and that one is not this host's to fail.
+      const held = [...this.#pending];
+      this.#pending.clear();
+      for (const [, handlers] of held) {
         const message = `the spawn host died (${signal ? `signal ${signal}` : `exit code ${code}`})`;
         handlers.channel?.socket?.destroy();
         if (handlers.pid === null) handlers.spawnError({ message });
