@@ -321,6 +321,9 @@ export const poolMachine = setup({
     dispatch: enqueueActions(({ context, enqueue }) => {
       const idle = context.ready.length + context.warming.length;
       const full = context.live >= context.maxWorkers || context.phases.spawning >= context.maxSpawning;
+      // Nothing can start (the common case while a burst waits for its wave), or nothing is
+      // wanted: leave the context as it is, copying nothing.
+      if (full && idle === 0) return;
       if (context.backlog.length === 0 && (full || idle >= context.spares)) return;
       const ready = [...context.ready];
       const warming = [...context.warming];
