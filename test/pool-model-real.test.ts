@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { FailureKind, Pool, TaskResult } from '../src/index.js';
+import { WorkerActorTracker } from './helpers/coverage.js';
 import { alive, fixture, until } from './helpers/procs.js';
 import { checkWorkerBound, untilNoDescendants } from './helpers/process-table.js';
 
@@ -117,6 +118,7 @@ describe('pool model (real processes)', () => {
         fc.integer({ min: 1, max: 2 }),
         fc.commands(commands, { maxCommands: 14 }),
         async (concurrency, maxTasksPerWorker, cmds) => {
+          const workerActors = new WorkerActorTracker();
           const pool = createPool({
             worker: { module: fixture('mixed.js') },
             concurrency,
@@ -128,6 +130,8 @@ describe('pool model (real processes)', () => {
             retryDelay: 1,
             maxCrashes: 1_000,
             logLevel: 'silent',
+            // Workers are actors of their own (roots of their own systems): seen by inspection.
+            inspect: workerActors.observe,
           });
           const real: Real = { pool, concurrency, spawned: new Set(), tasks: [], pidFiles: [], kills: 0, finals: new Map() };
           pool.on('worker:spawned', ({ pid }) => real.spawned.add(pid));
@@ -148,6 +152,9 @@ describe('pool model (real processes)', () => {
             expect(alive(real.spawned)).toEqual([]);
             expect(pool.liveProcesses).toEqual([]);
             expect(Object.keys(pool.actor.getSnapshot().children)).toEqual([]);
+          // Every worker actor ended (the pool's children are only its startup): as many were seen as processes spawned.
+          expect([...workerActors.live.keys()]).toEqual([]);
+          expect(workerActors.started).toBeGreaterThanOrEqual(real.spawned.size);
             const grandchildren = real.pidFiles
               .filter((f) => existsSync(f) && readFileSync(f, 'utf8').endsWith('\n'))
               .map((f) => Number(readFileSync(f, 'utf8')));

@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { FailureKind, TaskResult } from '../src/index.js';
 import { spawn } from 'node:child_process';
+import { WorkerActorTracker } from './helpers/coverage.js';
 import { alive, childrenOf, fixture, until } from './helpers/procs.js';
 import { checkWorkerBound, untilNoDescendants, workerProcesses } from './helpers/process-table.js';
 
@@ -48,6 +49,7 @@ describe('pool property (real processes)', () => {
   it('one final outcome per task, bounded workers, nothing left alive', async () => {
     await fc.assert(
       fc.asyncProperty(configArb, fc.array(taskArb, { minLength: 1, maxLength: 8 }), async (config, tasks) => {
+        const workerActors = new WorkerActorTracker();
         const pool = createPool({
           worker: { module: fixture('mixed.js') },
           ...config,
@@ -60,6 +62,8 @@ describe('pool property (real processes)', () => {
           retryDelay: 1,
           maxCrashes: 1_000,
           logLevel: 'silent',
+          // Workers are actors of their own (roots of their own systems): seen by inspection.
+          inspect: workerActors.observe,
         });
         const spawned = new Set<number>();
         let live = 0;
@@ -116,6 +120,9 @@ describe('pool property (real processes)', () => {
         await until(() => alive(grandchildren).length === 0, `grandchildren ${grandchildren} to die`, 2_000);
         expect(pool.liveProcesses).toEqual([]);
         expect(Object.keys(pool.actor.getSnapshot().children)).toEqual([]);
+        // Every worker actor ended (the pool's children are only its startup): as many were seen as processes spawned.
+        expect([...workerActors.live.keys()]).toEqual([]);
+        expect(workerActors.started).toBeGreaterThanOrEqual(spawned.size);
         // Nothing at all: the spawn host is gone too.
         await untilNoDescendants();
       }),

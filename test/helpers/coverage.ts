@@ -219,3 +219,36 @@ export const transitionKeysOf = (event: InspectionEvent, machineId: string): str
   event.type === '@xstate.microstep'
     ? event._transitions.filter((t) => machineIdOf(t) === machineId).map(transitionKey)
     : [];
+
+/**
+ * The pool's worker actors, as an inspector sees them: each worker is an actor of its own, the
+ * root of its own XState system (src/worker-actors.ts), so it is found by its root events, not
+ * among the pool machine's children. Live from its creation until its snapshot stops being
+ * active (it reached `reaped`, or its machine failed).
+ */
+export class WorkerActorTracker {
+  readonly #actors = new Map<string, AnyActorRef>();
+  /** Worker actors created so far. */
+  started = 0;
+
+  /**
+   * The worker actors still active, by worker id. Read from each actor's own snapshot: an actor
+   * tells its host it ended (and the pool hears of it) before its own final snapshot reaches
+   * the inspector.
+   */
+  get live(): ReadonlyMap<string, AnyActorRef> {
+    for (const [id, ref] of this.#actors) if (ref.getSnapshot().status !== 'active') this.#actors.delete(id);
+    return this.#actors;
+  }
+
+  /** Feed every inspection event here (the `inspect` option); true when it was a worker's root event. */
+  observe = (event: InspectionEvent): boolean => {
+    const ref = event.actorRef as AnyActorRef & { logic?: { id?: string } };
+    if (ref.sessionId !== event.rootId || ref.logic?.id !== 'worker') return false;
+    if (event.type === '@xstate.actor') {
+      this.started++;
+      this.#actors.set(ref.id, ref);
+    }
+    return true;
+  };
+}

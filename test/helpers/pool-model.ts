@@ -6,6 +6,7 @@ import type { AnyActorRef, AnyEventObject, InspectionEvent } from 'xstate';
 import type { PoolContext } from '../../machines/pool.js';
 import type { Outcome, ProcessExit, WorkerReport } from '../../machines/types.js';
 import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput, WorkerContext } from '../../machines/worker.js';
+import { WorkerActorTracker } from './coverage.js';
 import { FrameReader, HOST, frame, parseConfigure } from '../../src/child/host-protocol.js';
 import type { SpawnSpec } from '../../src/child/host-protocol.js';
 import { MSG } from '../../src/child/protocol.js';
@@ -430,6 +431,8 @@ export class PoolModel {
   readonly hosts: FakeHost[] = [];
   /** The worker whose process actor is starting right now (its `xstate.init`), for the host's `S` frame. */
   #startingWorker: string | null = null;
+  /** The pool's worker actors, seen through inspection (each is the root of its own system). */
+  readonly workerActors = new WorkerActorTracker();
   /** Times the source lost its connection. */
   #losses = 0;
 
@@ -851,7 +854,7 @@ export class PoolModel {
     }
     // The delivery it runs: the one its worker machine holds (a void delivery and its
     // redelivery carry the same task and attempt).
-    const child = (this.snapshot.children as Record<string, AnyActorRef | undefined>)[p.workerId];
+    const child = this.workerActors.live.get(p.workerId);
     const deliveryId = (child?.getSnapshot() as { context?: WorkerContext } | undefined)?.context?.deliveryId ?? null;
     const d = deliveryId === null ? undefined : this.deliveries.get(deliveryId);
     if (!d) {
@@ -1463,6 +1466,8 @@ export class PoolModel {
       this.#startingWorker = (event.sourceRef as AnyActorRef | undefined)?.id ?? null;
       return;
     }
+    // Workers are actors of their own: roots of their own systems, not the pool machine.
+    if (this.workerActors.observe(event)) return;
     if (event.type !== '@xstate.snapshot' || event.actorRef.sessionId !== event.rootId) return;
     const snapshot = event.snapshot as unknown as RootSnapshot;
     const prev = this.#state;
@@ -1470,8 +1475,8 @@ export class PoolModel {
     this.#state = next;
     if (snapshot.status === 'error') this.violate(`the pool machine failed on ${event.event.type}`);
     if (snapshot.status === 'done') this.#done = true;
-    const children = Object.keys(snapshot.children).filter((id) => id.startsWith('worker.')).length;
-    if (children > this.config.concurrency) this.violate(`${children} worker children > concurrency ${this.config.concurrency}`);
+    const actors = this.workerActors.live.size;
+    if (actors > this.config.concurrency) this.violate(`${actors} worker actors > concurrency ${this.config.concurrency}`);
     const { live, phases } = snapshot.context;
     if (live > this.config.concurrency) this.violate(`${live} live workers counted > concurrency ${this.config.concurrency}`);
     const total = phases.spawning + phases.ready + phases.running + phases.leaving;
@@ -1503,7 +1508,7 @@ export class PoolModel {
     const crashed =
       event.type === 'worker.outcome'
         ? prev !== 'stopping' && isCrash((event as unknown as { outcome: Outcome }).outcome)
-        : event.type.startsWith('xstate.error.actor.worker.');
+        : event.type === 'worker.error';
     if (crashed && prev !== 'stopped') {
       // A crash expiring at this very instant may be counted or not: ties go either way.
       const strict = this.#inWindow(false);
@@ -1571,10 +1576,9 @@ export class PoolModel {
     }
   }
 
-  /** The pool's workers as their own machines have them (its children's snapshots). */
+  /** The pool's workers as their own machines have them (the live worker actors' snapshots). */
   #workerViews(): WorkerView[] {
-    return Object.entries(this.snapshot.children as Record<string, AnyActorRef>)
-      .filter(([id]) => id.startsWith('worker.'))
+    return [...this.workerActors.live]
       .map(([id, child]) => {
         const snap = child.getSnapshot() as { value: unknown; status: string; context: WorkerContext };
         const value = typeof snap.value === 'string' ? snap.value : Object.keys(snap.value as object)[0];
@@ -1590,7 +1594,7 @@ export class PoolModel {
    */
   #checkCounts(ctx: PoolContext, workers: WorkerView[]): void {
     const bad = (what: string) => this.violate(`${what}; children ${JSON.stringify(workers)}`);
-    if (ctx.live !== workers.length) bad(`live ${ctx.live} != ${workers.length} worker children`);
+    if (ctx.live !== workers.length) bad(`live ${ctx.live} != ${workers.length} worker actors`);
     for (const phase of ['spawning', 'ready', 'running', 'leaving'] as const) {
       const n = workers.filter((w) => w.reported === phase).length;
       if (ctx.phases[phase] !== n) bad(`phases.${phase} ${ctx.phases[phase]} != ${n} children that reported it`);
@@ -1622,7 +1626,7 @@ export class PoolModel {
     if (snapshot.status === 'active') {
       const ctx = snapshot.context;
       const workers = this.#workerViews();
-      if (workers.length > concurrency) this.violate(`${workers.length} worker children > concurrency`);
+      if (workers.length > concurrency) this.violate(`${workers.length} worker actors > concurrency`);
       this.#checkCounts(ctx, workers);
       const state = this.#state;
       if (state === 'running' || state === 'paused' || state === 'draining') {
@@ -1688,6 +1692,9 @@ export class PoolModel {
   async finish(): Promise<void> {
     if (this.snapshot.status === 'active' && !this.#stopAsked) {
       this.#drainP ??= this.#settled(this.pool.drain());
+      // drain() sends its event to the machine after a microtask (it first awaits a start
+      // still checking the handler).
+      await flush();
     }
     for (let i = 0; i < 5_000 && !this.#done; i++) {
       let acted = false;
@@ -1702,7 +1709,8 @@ export class PoolModel {
       const { live, phases, backlog, assigned } = this.snapshot.context;
       this.violate(
         `the pool never stopped: ${this.#state}, live ${live} ${JSON.stringify(phases)}, workers ${JSON.stringify(this.#workerViews())}, ` +
-          `assigned ${JSON.stringify(assigned)}, backlog ${JSON.stringify(backlog)}, source ${JSON.stringify((this.pool.source as MemorySource).size)}`,
+          `assigned ${JSON.stringify(assigned)}, backlog ${JSON.stringify(backlog)}, source ${JSON.stringify((this.pool.source as MemorySource).size)}, ` +
+          `processes ${JSON.stringify(this.procs.filter((p) => !p.stopped).map((p) => ({ id: p.workerId, phase: p.phase, term: p.term, running: !!p.running, pending: p.pendingExit, commands: p.commands.map((c) => c.type), sent: p.sent.map((e) => e.type) })))}`,
       );
       this.#unhookSpawn();
       this.#throwViolations();
@@ -1762,6 +1770,9 @@ export class PoolModel {
     if (snapshot.status !== 'done' || this.#state !== 'stopped') this.violate(`the pool ended ${snapshot.status} in ${this.#state}`);
     const children = Object.keys(snapshot.children);
     if (children.length > 0) this.violate(`children left after the pool stopped: ${children.join(', ')}`);
+    const workers = [...this.workerActors.live.keys()];
+    if (workers.length > 0) this.violate(`worker actors still running after the pool stopped: ${workers.join(', ')}`);
+    if (this.workerActors.started === 0 && this.procs.length > 0) this.violate(`${this.procs.length} processes started, no worker actor seen`);
     // Nothing may keep the process alive (or fire into the stopped pool) afterwards.
     const timers = this.#timers();
     if (timers.length > 0) {
@@ -1827,3 +1838,4 @@ export async function replay(config: ModelConfig, cmds: Cmd[]): Promise<PoolMode
   }
   return model;
 }
+
