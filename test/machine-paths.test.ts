@@ -1119,7 +1119,7 @@ describe('worker machine: path coverage', () => {
     }
     expect(violations.slice(0, 10), `${violations.length} lifecycle violations`).toEqual([]);
     console.log(summary('worker paths', generated, Math.round(performance.now() - started)));
-  });
+  }, 120_000);
 
   it('covers every state, and every transition but the unreachable ones, on execution', () => {
     expectCoverage(coverage, 'worker machine');
@@ -1176,7 +1176,9 @@ describe('pool machine: path coverage', () => {
       }
       expect(violations.slice(0, 10), `${violations.length} lifecycle violations`).toEqual([]);
       console.log(summary(`pool paths (${config.name})`, generated, Math.round(performance.now() - started)));
-    });
+      // Plain CPU work (~2-15 s alone): the limit only catches a hang, with room for two CPU
+      // burners and the other suites beside it (30 s was passed under that load).
+    }, 240_000);
   }
 
   it('covers every state, and every transition but the unreachable ones, on execution', () => {
