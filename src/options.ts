@@ -227,6 +227,7 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
       : { kind: 'command', argv: o.worker.command };
   // Checked once here rather than found out by every task failing to load.
   if (worker.kind === 'module' && !isFile(worker.path)) throw new OptionError('worker.module', `is not a file: ${worker.path}`);
+  if (o.cwd !== undefined && !isDirectory(o.cwd)) throw new OptionError('cwd', `is not a directory: ${o.cwd}`);
   // A Node process needs about 40 MiB to start; below the floor every module worker would die
   // at start (V8's "Fatal javascript OOM", a SIGTRAP) and look like a crash.
   if (worker.kind === 'module' && o.memoryLimit !== undefined && o.memoryLimit < MIN_MODULE_MEMORY) {
@@ -289,6 +290,14 @@ export function workerEnv(entries: readonly string[], from: NodeJS.ProcessEnv): 
     }
   }
   return env;
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function isFile(path: string): boolean {

@@ -133,6 +133,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   #finished = false;
   /** The handler check under way in start(), before the pool machine exists. */
   #checking: Promise<void> | null = null;
+  /** Ends the handler check when the pool is stopped during it. */
+  readonly #stopCheck = new AbortController();
   /** pause() and resume() called during the check, carried out once the machine exists. */
   #early: ('pause' | 'resume')[] = [];
 
@@ -149,10 +151,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     if (!options.source) throw new OptionError('source', 'is required (createPool gives the embedded queue by default)');
     this.source = options.source as S;
     this.#internals = internals;
-    this.logger =
-      this.options.logger ??
-      // `pid` in a log line is the worker's; the manager's is `managerPid`.
-      pino({ level: this.options.logLevel, base: { managerPid: process.pid } }, pino.destination({ fd: 2, sync: false }));
+    this.logger = this.options.logger ?? stderrLogger(this.options.logLevel);
     const stderr = options.stderr;
     this.#host = new SpawnHost(hostSpec(this.options), this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
   }
@@ -205,7 +204,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
     }
-    this.#checking = checkHandler(this.options);
+    this.#checking = checkHandler(this.options, this.#stopCheck.signal);
     try {
       await this.#checking;
     } finally {
@@ -309,7 +308,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
 
   /** Stop now: kill every worker; tasks not yet finished are rejected with POOL_STOPPED. */
   async stop(): Promise<void> {
-    if (await this.#notStarted()) return;
+    if (await this.#notStarted(true)) return;
     this.#send({ type: 'stop' });
     try {
       await this.#done;
@@ -333,7 +332,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
    * machine then exists, in `starting`, and takes the request). True when there is no machine
    * to stop (never started, or the check failed): the pool is then marked stopped.
    */
-  async #notStarted(): Promise<boolean> {
+  async #notStarted(stopping = false): Promise<boolean> {
+    if (this.#checking && stopping) this.#stopCheck.abort();
     if (this.#checking) await this.#checking.catch(() => {});
     if (this.#actor) return false;
     await this.#finish();
@@ -549,6 +549,21 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     pending?.resolve(result);
     this.#notify('outcome', result);
   }
+}
+
+/**
+ * A pino logger on fd 2 (`pid` in a line is the worker's; the manager's is `managerPid`). If
+ * stderr cannot be written (a full disk, a file size limit), logging stops rather than
+ * retrying forever and holding the process.
+ */
+function stderrLogger(level: ResolvedOptions['logLevel']): Logger {
+  const destination = pino.destination({ fd: 2, sync: false });
+  const logger = pino({ level, base: { managerPid: process.pid } }, destination);
+  destination.on('error', () => {
+    logger.level = 'silent';
+    destination.destroy();
+  });
+  return logger;
 }
 
 function logFailure(logger: Logger, outcome: FailedOutcome, delivery: Delivery, settlement: Settlement): void {

@@ -27,6 +27,7 @@ function run(args: string[], options: { input?: string; env?: Record<string, str
     env: { ...env, ...options.env },
     encoding: 'utf8',
     timeout: 25_000,
+    maxBuffer: 64 * 1024 * 1024,
   });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
@@ -180,9 +181,57 @@ describe('--command is split as a shell would (shell-quote)', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ status: 'resolved', result: { ran: true } });
   });
 
+  it('keeps a # inside a word (a shell starts a comment only at a word)', () => {
+    expect(splitCommand("python3 -c 'print(1)' --tag=v1#2 --dry-run # a comment")).toEqual(['python3', '-c', 'print(1)', '--tag=v1#2', '--dry-run']);
+    expect(splitCommand("'a#b' \"c#d\" e\\#f")).toEqual(['a#b', 'c#d', 'e#f']);
+  });
+
   it('refuses shell operators, saying how to run a shell line', () => {
     const r = run(['run', '--command', 'sleep 1 && echo hi']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/one executable, not a shell line \(found "&&"\); use --command "sh -c/);
+  });
+});
+
+describe('where output cannot go', () => {
+  it('SIGINT while waiting on input, nothing running, exits 130', async () => {
+    const code = await new Promise<number | null>((resolve) => {
+      const c = spawn(process.execPath, [BIN, 'run', '-', '--command', 'cat', '--log-level', 'silent'], { stdio: ['pipe', 'ignore', 'ignore'] });
+      setTimeout(() => c.kill('SIGINT'), 1500);
+      c.on('close', (exitCode) => resolve(exitCode));
+    });
+    expect(code).toBe(130);
+  });
+
+  it('stdout on a full disk: says so and exits 1, no stack trace', () => {
+    const r = sh(`node ${BIN} run --command cat --log-level silent > /dev/full <<'EOF'\n{"id":"a"}\n{"id":"b"}\nEOF`);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^tidepool: cannot write results to stdout: .*ENOSPC/);
+  });
+
+  it('stderr on a full disk does not hold the run: results still come, exit as usual', () => {
+    const r = sh(`node ${BIN} run --command cat --log-level debug 2>/dev/full <<'EOF'\n{"id":"a"}\n{"id":"b"}\nEOF`);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim().split('\n')).toHaveLength(2);
+  });
+
+  it("a module worker's last log lines are not lost when it exits", () => {
+    const r = run(['run', '--worker', fixture('log-flood.js'), '--log-level', 'info'], { input: '{"id":"f","params":{"lines":20000}}\n' });
+    expect(r.code).toBe(0);
+    expect(r.stderr.split('\n').filter((l) => l.includes('LOGLINE'))).toHaveLength(20000);
+  });
+});
+
+describe('start-up checks', () => {
+  it('a module that exits while loading fails the check at start (exit 2), not every task', () => {
+    const r = run(['run', '--worker', fixture('exit-at-load.js')], { input: '{}\n' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/exited while it was being loaded/);
+  });
+
+  it('--cwd that is not a directory is named, exit 2', () => {
+    const r = run(['run', '--command', 'cat', '--cwd', fixture('echo.js')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--cwd is not a directory/);
   });
 });

@@ -165,10 +165,19 @@ describe('any source', () => {
   it('a payload that is not a task is dead-lettered by the source as malformed and never reaches a worker', async () => {
     const source = new MemorySource();
     const pool = await startPool({ worker: { module: fixture('echo.js') }, source });
-    const results = await Promise.all([pool.run('[1,2]', { defaultId: 'arr' }), pool.run('{"id":7}', { defaultId: 'num-id' }), pool.run(null)]);
+    const cyclic: Record<string, unknown> = { id: 'cyc' };
+    cyclic.self = cyclic;
+    const results = await Promise.all([
+      pool.run('[1,2]', { defaultId: 'arr' }),
+      pool.run('{"id":7}', { defaultId: 'num-id' }),
+      pool.run(null),
+      pool.run({ id: 'big', n: 1n }),
+      pool.run(cyclic),
+    ]);
     for (const r of results) expect(r).toMatchObject({ status: 'failed', error: { kind: 'malformed' }, attempts: 0 });
     expect(results[0].id).toBe('arr');
-    expect(source.deadLetters).toHaveLength(3);
+    expect(results[3]).toMatchObject({ id: 'big', error: { message: expect.stringContaining('cannot be sent as JSON') } });
+    expect(source.deadLetters).toHaveLength(5);
     expect(spawned.size).toBe(0);
   });
 

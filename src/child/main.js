@@ -15,6 +15,13 @@ import { EXIT, MAX_OUTPUT, MSG, handlerOf, isNonRetryable, killGroup, serializeE
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
 
+// Node writes to a full pipe asynchronously, and process.exit() drops what is still queued:
+// a handler's last log lines would be lost. Blocking writes keep them (Node does the same for
+// its own stdout in some cases); `_handle.setBlocking` is undocumented, hence the guards.
+for (const stream of [process.stdout, process.stderr]) {
+  /** @type {{ _handle?: { setBlocking?: (on: boolean) => void } }} */ (/** @type {unknown} */ (stream))._handle?.setBlocking?.(true);
+}
+
 const handlerPath = process.argv[2];
 /** The task in progress: how to abort it. */
 /** @type {{ abort(reason: Error): void, deadline: number } | null} */

@@ -105,13 +105,37 @@ const envName = (flag: string) => `TIDEPOOL_${flag.toUpperCase().replace(/-/g, '
  */
 export function splitCommand(line: string): string[] {
   const words: string[] = [];
-  for (const entry of parseShell(line, (name) => `$${name}`)) {
+  for (const entry of parseShell(escapeInnerHashes(line), (name) => `$${name}`)) {
     if (typeof entry === 'string') words.push(entry);
     else if ('comment' in entry) break;
     else if (entry.op === 'glob') words.push(entry.pattern);
     else throw new UsageError(`--command runs one executable, not a shell line (found ${JSON.stringify(entry.op)}); use --command "sh -c '...'"`);
   }
   return words;
+}
+
+/**
+ * A POSIX shell starts a comment only at the start of a word; shell-quote starts one at any
+ * `#` outside quotes (`--tag=v1#2` would lose `#2`). Escape those inside a word.
+ */
+function escapeInnerHashes(line: string): string {
+  let out = '';
+  let quote: '"' | "'" | null = null;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (quote === null && c === '\\') {
+      out += c + (line[++i] ?? '');
+      continue;
+    }
+    if (quote === null && (c === '"' || c === "'")) quote = c;
+    else if (c === quote) quote = null;
+    else if (quote === null && c === '#' && i > 0 && !/\s/.test(line[i - 1])) {
+      out += '\\#';
+      continue;
+    }
+    out += c;
+  }
+  return out;
 }
 
 /** Where an option's value came from, as the user would name it: a flag or a variable. */
@@ -196,9 +220,14 @@ function version(): string {
 /** Run the CLI; resolves with the exit code. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+  if (command === undefined) {
+    // Bad usage: the text goes where errors go.
+    process.stderr.write(`${usage()}\n`);
+    return EXIT_CODES.USAGE;
+  }
+  if (command === '-h' || command === '--help' || command === 'help') {
     process.stdout.write(`${usage()}\n`);
-    return command === undefined ? EXIT_CODES.USAGE : EXIT_CODES.OK;
+    return EXIT_CODES.OK;
   }
   if (command === '--version' || command === '-v' || command === 'version') {
     process.stdout.write(`tidepool ${version()}\n`);

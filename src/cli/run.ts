@@ -1,5 +1,6 @@
 import { createReadStream, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import type { Interface } from 'node:readline';
 import { pino } from 'pino';
 import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
@@ -57,6 +58,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
   // faster than a pipe write each.
   let out: string[] = [];
   let stdoutGone = false;
+  let writeFailed: Error | null = null;
   const flush = () => {
     if (out.length === 0 || stdoutGone) return;
     const text = out.join('');
@@ -75,6 +77,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
 
   await pool.start();
   const { concurrency, killGrace } = pool.options;
+  let lines: Interface | null = null;
   let stopping: NodeJS.Signals | null = null;
   // Set while the reader waits for room; called once there is (or the run stops).
   let wakeReader: (() => void) | null = null;
@@ -102,6 +105,10 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
           (signal === 'SIGINT' ? '; Ctrl-C again to stop at once' : ''),
       );
     }
+    // Until runCommand returns it, the exit status is already the signal's: a run stopped
+    // while waiting on its input must not end, as its event loop empties, with 0.
+    process.exitCode = writeFailed ? EXIT_CODES.FAILED : signalExit(signal);
+    lines?.close();
     stream.destroy();
     void pool.stop();
   };
@@ -110,9 +117,13 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
   // The reader went away (`| head`): nobody wants the rest. Kept after the run: a write
   // still in flight can fail with EPIPE once the pool has stopped.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
     stdoutGone = true;
     out = [];
+    if (err.code !== 'EPIPE') {
+      // Results cannot be written (a full disk): nothing more is worth running.
+      writeFailed = err;
+      process.stderr.write(`tidepool: cannot write results to stdout: ${err.message}\n`);
+    }
     stop('SIGPIPE');
   });
   // Each task's promise is let go once it has written its line: nothing per line is kept.
@@ -125,7 +136,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
   };
 
   let lineNo = 0;
-  const lines = createInterface({ input: stream, crlfDelay: Infinity });
+  lines = createInterface({ input: stream, crlfDelay: Infinity });
   try {
     for await (const line of lines) {
       if (pool.inFlight >= concurrency + READ_AHEAD) {
@@ -149,9 +160,13 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
   }
-  if (stopping) return 128 + (stopping === 'SIGINT' ? 2 : stopping === 'SIGPIPE' ? 13 : 15);
+  if (writeFailed) return EXIT_CODES.FAILED;
+  if (stopping) return signalExit(stopping);
   return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;
 }
+
+/** The exit status of a run stopped by a signal (128 + its number), as a shell reports it. */
+const signalExit = (signal: NodeJS.Signals): number => 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGPIPE' ? 13 : 15);
 
 /** The input as a stream; a path that cannot be read as a file is TIDEPOOL_ERR_INPUT. */
 async function openInput(input: string): Promise<NodeJS.ReadableStream & { destroy(): void }> {

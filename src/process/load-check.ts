@@ -16,7 +16,7 @@ const CHECK_OUTPUT = 8 * 1024;
  * carrying what Node printed (the error, its file and line), or when loading takes longer
  * than `spawnTimeout` ms (the same rule as for a worker: `spawn`).
  */
-export function checkHandler(options: ResolvedOptions): Promise<void> {
+export function checkHandler(options: ResolvedOptions, signal?: AbortSignal): Promise<void> {
   const { worker, env, cwd, uid, gid, memoryLimit, spawnTimeout } = options;
   if (worker.kind !== 'module') return Promise.resolve();
   const path = worker.path;
@@ -27,8 +27,14 @@ export function checkHandler(options: ResolvedOptions): Promise<void> {
       cwd,
       uid,
       gid,
-      stdio: ['ignore', 'ignore', 'pipe'],
+      // Its stdin is how it knows the manager is still there: it leaves when that closes.
+      stdio: ['pipe', 'pipe', 'pipe'],
     });
+    let said = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => (said += chunk));
+    const abort = () => child.kill('SIGKILL');
+    signal?.addEventListener('abort', abort, { once: true });
     let stderr = '';
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (chunk: string) => {
@@ -39,11 +45,14 @@ export function checkHandler(options: ResolvedOptions): Promise<void> {
       clearTimeout(timer);
       fail(err.message);
     });
-    child.once('close', (code, signal) => {
+    child.once('close', (code, killedBy) => {
       clearTimeout(timer);
-      if (code === 0) return resolve();
-      if (signal === 'SIGKILL') return fail(`it did not load within spawnTimeout (${spawnTimeout} ms)`);
-      fail(`\n${stderr.trim() || `the check exited with ${signal ?? `code ${code}`}`}`);
+      signal?.removeEventListener('abort', abort);
+      if (code === 0 && said === 'loaded\n') return resolve();
+      if (signal?.aborted) return reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool was stopped while it checked its handler'));
+      if (killedBy === 'SIGKILL') return fail(`it did not load within spawnTimeout (${spawnTimeout} ms)`);
+      if (code === 0) return fail('the module exited while it was being loaded (exit code 0)');
+      fail(`\n${stderr.trim() || `the check exited with ${killedBy ?? `code ${code}`}`}`);
     });
   });
 }

@@ -29,7 +29,8 @@ function textOf(payload: Payload): string | undefined {
 /**
  * Turn a payload into a task. A task is a JSON object; its `id`, when given, is a non-empty
  * string; without one it gets `defaultId`. Never throws: invalid UTF-8, bad JSON, a value that
- * is not an object and a bad id each come back as `{ ok: false, message }` naming the fault.
+ * is not an object, an object JSON cannot carry (a BigInt, a cycle) and a bad id each come back
+ * as `{ ok: false, message }` naming the fault.
  */
 export function parseTask(payload: Payload, defaultId: string): Parsed {
   let value: unknown = payload;
@@ -51,6 +52,15 @@ export function parseTask(payload: Payload, defaultId: string): Parsed {
     return { ok: false, id: defaultId, message: `a task must be a JSON object, got ${found}` };
   }
   const given = (value as { id?: unknown }).id;
+  if (text === undefined) {
+    // A value given as an object must survive the trip to a worker as JSON.
+    try {
+      JSON.stringify(value);
+    } catch (err) {
+      const id = typeof given === 'string' && given !== '' ? given : defaultId;
+      return { ok: false, id, message: `the task cannot be sent as JSON: ${(err as Error).message}` };
+    }
+  }
   if (given === undefined) return { ok: true, task: { ...(value as object), id: defaultId } as Task };
   if (typeof given !== 'string' || given === '') {
     return { ok: false, id: defaultId, message: `a task's id must be a non-empty string, got ${JSON.stringify(given)}` };
