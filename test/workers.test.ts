@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -295,8 +295,12 @@ describe.each(['perl', 'node'] as const)('command workers (%s spawn host)', (edi
     }
   });
 
-  it('fails with kind spawn, naming the cause, when cwd does not exist', async () => {
-    const pool = await startPool({ worker: { command: ['cat'] }, cwd: join(dir, 'missing') });
+  it('refuses a cwd that does not exist at start, and fails a task with kind spawn when it went away later', async () => {
+    expect(() => createPool({ worker: { command: ['cat'] }, cwd: join(dir, 'missing') })).toThrow(expect.objectContaining({ option: 'cwd' }));
+    const gone = join(dir, 'gone');
+    mkdirSync(gone);
+    const pool = await startPool({ worker: { command: ['cat'] }, cwd: gone });
+    rmSync(gone, { recursive: true });
     const error = failed(await pool.run({}));
     expect(error.kind).toBe('spawn');
     expect(error.message).toMatch(/ENOENT/);
