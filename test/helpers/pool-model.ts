@@ -295,10 +295,14 @@ export class FakeHost extends EventEmitter {
 function loadCheck(): EventEmitter {
   const child = Object.assign(new EventEmitter(), {
     pid: fakePids++,
+    stdin: Object.assign(new EventEmitter(), { write: () => true, end: () => {}, destroy: () => {} }),
+    stdout: Object.assign(new EventEmitter(), { setEncoding: () => {} }),
     stderr: Object.assign(new EventEmitter(), { setEncoding: () => {} }),
     kill: () => false,
   });
   setImmediate(() => {
+    // The check says the module loaded, then exits 0.
+    child.stdout.emit('data', 'loaded\n');
     child.emit('exit', 0, null);
     child.emit('close', 0, null);
   });
