@@ -193,7 +193,8 @@ describe('the perl spawn host (subreaper): what leaves the tree is held too', ()
     const cli = spawn(
       'unshare',
       ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, BIN, 'run', '-', '--command', 'sh -c "(sleep 0.05 &)"', '--concurrency', '2', '--log-level', 'warn'],
-      { stdio: ['pipe', 'pipe', 'inherit'] },
+      // A guarantee of the Perl edition (the Node one cannot reap orphans): whatever CI forces.
+      { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, TIDEPOOL_SPAWN_HOST: 'perl' } },
     );
     children.push(cli);
     let lines = 0;
