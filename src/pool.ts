@@ -210,7 +210,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     } finally {
       this.#checking = null;
     }
-    if (this.#finished) throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', 'the pool was stopped while it started');
+    if (this.#finished) throw new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool was stopped while it started');
     const actor = createActor(this.#machine(), {
       input: {
         maxWorkers: this.options.concurrency,

@@ -1,19 +1,14 @@
-import { killGroup } from '../child/protocol.js';
-
-export { killGroup };
-
 /** How to signal a worker: through whoever reaps it (its spawn host), never by pid from here. */
 export type Signaller = (signal: NodeJS.Signals) => void;
 
 /**
  * Every live worker, outside XState: if the pool's actor fails (an action that throws leaves
- * children running, xstate#5153), these are killed anyway. A worker registered with a
- * signaller is signalled through it (a spawn host, which knows whether the pid is still the
- * worker's); one without, by its process group. When the manager exits, a spawn host's stdin
- * closes and the host kills every tree it holds.
+ * children running, xstate#5153), these are killed anyway, each through its signaller (its
+ * spawn host, which knows whether the pid is still the worker's). When the manager exits, a
+ * spawn host's stdin closes and the host kills every tree it holds.
  */
 export class ProcessRegistry {
-  readonly #groups = new Map<number, Signaller | null>();
+  readonly #groups = new Map<number, Signaller>();
   readonly #parent: ProcessRegistry | null;
 
   /** A pool's registry has the process-wide one as parent: what it holds, the parent holds. */
@@ -21,7 +16,7 @@ export class ProcessRegistry {
     this.#parent = parent;
   }
 
-  add(pid: number, signaller: Signaller | null = null): void {
+  add(pid: number, signaller: Signaller): void {
     this.#groups.set(pid, signaller);
     this.#parent?.add(pid, signaller);
   }
@@ -39,12 +34,9 @@ export class ProcessRegistry {
     return [...this.#groups.keys()];
   }
 
-  /** Signal every registered worker; synchronous for those without a signaller. */
+  /** Signal every registered worker through its signaller. */
   killAll(signal: NodeJS.Signals = 'SIGKILL'): void {
-    for (const [pid, signaller] of this.#groups) {
-      if (signaller) signaller(signal);
-      else killGroup(pid, signal);
-    }
+    for (const signaller of this.#groups.values()) signaller(signal);
   }
 }
 

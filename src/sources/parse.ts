@@ -74,6 +74,11 @@ export function parseTask(payload: Payload, defaultId: string): Parsed {
  * parse: the pool tracks a task by id from the moment it is submitted.
  */
 export function taskIdOf(payload: Payload, defaultId: string): string {
+  // A value (not text) needs no parse to say its id: the source's parse decides the rest.
+  if (typeof payload !== 'string' && !(payload instanceof Uint8Array)) {
+    const given = typeof payload === 'object' && payload !== null ? (payload as { id?: unknown }).id : undefined;
+    return typeof given === 'string' && given !== '' ? given : defaultId;
+  }
   const parsed = parseTask(payload, defaultId);
   return parsed.ok ? parsed.task.id : parsed.id;
 }
