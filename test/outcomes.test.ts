@@ -1,10 +1,10 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createPool } from '../src/index.js';
-import type { AttemptEvent, Pool, PoolOptions, TaskResult } from '../src/index.js';
-import { alive, fixture, until } from './helpers/procs.js';
+import { describe, expect, it } from 'vitest';
+import type { AttemptEvent } from '../src/index.js';
+import { failed, trackPools } from './helpers/pools.js';
+import { fixture, until } from './helpers/procs.js';
 
 /**
  * Outcomes say what the worker said: errors keep their name, code, stack, cause and own
@@ -13,28 +13,7 @@ import { alive, fixture, until } from './helpers/procs.js';
  * ones (forked with IPC): one rule for both.
  */
 
-let pools: Pool[] = [];
-const spawned = new Set<number>();
-
-afterEach(async () => {
-  for (const pool of pools) await pool.stop().catch(() => {});
-  pools = [];
-  expect(alive(spawned)).toEqual([]);
-  spawned.clear();
-});
-
-async function startPool(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>): Promise<Pool> {
-  const pool = createPool({ concurrency: 2, attempts: 1, killGrace: 300, logLevel: 'silent', ...options });
-  pool.on('worker:spawned', ({ pid }) => spawned.add(pid));
-  pools.push(pool);
-  await pool.start();
-  return pool;
-}
-
-const failed = (result: TaskResult) => {
-  if (result.status !== 'failed') throw new Error(`expected a failure, got ${JSON.stringify(result)}`);
-  return result.error;
-};
+const { spawned, startPool } = trackPools({ concurrency: 2, attempts: 1, killGrace: 300, logLevel: 'silent' });
 
 describe.each([1, 2])('outcomes with maxTasksPerWorker %i', (maxTasksPerWorker) => {
   it('a thrown error keeps its name, message, code, stack, cause and own fields, in the final outcome and the attempt event', async () => {

@@ -1,24 +1,17 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createPool, MemorySource } from '../src/index.js';
-import type { Delivery, Pool, PoolOptions, Settlement, Source, SourceConsumer, TaskResult } from '../src/index.js';
-import { alive, fixture, until } from './helpers/procs.js';
+import type { Delivery, Settlement, Source, SourceConsumer, TaskResult } from '../src/index.js';
+import { trackPools } from './helpers/pools.js';
+import { fixture, until } from './helpers/procs.js';
 
 /**
  * The pool's seams, with real workers: it takes any `Source`, its events cannot hurt it, and
  * a source's lost connection drops outcomes instead of settling them.
  */
 
-let pools: Pool[] = [];
-const spawned = new Set<number>();
-
-afterEach(async () => {
-  for (const pool of pools) await pool.stop().catch(() => {});
-  pools = [];
-  expect(alive(spawned)).toEqual([]);
-  spawned.clear();
-});
+const { spawned, track, startPool } = trackPools({ concurrency: 2, attempts: 2, retryDelay: 1, killGrace: 300, logLevel: 'silent' });
 
 /** A pino logger whose lines are kept, parsed. */
 function capturingLogger() {
@@ -30,14 +23,6 @@ function capturingLogger() {
     },
   });
   return { logger: pino({ level: 'info' }, stream), lines };
-}
-
-async function startPool(options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>): Promise<Pool> {
-  const pool = createPool({ concurrency: 2, attempts: 2, retryDelay: 1, killGrace: 300, logLevel: 'silent', ...options });
-  pool.on('worker:spawned', ({ pid }) => spawned.add(pid));
-  pools.push(pool);
-  await pool.start();
-  return pool;
 }
 
 /** The embedded queue behind a source that records and delays its settlements. */
@@ -217,8 +202,7 @@ describe('a lost connection', () => {
 
 describe('calls while start() checks the handler', () => {
   it('stop() during start() stops the pool: nothing runs, and it cannot start again', async () => {
-    const pool = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
-    pools.push(pool);
+    const pool = track(createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' }));
     // start() may finish first (then the pool is stopped) or learn that it was stopped.
     const starting = pool.start().then(
       () => 'started',
@@ -232,9 +216,7 @@ describe('calls while start() checks the handler', () => {
 
   it('pause() during start() holds intake once started; resume() lets it run', async () => {
     const pool = await (async () => {
-      const p = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
-      pools.push(p);
-      p.on('worker:spawned', ({ pid }) => spawned.add(pid));
+      const p = track(createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' }));
       const starting = p.start();
       p.pause();
       await starting;
@@ -248,8 +230,7 @@ describe('calls while start() checks the handler', () => {
   });
 
   it('drain() during start() drains: the pool ends with nothing run', async () => {
-    const pool = createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' });
-    pools.push(pool);
+    const pool = track(createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' }));
     const starting = pool.start().catch((e: unknown) => e);
     await pool.drain();
     await starting;

@@ -3,8 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
-import type { MemorySource, Pool, PoolInternals, PoolOptions, TaskResult, WorkerReport } from '../src/index.js';
+import type { MemorySource, Pool, PoolInternals, PoolOptions, WorkerReport } from '../src/index.js';
 import { MAX_OUTPUT } from '../src/process/driver.js';
+import { failed } from './helpers/pools.js';
 import { alive, fixture, until } from './helpers/procs.js';
 
 /**
@@ -43,10 +44,6 @@ async function startPoolWith(options: Partial<PoolOptions> & Pick<PoolOptions, '
 
 const startPool = (options: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>) => startPoolWith(options);
 
-const failed = (result: TaskResult) => {
-  if (result.status !== 'failed') throw new Error(`expected a failure, got ${JSON.stringify(result)}`);
-  return result.error;
-};
 
 describe('module workers', () => {
   it('resolves with the handler result, in a fresh process per task', async () => {
