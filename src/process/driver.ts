@@ -172,6 +172,10 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
           const memory = exit.memory === true || heapExhausted(exit.signal, exit.stderr);
           sendBack({ type: 'proc.exit', code: exit.code, signal: exit.signal, memory, detail: memory ? undefined : exit.stderr || undefined });
         },
+        // `ctx.progress` comes on the channel; a progress line on stderr counts the same.
+        progress: (json) => {
+          if (current !== null) progressOf(rt, input.workerId, current, json);
+        },
       },
       // Nothing comes on its stdin: its tasks come on the channel.
       '',
