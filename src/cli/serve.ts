@@ -5,13 +5,8 @@ import type { Logger } from 'pino';
 import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
-import { createPool } from '../create-pool.js';
-import type { Pool } from '../pool.js';
-import { buildApp } from '../serve/app.js';
-import { ServiceMetrics } from '../serve/metrics.js';
-import { resolveServeOptions } from '../serve/options.js';
+import { createService } from '../serve/create.js';
 import type { ServeOptions } from '../serve/options.js';
-import { Service } from '../serve/service.js';
 
 /**
  * `tidepool serve`: build the pool, start it (a handler that cannot load ends here,
@@ -25,9 +20,13 @@ import { Service } from '../serve/service.js';
  * `TIDEPOOL_ERR_LISTEN` when the address cannot be bound (the pool is stopped first).
  */
 export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions): Promise<number> {
-  const options = resolveServeOptions(serveOptions);
   const destination = pino.destination({ fd: 2, sync: false });
   const logger: Logger = poolOptions.logger ?? pino({ level: poolOptions.logLevel ?? DEFAULTS.logLevel, base: { managerPid: process.pid } }, destination);
+  // stderr that cannot be written stops logging rather than holding the service.
+  destination.on('error', () => {
+    logger.level = 'silent';
+    destination.destroy();
+  });
   const flush = () => {
     try {
       destination.flushSync();
@@ -35,15 +34,8 @@ export async function serveCommand(poolOptions: PoolOptions, serveOptions: Serve
       // stderr is gone or full: nothing more can be said
     }
   };
-  let pool: Pool | null = null;
-  const metrics = new ServiceMetrics(() => {
-    const p = pool!;
-    return { workers: p.workers, breaker: p.breaker, queued: p.queued, inFlight: p.inFlight };
-  });
-  pool = createPool({ ...poolOptions, logger, inspect: metrics.inspect });
-  const service = new Service(pool, options, metrics);
-  const app = buildApp(service);
-
+  const { pool, service, app } = createService({ ...poolOptions, logger }, serveOptions);
+  const { options } = service;
   let stopping: NodeJS.Signals | null = null;
   let signalled!: () => void;
   const firstSignal = new Promise<void>((resolve) => (signalled = resolve));
