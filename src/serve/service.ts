@@ -162,9 +162,10 @@ export class Service {
     const reasons: string[] = [];
     if (this.#draining) reasons.push('draining: intake stopped, running tasks finishing');
     const state = pool.state;
-    if (state === 'paused') {
+    // A drain pauses the pool itself: that pause says nothing more.
+    if (state === 'paused' && !(this.#draining && pool.pausedBy === 'user')) {
       reasons.push(pool.pausedBy === 'breaker' ? 'paused by the crash breaker' : 'intake paused');
-    } else if (state !== 'running' && !this.#draining) {
+    } else if (state !== 'running' && state !== 'paused' && !this.#draining) {
       reasons.push(`the pool is ${state}`);
     }
     if (breaker.state !== 'closed') {

@@ -118,9 +118,9 @@ export async function call(
   init: { method?: string; body?: unknown; type?: string; token?: string; headers?: Record<string, string> } = {},
 ): Promise<Answer> {
   const headers: Record<string, string> = { ...init.headers };
-  let body: string | Uint8Array | undefined;
+  let body: string | Blob | undefined;
   if (init.body !== undefined) {
-    body = typeof init.body === 'string' || init.body instanceof Uint8Array ? init.body : JSON.stringify(init.body);
+    body = typeof init.body === 'string' ? init.body : init.body instanceof Uint8Array ? new Blob([new Uint8Array(init.body)]) : JSON.stringify(init.body);
     headers['content-type'] = init.type ?? 'application/json';
   }
   if (init.token !== undefined) headers.authorization = `Bearer ${init.token}`;
@@ -204,8 +204,10 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
       labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
       rest = rest.slice(l[0].length);
     }
-    const value = rawValue === '+Inf' ? Infinity : rawValue === '-Inf' ? -Infinity : Number(rawValue);
-    if (Number.isNaN(value) && rawValue !== 'NaN') throw new Error(`line ${i + 1}: bad value ${rawValue}`);
+    // Values are read as Go's strconv.ParseFloat reads them (Prometheus' own parser): NaN in
+    // any case (prom-client writes `Nan` for a gauge without data), +Inf, -Inf.
+    const value = rawValue === '+Inf' ? Infinity : rawValue === '-Inf' ? -Infinity : /^nan$/i.test(rawValue) ? NaN : Number(rawValue);
+    if (Number.isNaN(value) && !/^nan$/i.test(rawValue)) throw new Error(`line ${i + 1}: bad value ${rawValue}`);
     samples.push({ name, labels, value });
   });
   return { samples, types };
