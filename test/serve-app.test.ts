@@ -294,6 +294,16 @@ describe('probes and metrics', () => {
     expect(['subreaper', 'group', 'proc']).toContain(ready.json.containment);
   });
 
+  it('/readyz: 503 once workers cannot be started (kind spawn), saying so', async () => {
+    const { url } = await serve({ worker: { command: [join(root, 'no-such-command')] }, maxCrashes: 100 });
+    expect((await call(`${url}/readyz`)).status).toBe(200);
+    expect((await call(`${url}/tasks?wait=true`, { body: { id: 'x' } })).json).toMatchObject({ status: 'failed', error: { kind: 'spawn' } });
+    const answer = await call(`${url}/readyz`);
+    expect(answer.status).toBe(503);
+    expect(answer.json).toMatchObject({ ready: false, breaker: { state: 'closed' } });
+    expect(answer.json.reasons.join(' ')).toMatch(/workers cannot be started: .*no-such-command/);
+  });
+
   it('/metrics is Prometheus text whose counters and histograms move with real tasks', async () => {
     const { url } = await serve({ worker: { module: fixture('mixed.js') } });
     const scrape = async () => {
