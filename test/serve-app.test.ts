@@ -1,5 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -9,7 +8,7 @@ import type { ServeOptions } from '../src/serve/options.js';
 import type { PoolOptions } from '../src/index.js';
 import { trackPools } from './helpers/pools.js';
 import { isAlive, fixture, until } from './helpers/procs.js';
-import { call, groupMembers, parsePrometheus, pollUntil, sampleValue } from './helpers/serve.js';
+import { call, groupMembers, parsePrometheus, pollUntil, sampleValue, tempDirs } from './helpers/serve.js';
 
 /**
  * The serve app in this process: a real pool (real worker processes) behind real HTTP on a
@@ -18,17 +17,12 @@ import { call, groupMembers, parsePrometheus, pollUntil, sampleValue } from './h
 
 const { track } = trackPools({});
 const started: ServiceParts[] = [];
-/** Where the tasks leave their marks (one file per task that ran). */
-let dir: string;
-/** Release files for progress-until.js, beside `dir`; `released` exists from the start. */
-let root: string;
+const temp = tempDirs();
+/** A release file for progress-until.js that exists from the start of each test. */
 let released: string;
 
 beforeEach(() => {
-  root = mkdtempSync(join(tmpdir(), 'tidepool-serve-'));
-  dir = join(root, 'ran');
-  mkdirSync(dir);
-  released = join(root, 'released');
+  released = join(temp.root, 'released');
   writeFileSync(released, '');
 });
 
@@ -37,7 +31,6 @@ afterEach(async () => {
     await app.close();
     service.close();
   }
-  rmSync(root, { recursive: true, force: true });
 });
 
 interface Served extends ServiceParts {
@@ -58,8 +51,7 @@ async function serve(pool: Partial<PoolOptions> & Pick<PoolOptions, 'worker'>, o
 }
 
 const mark = { module: fixture('mark.js') };
-/** The ids of the tasks that ran (mark.js leaves a file per task id). */
-const ran = () => readdirSync(dir).map(decodeURIComponent).sort();
+const ran = () => temp.ran();
 
 /**
  * Proof that nothing but `expected` was queued by the requests before: with one worker and a
@@ -67,7 +59,7 @@ const ran = () => readdirSync(dir).map(decodeURIComponent).sort();
  * ended, only `expected` and the sentinel may have left a mark (mark.js or progress-until.js).
  */
 async function onlyThoseRan(url: string, expected: string[] = [], token?: string): Promise<void> {
-  const sentinel = await call(`${url}/tasks?wait=true`, { body: { id: 'sentinel', params: { dir, release: released, progress: 0 } }, token });
+  const sentinel = await call(`${url}/tasks?wait=true`, { body: { id: 'sentinel', params: { dir: temp.dir, release: released, progress: 0 } }, token });
   expect(sentinel.json).toMatchObject({ id: 'sentinel', status: 'resolved' });
   expect(ran()).toEqual([...expected, 'sentinel'].sort());
 }
@@ -75,7 +67,7 @@ async function onlyThoseRan(url: string, expected: string[] = [], token?: string
 describe('POST /tasks', () => {
   it('takes one task: 202 with its id (assigned when it has none), then GET shows its outcome', async () => {
     const { url } = await serve({ worker: mark });
-    const posted = await call(`${url}/tasks`, { body: { params: { dir } } });
+    const posted = await call(`${url}/tasks`, { body: { params: { dir: temp.dir } } });
     expect(posted.status).toBe(202);
     const { id } = posted.json;
     expect(id).toMatch(/^[0-9a-f-]{36}$/);
@@ -95,7 +87,7 @@ describe('POST /tasks', () => {
 
   it('takes JSON Lines: 202 with every id; with ?wait=true one outcome line per task, in input order', async () => {
     const { url } = await serve({ worker: mark, concurrency: 2 });
-    const body = `{"id":"a","params":{"dir":${JSON.stringify(dir)}}}\r\n\n{"id":"b","params":{"dir":${JSON.stringify(dir)}}}\n`;
+    const body = `{"id":"a","params":{"dir":${JSON.stringify(temp.dir)}}}\r\n\n{"id":"b","params":{"dir":${JSON.stringify(temp.dir)}}}\n`;
     const queued = await call(`${url}/tasks`, { body, type: 'application/x-ndjson' });
     expect(queued.status).toBe(202);
     expect(queued.json).toEqual({ ids: ['a', 'b'] });
@@ -112,7 +104,7 @@ describe('POST /tasks', () => {
 
   it('answers a body that is not a task with 400 naming the fault, and queues nothing (for JSON Lines, not even the good lines)', async () => {
     const { url } = await serve({ worker: mark });
-    const good = (id: string) => JSON.stringify({ id, params: { dir } });
+    const good = (id: string) => JSON.stringify({ id, params: { dir: temp.dir } });
     const cases: [string | Uint8Array, string, RegExp][] = [
       ['{"id":"x",', 'application/json', /^the body is not a task: not JSON/],
       [`[${good('y')}]`, 'application/json', /got an array \(send many tasks as JSON Lines/],
@@ -120,6 +112,7 @@ describe('POST /tasks', () => {
       [new Uint8Array([0x7b, 0xff, 0x7d]), 'application/json', /not valid UTF-8/],
       [`${good('l1')}\n${good('l2')}\n[1,2]\n${good('l4')}`, 'application/x-ndjson', /^line 3 is not a task: a task must be a JSON object, got an array/],
       ['\n\n', 'application/x-ndjson', /holds no task/],
+      ['', 'application/json', /^the body is empty/],
     ];
     for (const [body, type, message] of cases) {
       const answer = await call(`${url}/tasks`, { body, type });
@@ -134,7 +127,7 @@ describe('POST /tasks', () => {
 
   it('answers 409 for an id already in flight (or twice in one body), and queues nothing of that body', async () => {
     const { url } = await serve({ worker: { module: fixture('progress-until.js') }, concurrency: 2 });
-    const release = join(root, 'release');
+    const release = join(temp.root, 'release');
     const held = { id: 'held', params: { progress: 1, release } };
     expect((await call(`${url}/tasks`, { body: held })).status).toBe(202);
     const again = await call(`${url}/tasks`, { body: held });
@@ -155,7 +148,7 @@ describe('POST /tasks', () => {
 
   it('answers a body over --max-body with 413 and one of another type with 415; nothing is queued', async () => {
     const { url } = await serve({ worker: mark }, { maxBody: 512 });
-    const big = await call(`${url}/tasks`, { body: { id: 'big', params: { dir, pad: 'x'.repeat(600) } } });
+    const big = await call(`${url}/tasks`, { body: { id: 'big', params: { dir: temp.dir, pad: 'x'.repeat(600) } } });
     expect(big.status).toBe(413);
     expect(big.json).toMatchObject({ error: 'payload_too_large', message: expect.stringContaining('512 bytes') });
     const form = await call(`${url}/tasks`, { body: 'id=form', type: 'application/x-www-form-urlencoded' });
@@ -166,8 +159,8 @@ describe('POST /tasks', () => {
 
   it('answers 429 with Retry-After when --max-queued tasks are in flight, and queues nothing of the request', async () => {
     const { url } = await serve({ worker: { module: fixture('progress-until.js') } }, { maxQueued: 2 });
-    const release = join(root, 'release');
-    const task = (id: string) => ({ id, params: { dir, progress: 0, release } });
+    const release = join(temp.root, 'release');
+    const task = (id: string) => ({ id, params: { dir: temp.dir, progress: 0, release } });
     for (const id of ['h1', 'h2']) expect((await call(`${url}/tasks`, { body: task(id) })).status).toBe(202);
     const one = await call(`${url}/tasks`, { body: task('over') });
     expect(one.status).toBe(429);
@@ -192,7 +185,7 @@ describe('bearer token', () => {
 
   it('guards every task route (401 before the body is read; nothing queued), not the probes; the token is in no log line', async () => {
     const { url, logs } = await serve({ worker: mark }, { httpToken: token });
-    const body = { id: 'guarded', params: { dir } };
+    const body = { id: 'guarded', params: { dir: temp.dir } };
     const none = await call(`${url}/tasks`, { body });
     expect(none.status).toBe(401);
     expect(none.headers.get('www-authenticate')).toMatch(/^Bearer/);
@@ -216,7 +209,7 @@ describe('bearer token', () => {
 describe('GET and DELETE /tasks/:id', () => {
   it('shows a task queued, then running with its attempt, worker id, pid and progress, then its outcome', async () => {
     const { url } = await serve({ worker: { module: fixture('progress-until.js') } });
-    const release = join(root, 'release');
+    const release = join(temp.root, 'release');
     await call(`${url}/tasks`, { body: { id: 'first', params: { progress: { done: 40, of: 100 }, release } } });
     await call(`${url}/tasks`, { body: { id: 'second', params: { progress: 'second', release } } });
     expect((await call(`${url}/tasks/second`)).json).toEqual({ id: 'second', status: 'queued', attempts: 0 });
@@ -231,7 +224,7 @@ describe('GET and DELETE /tasks/:id', () => {
   it('answers 404 for a task never seen, and for one forgotten past --max-recent', async () => {
     const { url } = await serve({ worker: mark }, { maxRecent: 2 });
     expect((await call(`${url}/tasks/nobody`)).json).toMatchObject({ error: 'not_found', message: expect.stringContaining('--max-recent') });
-    for (const id of ['r1', 'r2', 'r3']) await call(`${url}/tasks?wait=true`, { body: { id, params: { dir } } });
+    for (const id of ['r1', 'r2', 'r3']) await call(`${url}/tasks?wait=true`, { body: { id, params: { dir: temp.dir } } });
     expect((await call(`${url}/tasks/r1`)).status).toBe(404);
     expect((await call(`${url}/tasks/r2`)).json).toMatchObject({ status: 'resolved' });
     expect((await call(`${url}/tasks/r3`)).json).toMatchObject({ status: 'resolved' });
@@ -239,9 +232,9 @@ describe('GET and DELETE /tasks/:id', () => {
 
   it('cancels a queued task: it never runs, its outcome is cancelled', async () => {
     const { url } = await serve({ worker: { module: fixture('progress-until.js') } });
-    const release = join(root, 'release');
+    const release = join(temp.root, 'release');
     await call(`${url}/tasks`, { body: { id: 'holder', params: { progress: 0, release } } });
-    const waiting = call(`${url}/tasks?wait=true`, { body: { id: 'doomed', params: { progress: 0, release: join(root, 'never') } } });
+    const waiting = call(`${url}/tasks?wait=true`, { body: { id: 'doomed', params: { progress: 0, release: join(temp.root, 'never') } } });
     await pollUntil(`${url}/tasks/doomed`, (a) => a.status === 200, 'the task to be queued');
     const cancel = await call(`${url}/tasks/doomed`, { method: 'DELETE' });
     expect(cancel.status).toBe(202);
@@ -256,7 +249,7 @@ describe('GET and DELETE /tasks/:id', () => {
 
   it('cancels a running task: its whole process group is gone from /proc, outcome cancelled, never retried', async () => {
     const { url } = await serve({ worker: { module: fixture('hang.js') }, attempts: 3, killGrace: 500 });
-    const pidFile = join(root, 'grandchild');
+    const pidFile = join(temp.root, 'grandchild');
     const waiting = call(`${url}/tasks?wait=true`, { body: { id: 'hanging', params: { pidFile } } });
     const running = await pollUntil(`${url}/tasks/hanging`, (a) => a.json?.status === 'running', 'the task to run');
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'), 'the grandchild to start', 20_000);
@@ -287,7 +280,7 @@ describe('probes and metrics', () => {
 
   it('/readyz: 200 while intake runs, with the breaker and the containment in force', async () => {
     const { url } = await serve({ worker: mark });
-    await call(`${url}/tasks?wait=true`, { body: { id: 'one', params: { dir } } });
+    await call(`${url}/tasks?wait=true`, { body: { id: 'one', params: { dir: temp.dir } } });
     const ready = await call(`${url}/readyz`);
     expect(ready.status).toBe(200);
     expect(ready.json).toMatchObject({ ready: true, reasons: [], state: 'running', pausedBy: null, breaker: { state: 'closed' } });
@@ -295,7 +288,7 @@ describe('probes and metrics', () => {
   });
 
   it('/readyz: 503 once workers cannot be started (kind spawn), saying so', async () => {
-    const { url } = await serve({ worker: { command: [join(root, 'no-such-command')] }, maxCrashes: 100 });
+    const { url } = await serve({ worker: { command: [join(temp.root, 'no-such-command')] }, maxCrashes: 100 });
     expect((await call(`${url}/readyz`)).status).toBe(200);
     expect((await call(`${url}/tasks?wait=true`, { body: { id: 'x' } })).json).toMatchObject({ status: 'failed', error: { kind: 'spawn' } });
     const answer = await call(`${url}/readyz`);

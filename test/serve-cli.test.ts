@@ -1,10 +1,9 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { isLoopback, resolveServeOptions } from '../src/serve/options.js';
 import { alive, fixture, until } from './helpers/procs.js';
-import { call, parsePrometheus, pollUntil, sampleValue, startServe, tidepoolOnce } from './helpers/serve.js';
+import { call, parsePrometheus, pollUntil, sampleValue, startServe, tempDirs, tidepoolOnce } from './helpers/serve.js';
 import type { ServeChild } from './helpers/serve.js';
 
 /**
@@ -13,18 +12,7 @@ import type { ServeChild } from './helpers/serve.js';
  * from /proc after each test (test/helpers/serve.ts checks).
  */
 
-let root: string;
-let dir: string;
-
-beforeEach(() => {
-  root = mkdtempSync(join(tmpdir(), 'tidepool-serve-cli-'));
-  dir = join(root, 'ran');
-  mkdirSync(dir);
-});
-
-afterEach(() => rmSync(root, { recursive: true, force: true }));
-
-const ran = () => readdirSync(dir).map(decodeURIComponent).sort();
+const temp = tempDirs();
 const logLines = (serve: ServeChild) => serve.stderr.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
 const progressUntil = ['--worker', fixture('progress-until.js')];
 
@@ -70,9 +58,9 @@ describe('tidepool serve: start-up', () => {
     const token = 'tok-7f3a9c1e5b2d8f4a6c0e';
     const wrong = ['tok-7f3a9c1e5b2d8f4a6c0X', 'guess-guess-guess-guess'];
     const serve = await startServe([...progressUntil, '--log-level', 'trace'], { TIDEPOOL_HTTP_TOKEN: token });
-    const released = join(root, 'released');
+    const released = join(temp.root, 'released');
     writeFileSync(released, '');
-    const task = { id: 'secretive', params: { dir, progress: { step: 1 }, release: released } };
+    const task = { id: 'secretive', params: { dir: temp.dir, progress: { step: 1 }, release: released } };
     expect((await call(`${serve.url}/tasks?wait=true`, { body: task, token })).json).toMatchObject({ status: 'resolved' });
     for (const bad of wrong) {
       expect((await call(`${serve.url}/tasks`, { body: { ...task, id: bad }, token: bad })).status).toBe(401);
@@ -90,21 +78,21 @@ describe('tidepool serve: start-up', () => {
 
 describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
   it('SIGTERM with work in flight: intake stops (/readyz 503, POST 503), the running task finishes and is answered, exit 0', async () => {
-    const release = join(root, 'release');
+    const release = join(temp.root, 'release');
     const serve = await startServe([...progressUntil, '--concurrency', '1']);
-    const waiting = call(`${serve.url}/tasks?wait=true`, { body: { id: 'inflight', params: { dir, progress: 0, release } } });
+    const waiting = call(`${serve.url}/tasks?wait=true`, { body: { id: 'inflight', params: { dir: temp.dir, progress: 0, release } } });
     await pollUntil(`${serve.url}/tasks/inflight`, (a) => a.json?.status === 'running', 'the task to run');
     serve.noteDescendants();
     serve.child.kill('SIGTERM');
     const draining = await pollUntil(`${serve.url}/readyz`, (a) => a.status === 503, '/readyz to say draining');
     expect(draining.json.reasons.join(' ')).toMatch(/draining/);
-    const refused = await call(`${serve.url}/tasks`, { body: { id: 'late', params: { dir, progress: 0, release } } });
+    const refused = await call(`${serve.url}/tasks`, { body: { id: 'late', params: { dir: temp.dir, progress: 0, release } } });
     expect(refused.status).toBe(503);
     expect(refused.json.message).toMatch(/draining/);
     writeFileSync(release, '');
     expect((await waiting).json).toMatchObject({ id: 'inflight', status: 'resolved', result: { released: true } });
     expect(await serve.exited).toEqual({ code: 0, signal: null });
-    expect(ran()).toEqual(['inflight']);
+    expect(temp.ran()).toEqual(['inflight']);
     const msgs = logLines(serve).map((l) => String(l.msg));
     expect(msgs.some((m) => m.startsWith('draining: intake stopped; waiting up to 25000 ms for 1 running task'))).toBe(true);
     expect(msgs.some((m) => m.startsWith('draining: every running task ended'))).toBe(true);
@@ -112,7 +100,7 @@ describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
 
   it('SIGTERM past --drain-timeout: the running task is terminated, it and the queued one are handed back (503 to their waiters), exit 0, no process left', async () => {
     const serve = await startServe(['--worker', fixture('hang.js'), '--concurrency', '1', '--drain-timeout', '300', '--kill-grace', '300']);
-    const pidFile = join(root, 'grandchild');
+    const pidFile = join(temp.root, 'grandchild');
     const running = call(`${serve.url}/tasks?wait=true`, { body: { id: 'stuck', params: { pidFile } } });
     const queued = call(`${serve.url}/tasks?wait=true`, { body: { id: 'never', params: {} } });
     const view = await pollUntil(`${serve.url}/tasks/stuck`, (a) => a.json?.status === 'running', 'the task to run');
@@ -134,7 +122,7 @@ describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
 
   it('a second signal stops at once: exit 130 after SIGINT twice, no process left', async () => {
     const serve = await startServe(['--worker', fixture('hang.js'), '--concurrency', '1', '--drain-timeout', '600000']);
-    const pidFile = join(root, 'grandchild');
+    const pidFile = join(temp.root, 'grandchild');
     const waiting = call(`${serve.url}/tasks?wait=true`, { body: { id: 'stuck', params: { pidFile } } }).catch((err: Error) => err);
     await pollUntil(`${serve.url}/tasks/stuck`, (a) => a.json?.status === 'running', 'the task to run');
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'), 'the grandchild to start', 20_000);
@@ -152,7 +140,7 @@ describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
 
 describe('tidepool serve: readiness', () => {
   it('goes 503 through a crash storm (breaker open, with trips and retryAt) and back to 200 once workers stop crashing', async () => {
-    const marker = join(root, 'crash');
+    const marker = join(temp.root, 'crash');
     writeFileSync(marker, '');
     const serve = await startServe([
       '--worker',

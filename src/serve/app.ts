@@ -65,7 +65,10 @@ interface Checked {
  * Check every task of a body before any is submitted: one that is not a task is a 400 naming
  * it (its line, for JSON Lines), an id given twice in one body or already in flight a 409.
  */
-function checkBody(body: Buffer, lines: boolean, inFlight: (id: string) => boolean): Checked[] {
+function checkBody(body: Buffer | undefined, lines: boolean, inFlight: (id: string) => boolean): Checked[] {
+  if (body === undefined || body.length === 0) {
+    throw new HttpError(400, 'the body is empty: send one task as a JSON object, or many as JSON Lines');
+  }
   let all: string;
   try {
     all = new TextDecoder('utf-8', { fatal: true }).decode(body);
@@ -176,7 +179,7 @@ export function buildApp(service: Service): FastifyInstance {
       if (service.draining) throw new HttpError(503, 'the service is draining: it takes no new tasks');
       const wait = parseWait(request.query);
       const type = String(request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-      const checked = checkBody(request.body as Buffer, JSON_LINES.includes(type), (id) => service.has(id));
+      const checked = checkBody(request.body as Buffer | undefined, JSON_LINES.includes(type), (id) => service.has(id));
       const room = options.maxQueued - service.inFlight;
       if (checked.length > room) {
         void reply.header('Retry-After', '1');

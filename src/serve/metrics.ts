@@ -137,6 +137,7 @@ export class ServiceMetrics {
     return this.registry.metrics();
   }
 
+  /** A task reached its final outcome: `tidepool_tasks_total{outcome}`. */
   taskEnded(result: TaskResult): void {
     this.#tasks.inc({ outcome: outcomeLabel(result) });
   }
@@ -147,22 +148,27 @@ export class ServiceMetrics {
     if (ms !== null) this.#attemptDuration.observe({ outcome }, ms / 1000);
   }
 
+  /** A task's first attempt started `ms` after the task was accepted: `tidepool_queue_wait_seconds`. */
   queueWait(ms: number): void {
     this.#queueWait.observe(ms / 1000);
   }
 
+  /** A worker process started (`worker:spawned`). */
   workerSpawned(): void {
     this.#spawned.inc();
   }
 
+  /** A worker process was reaped (`worker:reaped`). */
   workerReaped(): void {
     this.#reaped.inc();
   }
 
+  /** The crash breaker opened (`breaker:tripped`). */
   breakerTripped(): void {
     this.#trips.inc();
   }
 
+  /** An HTTP request was answered: its route pattern (`unmatched` for none) and status code. */
   request(route: string, code: number): void {
     this.#requests.inc({ route, code: String(code) });
   }

@@ -8,6 +8,9 @@ import { RecentTasks } from './recent.js';
 import type { TaskView } from './recent.js';
 import type { ResolvedServeOptions } from './options.js';
 
+/** While a drain waits, its progress is logged at least this often (ms). */
+const DRAIN_LOG_MS = 5_000;
+
 /** How `/readyz` sees the service. */
 export interface Readiness {
   ready: boolean;
@@ -206,16 +209,21 @@ export class Service {
     const deadline = Date.now() + timeout;
     let finished = busy() === 0;
     let timer: NodeJS.Timeout | undefined;
+    // Progress is logged when the count changes, and every DRAIN_LOG_MS while it does not.
+    let logged = { count: busy(), at: Date.now() };
     while (!finished && Date.now() < deadline) {
-      const before = busy();
       await new Promise<void>((resolve) => {
         this.#drainWake = resolve;
-        timer = setTimeout(resolve, Math.min(deadline - Date.now(), 5_000));
+        timer = setTimeout(resolve, Math.min(deadline - Date.now(), DRAIN_LOG_MS));
       });
       clearTimeout(timer);
       this.#drainWake = null;
-      finished = busy() === 0;
-      if (!finished && busy() !== before) logger.info({ running: busy() }, `draining: ${busy()} task(s) still running`);
+      const count = busy();
+      finished = count === 0;
+      if (!finished && (count !== logged.count || Date.now() - logged.at >= DRAIN_LOG_MS)) {
+        logger.info({ running: count, leftMs: Math.max(0, deadline - Date.now()) }, `draining: ${count} task(s) still running`);
+        logged = { count, at: Date.now() };
+      }
     }
     const running = busy();
     const handedBack = pool.inFlight;

@@ -1,8 +1,11 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, expect } from 'vitest';
+import { afterEach, beforeEach, expect } from 'vitest';
+import { trackChildren } from './children.js';
 import { alive, descendantsOf, isAlive, until } from './procs.js';
 
 /** Helpers for tests of `tidepool serve`: the real command as a child, HTTP calls, /proc, Prometheus text. */
@@ -25,25 +28,43 @@ export interface ServeChild {
   noteDescendants(): void;
 }
 
-/** serve children not yet exited; each test must leave none (they are SIGKILLed and the test fails). */
-const running = new Set<ChildProcess>();
 /** Every process any serve child of the test had below it: all must be gone after the test. */
 const descendants = new Set<number>();
 
+// Registered before the children's hook, so run after it (vitest runs after-hooks as a stack):
+// a serve child still running is killed first.
 afterEach(async () => {
-  const left = [...running];
-  for (const child of left) {
-    const closed = new Promise((r) => child.once('close', r));
-    child.kill('SIGKILL');
-    await closed;
-  }
-  expect(left.map((c) => c.pid), 'serve processes still running after the test').toEqual([]);
   // The spawn host of an exited manager kills what it holds and exits: give it time to.
   await until(() => alive(descendants).length === 0, 'every process below serve to be gone', 10_000).catch(() => {});
   const still = alive(descendants);
   descendants.clear();
   expect(still, 'processes left behind by serve').toEqual([]);
 });
+
+/** serve children not yet exited; each test must leave none (they are SIGKILLed and the test fails). */
+const running = trackChildren('serve processes');
+
+/**
+ * Fresh folders for each test: `dir` where tasks leave their marks (mark.js,
+ * progress-until.js: one file per task that ran), and `root` around it for other files.
+ */
+export function tempDirs(): { readonly root: string; readonly dir: string; ran(): string[] } {
+  let root = '';
+  beforeEach(() => {
+    root = mkdtempSync(join(tmpdir(), 'tidepool-serve-'));
+    mkdirSync(join(root, 'ran'));
+  });
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+  return {
+    get root() {
+      return root;
+    },
+    get dir() {
+      return join(root, 'ran');
+    },
+    ran: () => readdirSync(join(root, 'ran')).map(decodeURIComponent).sort(),
+  };
+}
 
 /**
  * Start `bin/tidepool serve ARGS --http-port 0` and resolve once it prints its URL; rejects
@@ -64,7 +85,6 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('close', (code, signal) => {
-      running.delete(child);
       if (partial !== '') stderr.push(partial);
       resolve({ code, signal });
     });
@@ -87,19 +107,11 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise
   });
 }
 
-/** Run `bin/tidepool ARGS` to its end (for usage errors and help). */
+/** Run `bin/tidepool ARGS` to its end (for usage errors and help; killed past 20 s). */
 export function tidepoolOnce(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    running.add(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      running.delete(child);
-      resolve({ code, stdout, stderr });
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, timeout: 20_000 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : null, stdout, stderr });
     });
   });
 }
