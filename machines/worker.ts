@@ -38,7 +38,8 @@ export type ProcessEvent =
 /** Commands the worker machine sends to its process actor. */
 export type ProcessCommand =
   | { type: 'proc.run'; deliveryId: string; last: boolean }
-  | { type: 'proc.terminate' }
+  /** SIGTERM to the process group; `cancelled`: its task was cancelled (a module worker is told). */
+  | { type: 'proc.terminate'; cancelled?: true }
   | { type: 'proc.kill' };
 
 /** Events the pool sends to a worker. */
@@ -251,7 +252,9 @@ export const workerMachine = setup({
       workerId: context.workerId,
       deliveryId: (event as Extract<WorkerEvent, { type: 'task.assign' }>).deliveryId,
     })),
-    signalTerm: sendTo('process', { type: 'proc.terminate' } satisfies ProcessCommand),
+    signalTerm: sendTo('process', ({ context }): ProcessCommand =>
+      context.cancelled ? { type: 'proc.terminate', cancelled: true } : { type: 'proc.terminate' },
+    ),
     signalKill: sendTo('process', { type: 'proc.kill' } satisfies ProcessCommand),
   },
 }).createMachine({

@@ -256,6 +256,8 @@ function workerModel(): Model<WorkerState, WorkerStimulus> {
       const commands: WorkerCommand[] = [{ type: 'worker.kill' }];
       commands.unshift({ type: 'task.assign', deliveryId: c.deliveryId === null ? `d${c.served + 1}` : 'd-late' });
       if (c.deliveryId === null) commands.splice(1, 0, { type: 'worker.retire' });
+      // The pool cancels the delivery the worker holds (a cancel of another is ignored).
+      else commands.push({ type: 'task.cancel', deliveryId: c.deliveryId });
       const timers = pendingDelays(snap).map(({ event, delay }) => ({
         type: 'timer' as const,
         event,
@@ -370,7 +372,9 @@ const IDLE_EVENT = { type: `xstate.after.idleTimeout.${workerMachine.root.states
 
 type EnvEvent = Extract<
   PoolEvent,
-  { type: 'delivery' | 'pause' | 'resume' | 'drain' | 'stop' | 'source.drained' | 'source.lost' | 'crash.expired' }
+  {
+    type: 'delivery' | 'pause' | 'resume' | 'drain' | 'stop' | 'source.drained' | 'source.lost' | 'crash.expired' | 'breaker.quiet' | 'task.cancel';
+  }
 >;
 type ProcAction = 'start' | 'result' | 'failed' | 'exit' | 'cleanExit' | 'spawnError';
 
@@ -639,6 +643,13 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
       if (!state.lost && held > 0) env.push({ type: 'source.lost' });
       // Each counted crash has one pending expiry.
       if (c.crashes > 0) env.push({ type: 'crash.expired' });
+      // Like the crash window, the breaker's quiet window is an ordinary event here: pending
+      // once the breaker has closed after a trip.
+      if (c.breaker === 'closed' && c.trips > 0) env.push({ type: 'breaker.quiet' });
+      // `pool.cancel` of the first delivery in the backlog, and of the first a worker holds.
+      if (c.backlog.length > 0) env.push({ type: 'task.cancel', deliveryId: c.backlog[0], workerId: null });
+      const holder = Object.entries(state.workers).find(([, w]) => w.snap.status === 'active' && w.snap.context.deliveryId !== null);
+      if (holder) env.push({ type: 'task.cancel', deliveryId: holder[1].snap.context.deliveryId!, workerId: holder[0] });
       for (const event of env) if (enables(snap, event)) out.push({ type: 'pool', event });
       if (snap.matches('starting')) out.push({ type: 'startup', ok: true }, { type: 'startup', ok: false });
       if (enables(snap, COOLDOWN_EVENT)) out.push({ type: 'cooldown' });
@@ -666,12 +677,13 @@ function poolModel(config: PoolConfig): Model<PoolState, PoolStimulus> {
       const order = Object.keys(state.workers);
       const workers = Object.values(state.workers).map((w) => {
         const wc = w.snap.context;
-        return [w.snap.value, w.snap.status, wc.reported, wc.served, wc.deliveryId !== null, wc.expectExit];
+        return [w.snap.value, w.snap.status, wc.reported, wc.served, wc.deliveryId !== null, wc.expectExit, wc.cancelled];
       });
       return JSON.stringify([
         snap.value,
         snap.status,
         [c.backlog.length, c.crashes, c.pausedBy, c.sourceDrained, c.drainRequested, c.spares, c.startError !== null],
+        [c.breaker, c.probe === null ? null : c.backlog.includes(c.probe), c.trips > 0, c.cooldown],
         [c.live, c.phases, c.ready.map((id) => order.indexOf(id)), c.warming.map((id) => order.indexOf(id)), c.assigned.length],
         [state.deliveries, state.faults, state.lost, state.closed, state.drainedSent],
         workers,
@@ -1016,7 +1028,9 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
         if (id === null) continue;
         outcomes.set(id, (outcomes.get(id) ?? 0) + 1);
         if (outcomes.get(id)! > 1) out.push(`step ${i}: a second outcome for ${id}`);
-        if (!ran.includes(id) && !(event as unknown as { outcome: { kind?: string } }).outcome.kind?.startsWith('spawn')) {
+        // A failure to start, or a cancel that came first, reports on a task never run.
+        const kind = (event as unknown as { outcome: { kind?: string } }).outcome.kind;
+        if (!ran.includes(id) && kind !== 'spawn' && kind !== 'cancelled') {
           out.push(`step ${i}: an outcome for ${id}, which its process was never told to run`);
         }
       }
@@ -1072,12 +1086,8 @@ const summary = (name: string, g: Generated<unknown, AnyEventObject>, ms: number
  * left uncovered, and also if one of these becomes covered (so the list stays true).
  */
 const UNREACHABLE: Record<string, string> = {
-  // Reachable only through re-entrancy the fake process cannot produce: a slot (a user's
-  // `attempt`/`worker:reaped` listener) stops the pool while the pool spawns a worker whose
-  // process fails synchronously (the driver's fork failure sends spawnError + exit at start);
-  // the worker's spawn-failure outcome then waits in the pool's mailbox behind `stop`. A killed
-  // worker never reports, so there is no other way to deliver an outcome in `stopping`.
-  'pool.stopping on worker.outcome[0]': 'needs a re-entrant stop and a synchronous spawn failure',
+  // (`pool.stopping on worker.outcome` was listed here until a cancelled worker, which reports
+  // its outcome once its process exits, could be stopped on its way out: it is reached now.)
   // A worker declines an assignment that reaches it after it stopped being idle: the pool's
   // view lags only while a report waits in its mailbox. Reports are queued there only when a
   // worker acts inside the pool's own transition (its spawnWorker, tellWorker and killWorkers

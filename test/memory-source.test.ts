@@ -65,4 +65,48 @@ describe('memory source', () => {
     expect(order).toEqual(Array.from({ length: 3000 }, (_, i) => `t${i}`));
     expect(source.size).toEqual({ ready: 1999, delayed: 0, unsettled: 1 });
   });
+
+  it('cancel drops an undelivered task, ready or in its retry delay, and depth counts what waits', async () => {
+    const timers = new Map<number, () => void>();
+    let seq = 0;
+    const clock = { setTimeout: (fn: () => void) => (timers.set(++seq, fn), seq), clearTimeout: (id: unknown) => void timers.delete(id as number) };
+    const source = new MemorySource({ clock });
+    const delivered: Delivery[] = [];
+    await source.open(consumer(delivered), 1);
+    source.submit({ id: 'a' });
+    source.submit({ id: 'b' });
+    source.submit({ id: 'c' });
+    expect(source.depth()).toBe(2);
+    // A delivered task is not the source's to cancel.
+    expect(source.cancel('a')).toBe(false);
+    expect(source.cancel('b')).toBe(true);
+    expect(source.cancel('b')).toBe(false);
+    expect(source.depth()).toBe(1);
+    await source.settle(delivered[0], { action: 'retry', delay: 1_000, attempt: 2 });
+    expect(delivered.map((d) => d.task.id)).toEqual(['a', 'c']);
+    expect(source.depth()).toBe(1);
+    expect(source.cancel('a')).toBe(true);
+    expect(timers.size).toBe(0);
+    expect(source.depth()).toBe(0);
+    expect(source.deadLetters).toEqual([]);
+    expect(source.cancel('never-seen')).toBe(false);
+  });
+
+  it('a closed queue whose last waiting task is cancelled reports itself drained', async () => {
+    const source = new MemorySource();
+    let drained = 0;
+    const delivered: Delivery[] = [];
+    await source.open({ ...consumer(delivered), drained: () => drained++ }, 1);
+    source.submit({ id: 'a' });
+    source.submit({ id: 'b' });
+    source.close();
+    await source.settle(delivered[0], { action: 'ack' });
+    expect(delivered.map((d) => d.task.id)).toEqual(['a', 'b']);
+    expect(drained).toBe(0);
+    await source.settle(delivered[1], { action: 'retry', delay: 60_000, attempt: 2 });
+    expect(drained).toBe(0);
+    expect(source.cancel('b')).toBe(true);
+    expect(drained).toBe(1);
+    await source.dispose();
+  });
 });

@@ -72,6 +72,13 @@ describe('resolveOptions', () => {
     expect(rejects({ worker, concurrency: 2, spares: 3 }).option).toBe('spares');
     expect(rejects({ worker: { command: ['cat'] }, maxTasksPerWorker: 2 }).option).toBe('maxTasksPerWorker');
     expect(rejects({ worker, retryDelay: 5000, retryMaxDelay: 10 }).option).toBe('retryMaxDelay');
+    expect(rejects({ worker, breakerCooldown: 5000, breakerMaxCooldown: 10 }).option).toBe('breakerMaxCooldown');
+    expect(rejects({ worker, breakerMaxCooldown: 0 }).message).toBe('breakerMaxCooldown must be a positive integer');
+  });
+
+  it('the breaker ceiling defaults to 5 min, or to breakerCooldown when that is longer', () => {
+    expect(resolveOptions({ worker }).breakerMaxCooldown).toBe(300_000);
+    expect(resolveOptions({ worker, breakerCooldown: 600_000 }).breakerMaxCooldown).toBe(600_000);
   });
 });
 

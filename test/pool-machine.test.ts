@@ -10,7 +10,7 @@ import { createFakeProcesses, deferred, recordSlots } from './helpers/fake-proce
 import type { FakeOptions, FakeProcess } from './helpers/fake-process.js';
 
 const WORKER_DELAYS = { spawnTimeout: 100, taskTimeout: 1_000, killGrace: 50, idleTimeout: 500 } as const;
-const POOL_DELAYS = { crashWindow: 10_000, breakerCooldown: 2_000 } as const;
+const POOL_DELAYS = { crashWindow: 10_000, breakerCooldown: 2_000, breakerMaxCooldown: 7_000 } as const;
 
 interface Harness {
   violations: string[];
@@ -49,7 +49,16 @@ interface WorkerView {
  * children that last reported that phase, and every idle id is a child.
  */
 async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
-  const input: PoolInput = { maxWorkers: 2, spares: 0, maxTasksPerWorker: 1, maxCrashes: 2, maxSpawning: 100, ...partial };
+  const input: PoolInput = {
+    maxWorkers: 2,
+    spares: 0,
+    maxTasksPerWorker: 1,
+    maxCrashes: 2,
+    maxSpawning: 100,
+    breakerCooldown: POOL_DELAYS.breakerCooldown,
+    breakerMaxCooldown: POOL_DELAYS.breakerMaxCooldown,
+    ...partial,
+  };
   const fakes = createFakeProcesses(options.fake);
   /** Every slot call and notification, in order. */
   const calls: { name: string; params?: unknown }[] = [];
@@ -87,12 +96,16 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
       tellWorker: (_: unknown, params: unknown) => workers.tell((params as TellParams).workerId, (params as TellParams).command),
       killWorkers: () => workers.killAll(),
     },
-    delays: POOL_DELAYS,
+    delays: { crashWindow: POOL_DELAYS.crashWindow },
   });
   const pool = createActor(machine, { clock, input });
   pool.on('*', (emitted: PoolEmitted) => {
     if (emitted.type === 'worker.reaped') calls.push({ name: 'reaped', params: { report: emitted.report } });
-    if (emitted.type === 'breaker.tripped') calls.push({ name: 'breakerTripped', params: { crashes: emitted.crashes } });
+    if (emitted.type === 'breaker.tripped') {
+      const { crashes, trips, cooldownMs } = emitted;
+      calls.push({ name: 'breakerTripped', params: { crashes, trips, cooldownMs } });
+    }
+    if (emitted.type === 'breaker.half-open' || emitted.type === 'breaker.closed') calls.push({ name: emitted.type });
   });
   const workerContexts = () =>
     [...workers.live].map(([id, actor]) => [id, actor.getSnapshot().context as WorkerContext] as const);
@@ -155,7 +168,12 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
     /** Every delivery id given back to the source, across all release calls. */
     released: () => [...released],
     reaped: () => callsOf('reaped').map((c) => (c.params as { report: WorkerReport }).report),
-    trips: () => callsOf('breakerTripped').map((c) => c.params as { crashes: number }),
+    trips: () => callsOf('breakerTripped').map((c) => c.params as { crashes: number; trips: number; cooldownMs: number }),
+    /** The breaker's notifications, in order: tripped (with its cooldown), half-open, closed. */
+    breakerLog: () =>
+      calls
+        .filter((c) => ['breakerTripped', 'breaker.half-open', 'breaker.closed'].includes(c.name))
+        .map((c) => (c.name === 'breakerTripped' ? `tripped ${(c.params as { cooldownMs: number }).cooldownMs}` : c.name.slice('breaker.'.length))),
     /** Delivery ids every fake process was told to run. */
     runs: () =>
       [...fakes.all.values()].flatMap((p) => p.commands.flatMap((c) => (c.type === 'proc.run' ? [c.deliveryId] : []))),
@@ -399,7 +417,8 @@ describe('pool machine: crash breaker', () => {
     crash(p, 'worker.3');
     expect(p.state()).toBe('paused');
     expect(p.context().pausedBy).toBe('breaker');
-    expect(p.trips()).toEqual([{ crashes: 3 }]);
+    expect(p.trips()).toEqual([{ crashes: 3, trips: 1, cooldownMs: POOL_DELAYS.breakerCooldown }]);
+    expect(p.context().breaker).toBe('open');
     expect(p.count('pauseIntake')).toBe(1);
     // The outcome that tripped the breaker is settled like any other.
     expect(p.settledIds()).toEqual(['d1', 'd2', 'd3']);
@@ -411,6 +430,7 @@ describe('pool machine: crash breaker', () => {
     p.clock.increment(1);
     expect(p.state()).toBe('running');
     expect(p.context().pausedBy).toBeNull();
+    expect(p.context().breaker).toBe('half-open');
     expect(p.count('resumeIntake')).toBe(1);
     expect(p.count('breakerTripped')).toBe(1);
   });
@@ -424,7 +444,7 @@ describe('pool machine: crash breaker', () => {
     p.clock.increment(WORKER_DELAYS.spawnTimeout);
     expect(p.settled().map((s) => (s.outcome as { kind: string }).kind)).toEqual(['memory', 'spawn', 'spawn']);
     expect(p.state()).toBe('paused');
-    expect(p.trips()).toEqual([{ crashes: 3 }]);
+    expect(p.trips()).toEqual([{ crashes: 3, trips: 1, cooldownMs: POOL_DELAYS.breakerCooldown }]);
   });
 
   it('error and timeout outcomes do not count', async () => {
@@ -501,6 +521,229 @@ describe('pool machine: crash breaker', () => {
     expect(p.state()).toBe('running');
     expect(p.context().backlog).toEqual([]);
     expect(p.workers()['worker.4']).toEqual({ state: 'spawning', deliveryId: 'd4' });
+  });
+});
+
+describe('pool machine: the breaker holds (half-open probe, growing cooldown)', () => {
+  it('after the cooldown exactly one attempt runs as the probe; its crash re-opens with the cooldown doubled, up to the ceiling', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3', 'd4', 'd5', 'd6', 'd7');
+    // d1..d3 start at once; the first crash trips (maxCrashes 0); the others finish their attempts.
+    crash(p, 'worker.1');
+    expect(p.context().breaker).toBe('open');
+    crash(p, 'worker.2');
+    crash(p, 'worker.3');
+    expect(p.workerIds()).toEqual([]);
+    const cooldowns: number[] = [];
+    for (let probe = 0; probe < 4; probe++) {
+      const { cooldown } = p.context();
+      cooldowns.push(cooldown);
+      p.clock.increment(cooldown - 1);
+      expect(p.state()).toBe('paused');
+      p.clock.increment(1);
+      expect(p.state()).toBe('running');
+      expect(p.context().breaker).toBe('half-open');
+      // One worker for the probe, however many deliveries wait and slots are free.
+      expect(p.workerIds()).toHaveLength(1);
+      expect(p.context().probe).toBe(p.workers()[p.workerIds()[0]].deliveryId);
+      crash(p, p.workerIds()[0]);
+      expect(p.state()).toBe('paused');
+    }
+    expect(cooldowns).toEqual([2_000, 4_000, 7_000, 7_000]);
+    expect(p.trips().map((t) => t.trips)).toEqual([1, 2, 3, 4, 5]);
+    expect(p.breakerLog()).toEqual([
+      'tripped 2000', 'half-open', 'tripped 4000', 'half-open', 'tripped 7000', 'half-open', 'tripped 7000', 'half-open', 'tripped 7000',
+    ]);
+  });
+
+  it('a probe that does not crash closes the breaker: the backlog is dispatched again to every free slot', async () => {
+    const p = await startPool({ maxWorkers: 3, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3', 'd4', 'd5');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    crash(p, 'worker.3');
+    p.clock.increment(POOL_DELAYS.breakerCooldown);
+    expect(p.workerIds()).toEqual(['worker.4']);
+    p.proc('worker.4').start();
+    // While the probe runs, nothing else starts.
+    p.deliver('d6');
+    expect(p.workerIds()).toEqual(['worker.4']);
+    p.proc('worker.4').result('fine');
+    expect(p.context().breaker).toBe('closed');
+    expect(p.breakerLog()).toEqual(['tripped 2000', 'half-open', 'closed']);
+    // worker.4 is still leaving (not reaped): the two free slots take the backlog.
+    expect(p.workers()).toMatchObject({ 'worker.5': { deliveryId: 'd5' }, 'worker.6': { deliveryId: 'd6' } });
+    expect(p.context().backlog).toEqual([]);
+  });
+
+  it('the cooldown returns to breakerCooldown once crashWindow passes closed without a trip, not before', async () => {
+    const p = await startPool({ maxWorkers: 1, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3');
+    crash(p, 'worker.1');
+    p.clock.increment(2_000);
+    crash(p, 'worker.2');
+    expect(p.context().cooldown).toBe(4_000);
+    p.clock.increment(4_000);
+    p.proc('worker.3').start();
+    succeed(p, 'worker.3');
+    expect(p.context().breaker).toBe('closed');
+    // Closed, the grown cooldown stands for crashWindow: a trip now would pause 4 s.
+    p.clock.increment(POOL_DELAYS.crashWindow - 1);
+    expect(p.context().cooldown).toBe(4_000);
+    p.clock.increment(1);
+    expect(p.context().cooldown).toBe(POOL_DELAYS.breakerCooldown);
+    p.deliver('d4');
+    crash(p, 'worker.4');
+    expect(p.trips().map((t) => t.cooldownMs)).toEqual([2_000, 4_000, 2_000]);
+  });
+
+  it('a trip during the quiet window keeps the grown cooldown (the storm goes on)', async () => {
+    const p = await startPool({ maxWorkers: 1, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3');
+    crash(p, 'worker.1');
+    p.clock.increment(2_000);
+    crash(p, 'worker.2');
+    p.clock.increment(4_000);
+    p.proc('worker.3').start();
+    succeed(p, 'worker.3');
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    p.deliver('d4');
+    crash(p, 'worker.4');
+    expect(p.trips().map((t) => t.cooldownMs)).toEqual([2_000, 4_000, 4_000]);
+    // The quiet window of the earlier close was called off by the trip.
+    p.clock.increment(POOL_DELAYS.crashWindow / 2);
+    expect(p.context().cooldown).toBe(4_000);
+  });
+
+  it('resume cuts the cooldown short: the breaker goes half-open and the next attempt is its probe', async () => {
+    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3', 'd4');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.pool.send({ type: 'resume' });
+    expect(p.context().breaker).toBe('half-open');
+    expect(p.workerIds()).toEqual(['worker.3']);
+  });
+
+  it('under a user pause the cooldown still ends (half-open); the probe waits for resume', async () => {
+    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3', 'd4');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.pool.send({ type: 'pause' });
+    p.clock.increment(POOL_DELAYS.breakerCooldown);
+    expect(p.state()).toBe('paused');
+    expect(p.context()).toMatchObject({ breaker: 'half-open', pausedBy: 'user' });
+    expect(p.workerIds()).toEqual([]);
+    p.pool.send({ type: 'resume' });
+    expect(p.workerIds()).toEqual(['worker.3']);
+  });
+
+  // A cooldown longer than crashWindow: by the probe, the window holds no crash, so only the
+  // probe's own verdict can re-open the breaker.
+  const LONG = { maxWorkers: 2, maxCrashes: 1, breakerCooldown: 20_000, breakerMaxCooldown: 100_000 };
+
+  it('the probe crashing re-opens the breaker even with the window empty', async () => {
+    const p = await startPool(LONG);
+    p.deliver('d1', 'd2');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.deliver('d3', 'd4');
+    p.clock.increment(20_000);
+    expect(p.context()).toMatchObject({ breaker: 'half-open', crashes: 0 });
+    crash(p, 'worker.3');
+    expect(p.state()).toBe('paused');
+    expect(p.trips().map((t) => t.cooldownMs)).toEqual([20_000, 40_000]);
+  });
+
+  it("the probe's worker failing to start re-opens the breaker", async () => {
+    const p = await startPool(LONG, { fake: { throwOnStart: (id) => id === 'worker.3' } });
+    p.deliver('d1', 'd2');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.deliver('d3', 'd4');
+    p.clock.increment(20_000);
+    expect(p.state()).toBe('paused');
+    expect(p.trips().map((t) => t.cooldownMs)).toEqual([20_000, 40_000]);
+    // The probe never ran: its delivery is back in the backlog, not settled.
+    expect(p.context().backlog).toEqual(['d3', 'd4']);
+  });
+
+  it('a probe cancelled proves nothing: the next delivery is let through as the probe', async () => {
+    const p = await startPool(LONG);
+    p.deliver('d1', 'd2');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.deliver('d3', 'd4');
+    p.clock.increment(20_000);
+    p.proc('worker.3').start();
+    p.pool.send({ type: 'task.cancel', deliveryId: 'd3', workerId: 'worker.3' });
+    p.proc('worker.3').exit({ code: null, signal: 'SIGTERM' });
+    expect(p.context()).toMatchObject({ breaker: 'half-open', probe: 'd4' });
+    expect(p.workers()['worker.4']).toEqual({ state: 'spawning', deliveryId: 'd4' });
+  });
+
+  it('draining overrides the breaker: it closes and the backlog runs', async () => {
+    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
+    p.deliver('d1', 'd2', 'd3', 'd4');
+    crash(p, 'worker.1');
+    crash(p, 'worker.2');
+    p.pool.send({ type: 'drain' });
+    expect(p.context().breaker).toBe('closed');
+    expect(p.breakerLog()).toEqual(['tripped 2000', 'closed']);
+    expect(p.workerIds()).toEqual(['worker.3', 'worker.4']);
+  });
+});
+
+describe('pool machine: cancel', () => {
+  it('a delivery in the backlog is removed and settled cancelled; it never reaches a worker', async () => {
+    const p = await startPool({ maxWorkers: 1 });
+    p.deliver('d1', 'd2', 'd3');
+    p.pool.send({ type: 'task.cancel', deliveryId: 'd2', workerId: null });
+    expect(p.context().backlog).toEqual(['d3']);
+    expect(p.settled()).toEqual([
+      { deliveryId: 'd2', outcome: { status: 'failed', kind: 'cancelled', message: 'cancelled before it started', retryable: false } },
+    ]);
+    p.proc('worker.1').start();
+    succeed(p, 'worker.1');
+    p.proc('worker.2').start();
+    succeed(p, 'worker.2');
+    expect(p.runs()).toEqual(['d1', 'd3']);
+  });
+
+  it('a running attempt: its worker is told, terminates, and reports cancelled only once its process exited', async () => {
+    const p = await startPool({ maxWorkers: 1 });
+    p.deliver('d1', 'd2');
+    p.proc('worker.1').start();
+    p.pool.send({ type: 'task.cancel', deliveryId: 'd1', workerId: 'worker.1' });
+    expect(p.proc('worker.1').commands).toEqual([
+      { type: 'proc.run', deliveryId: 'd1', last: true },
+      { type: 'proc.terminate', cancelled: true },
+    ]);
+    // A result on its way out changes nothing.
+    p.proc('worker.1').result('too late');
+    expect(p.settled()).toEqual([]);
+    p.clock.increment(WORKER_DELAYS.killGrace);
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run', 'proc.terminate', 'proc.kill']);
+    p.proc('worker.1').exit({ code: null, signal: 'SIGKILL' });
+    expect(p.settled()).toEqual([
+      { deliveryId: 'd1', outcome: { status: 'failed', kind: 'cancelled', message: 'cancelled while it ran; the worker was stopped', retryable: false } },
+    ]);
+    expect(p.workers()['worker.2']).toEqual({ state: 'spawning', deliveryId: 'd2' });
+    expect(p.context().crashes).toBe(0);
+  });
+
+  it('a cancel for a delivery the worker no longer holds is ignored; one while stopping changes nothing', async () => {
+    const p = await startPool({ maxWorkers: 1 });
+    p.deliver('d1');
+    p.proc('worker.1').start();
+    p.pool.send({ type: 'task.cancel', deliveryId: 'd-other', workerId: 'worker.1' });
+    expect(p.proc('worker.1').commandTypes()).toEqual(['proc.run']);
+    p.pool.send({ type: 'stop' });
+    p.pool.send({ type: 'task.cancel', deliveryId: 'd1', workerId: 'worker.1' });
+    expect(p.proc('worker.1').commands).toEqual([{ type: 'proc.run', deliveryId: 'd1', last: true }, { type: 'proc.terminate' }]);
+    p.proc('worker.1').exit({ code: null, signal: 'SIGTERM' });
+    expect(p.count('settle')).toBe(0);
   });
 });
 

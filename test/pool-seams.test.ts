@@ -147,6 +147,57 @@ describe('any source', () => {
     expect(inner.deadLetters.map((l) => [l.task.id, l.reason.split(':')[0]])).toEqual([['m-1', 'malformed']]);
   });
 
+  it('a task cancelled while in a source that cannot drop it is acked when delivered, without a worker', async () => {
+    const inner = new MemorySource();
+    // Like a broker's queue: it takes tasks from run(), but cannot take one out of its middle.
+    const broker: Source = {
+      open: (c, p) => inner.open(c, p),
+      prefetch: (n) => inner.prefetch(n),
+      pause: () => inner.pause(),
+      resume: () => inner.resume(),
+      settle: (d, s) => inner.settle(d, s),
+      release: (d) => inner.release(d),
+      publish: (payload, options) => inner.publish(payload, options),
+      close: () => inner.close(),
+      dispose: () => inner.dispose(),
+    };
+    const pool = await startPool({ worker: { module: fixture('slow.js') }, source: broker, concurrency: 1 });
+    const starts: string[] = [];
+    pool.on('attempt:start', ({ taskId }) => starts.push(taskId));
+    const first = pool.run({ id: 'first', params: { ms: 300 } });
+    await until(() => starts.length === 1, 'the first task to start');
+    const second = pool.run({ id: 'second', params: {} });
+    expect(pool.cancel('second')).toBe('queued');
+    expect(await second).toMatchObject({ status: 'failed', attempts: 0, error: { kind: 'cancelled' } });
+    // Still in the queue: delivered once the first task is done, acked at once.
+    expect(inner.size.ready).toBe(1);
+    expect(await first).toMatchObject({ status: 'resolved' });
+    await until(() => inner.size.ready === 0 && inner.size.unsettled === 0, 'the cancelled delivery to be acked');
+    expect(starts).toEqual(['first']);
+    expect(inner.deadLetters).toEqual([]);
+    expect(pool.cancel('third')).toBe('unknown');
+  });
+
+  it('state and pausedBy follow the machine: stopped before start, starting during it, paused by the user, stopped after drain', async () => {
+    const pool = track(createPool({ worker: { module: fixture('echo.js') }, logLevel: 'silent' }));
+    expect([pool.state, pool.pausedBy, pool.queued]).toEqual(['stopped', null, 0]);
+    const started = pool.start();
+    expect(pool.state).toBe('starting');
+    await started;
+    expect(pool.state).toBe('running');
+    pool.pause();
+    expect([pool.state, pool.pausedBy]).toEqual(['paused', 'user']);
+    const result = pool.run({ id: 'held', params: {} });
+    expect(pool.queued).toBe(1);
+    pool.resume();
+    expect([pool.state, pool.pausedBy]).toEqual(['running', null]);
+    expect(await result).toMatchObject({ status: 'resolved' });
+    const drained = pool.drain();
+    await until(() => pool.state !== 'running', 'the drain to begin');
+    await drained;
+    expect([pool.state, pool.pausedBy, pool.breaker.state]).toEqual(['stopped', null, 'closed']);
+  });
+
   it('a payload that is not a task is dead-lettered by the source as malformed and never reaches a worker', async () => {
     const source = new MemorySource();
     const pool = await startPool({ worker: { module: fixture('echo.js') }, source });

@@ -17,6 +17,12 @@ describe('decideSettlement', () => {
     expect(decideSettlement(fail(), 3, policy)).toEqual({ action: 'dead-letter', reason: 'crash (attempts exhausted)', kind: 'crash', message: 'x' });
   });
 
+  it('acks a cancelled attempt: a cancel is the user\'s decision, neither retried nor dead-lettered', () => {
+    const cancelled: Outcome = { status: 'failed', kind: 'cancelled', message: 'cancelled', retryable: false };
+    expect(decideSettlement(cancelled, 1, policy)).toEqual({ action: 'ack' });
+    expect(decideSettlement({ ...cancelled, retryable: true }, 3, policy)).toEqual({ action: 'ack' });
+  });
+
   it('dead-letters a failure that is not retryable at once', () => {
     expect(decideSettlement(fail(false), 1, policy)).toEqual({ action: 'dead-letter', reason: 'crash (not retryable)', kind: 'crash', message: 'x' });
   });

@@ -24,7 +24,9 @@
 //   S <id> <len>\n<stdin>    spawn worker <id>; write <stdin> to it, then close its stdin
 //   S <id> -\n               spawn worker <id> with its stdin left open (a warm spare)
 //   I <id> <len>\n<stdin>    write <stdin> to worker <id>, then close its stdin
-//   K <id> <SIGNAL>\n        signal the process group of worker <id> (e.g. SIGTERM); the host
+//   K <id> <SIGNAL> [leader]\n  signal the process group of worker <id> (e.g. SIGTERM), or with
+//                            `leader` the worker's own process alone (the SIGUSR2 that tells a
+//                            module worker its task is cancelled, just before the SIGTERM); the host
 //                            signals it only while the worker is not reaped
 //   end of file              the manager is gone or done: kill every worker's tree, exit
 //

@@ -10,7 +10,18 @@
 //   start.
 import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { EXIT, MAX_OUTPUT, MAX_PROGRESS, MSG, PROGRESS_PREFIX, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
+import {
+  CANCEL_SIGNAL,
+  EXIT,
+  MAX_OUTPUT,
+  MAX_PROGRESS,
+  MSG,
+  PROGRESS_PREFIX,
+  handlerOf,
+  isNonRetryable,
+  killGroup,
+  serializeError,
+} from './protocol.js';
 
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
@@ -73,18 +84,36 @@ if (!piped) {
   });
 }
 
-// The deadline passed: fire the task's AbortSignal and leave once the handler settles (the
-// manager sends SIGKILL after its grace period if it does not).
+// The deadline passed, or the pool stops the task: fire the task's AbortSignal and leave once
+// the handler settles (the manager sends SIGKILL after its grace period if it does not).
+/** The task was cancelled (CANCEL_SIGNAL came before the SIGTERM). */
+let cancelled = false;
 const onTerminate = () => {
   terminating = true;
   if (!running) process.exit(EXIT.TERMINATED);
-  const reason =
-    Date.now() >= running.deadline
-      ? 'the task deadline passed; the worker is terminating'
-      : 'the pool is stopping the task (shutdown or cancel); the worker is terminating';
-  running.abort(new Error(reason));
+  // A cancel's CANCEL_SIGNAL is sent just before the SIGTERM, but two signals can land on two
+  // threads of this process and be dispatched in either order, in one turn of the event loop
+  // or two: the reason is decided a turn later, once both have been seen.
+  setImmediate(() =>
+    setImmediate(() => {
+      if (!running) return;
+      const reason = cancelled
+        ? 'the task was cancelled; the worker is terminating'
+        : Date.now() >= running.deadline
+          ? 'the task deadline passed; the worker is terminating'
+          : 'the pool is stopping the task (shutdown); the worker is terminating';
+      running.abort(new Error(reason));
+    }),
+  );
 };
-if (!piped) process.on('SIGTERM', onTerminate);
+const onCancel = () => {
+  cancelled = true;
+  onTerminate();
+};
+if (!piped) {
+  process.on('SIGTERM', onTerminate);
+  process.on(CANCEL_SIGNAL, onCancel);
+}
 
 const LEVELS = /** @type {Record<string, number>} */ ({ trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 });
 const threshold = LEVELS[process.env.TIDEPOOL_LOG_LEVEL ?? 'info'] ?? Infinity;
@@ -162,7 +191,8 @@ async function run(message) {
   running = {
     deadline: message.deadline ?? Infinity,
     abort(reason) {
-      aborted = reason;
+      // The first reason stands (a cancel, then the SIGTERM that follows it).
+      aborted ??= reason;
       controller?.abort(reason);
     },
   };
@@ -198,6 +228,7 @@ if (piped) {
   // keeps its default action, which is what a spare retired while it waits needs.
   const message = JSON.parse(readFileSync(0, 'utf8'));
   process.on('SIGTERM', onTerminate);
+  process.on(CANCEL_SIGNAL, onCancel);
   // Nothing else holds the event loop open (no IPC channel): a handler waiting on a promise
   // alone must not let the process exit under it. A timer is made only then (the first one
   // costs ~0.35 ms); the exit after the reply ends it.

@@ -26,6 +26,12 @@ export const MSG = /** @type {const} */ ({
  */
 export const EXIT = /** @type {const} */ ({ OK: 0, LOAD_FAILED: 78, TERMINATED: 143 });
 
+/**
+ * Sent to a module worker's own process (not its group) just before the SIGTERM that stops a
+ * cancelled task, so that its handler's AbortSignal says it was cancelled.
+ */
+export const CANCEL_SIGNAL = 'SIGUSR2';
+
 /** After a worker exits, how long to wait for its pipes to close before reporting the exit. */
 export const FLUSH_LIMIT_MS = 1_000;
 

@@ -306,7 +306,10 @@ process.stdin.on('data', (/** @type {Buffer} */ chunk) => {
         if (job?.child.stdin && !job.child.stdin.destroyed) job.child.stdin.end(payload);
         break;
       case HOST.SIGNAL:
-        if (job) signalGroup(job, /** @type {NodeJS.Signals} */ (fields[1]));
+        if (!job) break;
+        if (fields[2] === 'leader') {
+          if (unreaped(job)) kill(job.pid, /** @type {NodeJS.Signals} */ (fields[1]));
+        } else signalGroup(job, /** @type {NodeJS.Signals} */ (fields[1]));
         break;
     }
   }

@@ -369,7 +369,8 @@ sub keeper {
   $request->('KILL') if $host_gone;
   for (;;) {
     $flush_in->();
-    # Requests from the host: I <len>\n<stdin>, K <SIGNAL>\n.
+    # Requests from the host: I <len>\n<stdin>, K <SIGNAL>\n (the group), L <SIGNAL>\n (the worker
+    # alone).
     while ((my $nl = index $ctl, "\n") >= 0) {
       my ($kind, $arg) = split / /, substr($ctl, 0, $nl);
       if ($kind eq 'I') {
@@ -381,7 +382,8 @@ sub keeper {
       } else {
         last unless $started || $exited;   # a signal waits for the exec (or for its failure)
         substr($ctl, 0, $nl + 1) = '';
-        $request->($arg);
+        if ($kind eq 'L') { kill($arg, $worker) unless $exited }
+        else { $request->($arg) }
       }
     }
     if (!$exited) {
@@ -676,8 +678,10 @@ sub read_manager {
       if ($queued{$id}) { $queued{$id}[0] = $payload }
       elsif ($jobs{$id}) { tell_keeper($jobs{$id}, 'I ' . length($payload) . "\n$payload") }
     } elsif ($kind eq 'K') {
-      if ($queued{$id}) { $queued{$id}[1] .= 'K ' . ($head[2] =~ s/^SIG//r) . "\n" }
-      elsif ($jobs{$id}) { tell_keeper($jobs{$id}, 'K ' . ($head[2] =~ s/^SIG//r) . "\n") }
+      # K <id> <SIGNAL> [leader]: the worker's group, or with `leader` the worker alone.
+      my $request = (defined $head[3] && $head[3] eq 'leader' ? 'L ' : 'K ') . ($head[2] =~ s/^SIG//r) . "\n";
+      if ($queued{$id}) { $queued{$id}[1] .= $request }
+      elsif ($jobs{$id}) { tell_keeper($jobs{$id}, $request) }
     }
   }
 }

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
 import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
-import { MAX_OUTPUT, MSG, PROGRESS_PREFIX } from '../child/protocol.js';
+import { CANCEL_SIGNAL, MAX_OUTPUT, MSG, PROGRESS_PREFIX } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
@@ -49,6 +49,8 @@ export interface DriverRuntime {
  * (a `run` message on stdin; its reply on fd 3).
  */
 interface HostedKind {
+  /** A module worker (told of a cancel with CANCEL_SIGNAL); else a command. */
+  module: boolean;
   input(held: Held, workerId: string): string;
   answer(exit: HostExit): ProcessAnswer | undefined;
 }
@@ -108,7 +110,7 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
       if (!exited) host.signal(id, sig);
     };
     receive((command) => {
-      if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
+      if (command.type !== 'proc.run') return stop(command, signal, kind.module);
       ran = true;
       current = command.deliveryId;
       if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
@@ -174,11 +176,11 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
       // Nothing comes on its stdin: its tasks come on the channel.
       '',
     );
-    const signal = (sig: NodeJS.Signals) => {
-      if (!exited) host.signal(id, sig);
+    const signal = (sig: NodeJS.Signals, leader?: boolean) => {
+      if (!exited) host.signal(id, sig, leader);
     };
     receive((command) => {
-      if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
+      if (command.type !== 'proc.run') return stop(command, signal, true);
       current = command.deliveryId;
       const held = rt.taskFor(command.deliveryId);
       if (!held || exited) return;
@@ -189,6 +191,21 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
     });
     return () => signal('SIGKILL');
   });
+}
+
+/**
+ * SIGTERM (or SIGKILL) to the worker's group. A module worker whose task is cancelled gets
+ * SIGUSR2, to its own process alone, just before: its handler's AbortSignal then says it was
+ * cancelled rather than stopped (a SIGTERM alone cannot say which). Signals pending together
+ * are delivered lowest number first, so SIGUSR2 (12) is seen before SIGTERM (15).
+ */
+function stop(
+  command: Exclude<ProcessCommand, { type: 'proc.run' }>,
+  signal: (sig: NodeJS.Signals, leader?: boolean) => void,
+  module: boolean,
+): void {
+  if (command.type === 'proc.terminate' && command.cancelled && module) signal(CANCEL_SIGNAL, true);
+  signal(SIGNAL_OF[command.type]);
 }
 
 /** A progress line's JSON, parsed and passed on; one that is not JSON is logged and dropped. */
@@ -210,6 +227,7 @@ function needHost(rt: DriverRuntime): SpawnHost {
 
 /** A command: the task as one JSON line on stdin; its exit status and stdout answer. */
 const COMMAND: HostedKind = {
+  module: false,
   // The bytes as they arrived when there are any: a worker in another language must read the
   // numbers that were sent (JSON.parse would round 1970670598291982290).
   input: (held) => (held.text === undefined ? taskLine(held.task) : `${held.text}\n`),
@@ -232,6 +250,7 @@ const COMMAND: HostedKind = {
 /** A single-use module worker: its `run` message on stdin, its one reply on fd 3. */
 function singleUseModule(modulePath: string, timeout: number): HostedKind {
   return {
+    module: true,
     input: (held, workerId) => JSON.stringify(runMessage(held, workerId, true, timeout)),
     // No reply (it died first, or its reply was cut off) is no answer: the exit tells.
     answer: ({ stdout, overflow }) => {

@@ -143,11 +143,12 @@ export class SpawnHost {
   }
 
   /**
-   * Signal a worker's process group. The host signals it, and only while the worker is not
-   * reaped: the manager never signals a pid itself, as it cannot know whether it was reused.
+   * Signal a worker's process group (`leader`: the worker's own process alone). The host
+   * signals it, and only while the worker is not reaped: the manager never signals a pid
+   * itself, as it cannot know whether it was reused.
    */
-  signal(id: string, signal: NodeJS.Signals): void {
-    if (this.#pending.has(id)) this.#send(frame(`${HOST.SIGNAL} ${id} ${signal}`));
+  signal(id: string, signal: NodeJS.Signals, leader = false): void {
+    if (this.#pending.has(id)) this.#send(frame(`${HOST.SIGNAL} ${id} ${signal}${leader ? ' leader' : ''}`));
   }
 
   /** Send a message to a worker over its channel; false when it has none (yet, or any more). */

@@ -83,6 +83,7 @@ export interface Timing {
   retryMaxDelay: number;
   crashWindow: number;
   breakerCooldown: number;
+  breakerMaxCooldown: number;
 }
 
 /** The default timing: distinct values, so that a transition on the wrong delay shows. */
@@ -95,6 +96,7 @@ export const TIMING: Timing = {
   retryMaxDelay: 80,
   crashWindow: 3_000,
   breakerCooldown: 200,
+  breakerMaxCooldown: 800,
 };
 
 export type Delay =
@@ -425,6 +427,24 @@ export class PoolModel {
   #crashes: number[] = [];
   /** The breaker's pause in force: when it tripped. Null once a user pause takes over. */
   #trippedAt: number | null = null;
+  /**
+   * The breaker's cooldown as the model expects it (README): `breakerCooldown` at first,
+   * doubled (up to `breakerMaxCooldown`) by each trip of a half-open breaker, back to
+   * `breakerCooldown` once `crashWindow` has passed since it closed without a trip.
+   */
+  #cooldown = 0;
+  /** The cooldown of the breaker pause in force. */
+  #pauseCooldown = 0;
+  /** When the breaker last closed after a trip (its quiet window runs from then), or null. */
+  #closedAt: number | null = null;
+  /** The breaker's state after the last root snapshot. */
+  #breakerWas = 'closed';
+  /** The pool's backlog after the last root snapshot, and the deliveries handed out while half-open. */
+  #backlogWas: string[] = [];
+  readonly #probes = new Set<string>();
+  /** Cooldowns the pool announced with `breaker:tripped`, for the check against the model's. */
+  readonly #announced: number[] = [];
+  readonly #expectedCooldowns: number[][] = [];
   #trips = 0;
   #tripEvents = 0;
   /** Settlements the source carried out, by `taskId#attempt`, until the attempt event comes. */
@@ -445,6 +465,7 @@ export class PoolModel {
 
   private constructor(readonly config: ModelConfig) {
     this.t = { ...TIMING, ...config.timing };
+    this.#cooldown = this.t.breakerCooldown;
     this.hosted = config.kind === 'command' || config.maxTasksPerWorker === 1;
     const logger = pino(
       { level: 'error' },
@@ -473,6 +494,7 @@ export class PoolModel {
         retryMaxDelay: this.t.retryMaxDelay,
         crashWindow: this.t.crashWindow,
         breakerCooldown: this.t.breakerCooldown,
+        breakerMaxCooldown: this.t.breakerMaxCooldown,
         logger,
         inspect: (event: InspectionEvent) => this.#inspect(event),
       },
@@ -1294,7 +1316,10 @@ export class PoolModel {
     this.pool.on('attempt', (event) => this.#onAttempt(event));
     this.pool.on('outcome', (result) => this.#onOutcome(result));
     this.pool.on('worker:reaped', (report) => this.#onReaped(report));
-    this.pool.on('breaker:tripped', () => this.#trips++);
+    this.pool.on('breaker:tripped', ({ cooldownMs }) => {
+      this.#trips++;
+      this.#announced.push(cooldownMs);
+    });
   }
 
   /** Deliveries the pool holds: delivered, not settled, released or void. */
@@ -1491,7 +1516,7 @@ export class PoolModel {
       const idleDeath = deliveryId === null && outcome.status === 'failed' && outcome.kind !== 'spawn';
       (idleDeath ? proc?.idleDeaths : proc?.reports)?.push(outcome);
     }
-    this.#breaker(prev, next, event.event);
+    this.#breaker(prev, next, event.event, snapshot.context.breaker);
   }
 
   #inWindow(inclusive: boolean): number {
@@ -1505,10 +1530,18 @@ export class PoolModel {
    * crashWindow; nothing else pauses a running pool but `pause`; only `resume` or the
    * cooldown of a breaker pause resumes it.
    */
-  #breaker(prev: string, next: string, event: AnyEventObject): void {
+  #breaker(prev: string, next: string, event: AnyEventObject, breaker: string): void {
     const now = this.clock.now();
     const { maxCrashes } = this.config;
     let tripped = false;
+    const halfOpen = this.#breakerWas === 'half-open';
+    // The quiet window since the breaker closed: past it the cooldown is back to its base (at
+    // the very instant it ends, the pool's timer may or may not have fired: either is right).
+    const quietEnds = this.#closedAt === null ? Infinity : this.#closedAt + this.t.crashWindow;
+    if (now > quietEnds) {
+      this.#cooldown = this.t.breakerCooldown;
+      this.#closedAt = null;
+    }
     const crashed =
       event.type === 'worker.outcome'
         ? prev !== 'stopping' && isCrash((event as unknown as { outcome: Outcome }).outcome)
@@ -1523,13 +1556,19 @@ export class PoolModel {
         if (strict + 1 > maxCrashes && next !== 'paused') {
           this.violate(`the breaker did not trip: ${strict + 1} crashes within crashWindow > maxCrashes ${maxCrashes}`);
         }
-        if (loose + 1 <= maxCrashes && next === 'paused') {
+        // A half-open breaker re-opens on its probe's crash, whatever the count.
+        if (loose + 1 <= maxCrashes && next === 'paused' && !halfOpen) {
           this.violate(`the breaker tripped on ${loose + 1} crashes within crashWindow, maxCrashes ${maxCrashes}`);
         }
         if (next === 'paused') {
           tripped = true;
           this.#trippedAt = now;
           this.#tripEvents++;
+          const grown = (base: number) => (halfOpen ? Math.min(base * 2, this.t.breakerMaxCooldown) : base);
+          const expected = [grown(this.#cooldown), ...(now === quietEnds ? [grown(this.t.breakerCooldown)] : [])];
+          this.#expectedCooldowns.push(expected);
+          this.#cooldown = expected[0];
+          this.#closedAt = null;
         }
       }
     }
@@ -1538,12 +1577,35 @@ export class PoolModel {
     }
     if (prev === 'paused' && next === 'running' && event.type !== 'resume') {
       if (this.#trippedAt === null) this.violate(`a user pause ended on ${event.type}`);
-      else if (now < this.#trippedAt + this.t.breakerCooldown) {
-        this.violate(`the breaker pause ended after ${now - this.#trippedAt} ms, before breakerCooldown`);
+      else if (now < this.#trippedAt + this.#cooldown) {
+        this.violate(`the breaker pause ended after ${now - this.#trippedAt} ms, before its cooldown ${this.#cooldown}`);
       }
     }
     if (event.type === 'pause' && next === 'paused') this.#trippedAt = null;
     if (next !== 'paused') this.#trippedAt = null;
+    // The pool's cooldown after a trip: the model's (the pool's own, where a tie allows either).
+    if (tripped) {
+      const expected = this.#expectedCooldowns.at(-1)!;
+      const { cooldown } = this.snapshot.context;
+      if (!expected.includes(cooldown)) this.violate(`the breaker tripped with a cooldown of ${cooldown} ms, expected ${expected.join(' or ')}`);
+      this.#cooldown = cooldown;
+      this.#pauseCooldown = cooldown;
+    }
+    // Half-open, the pool hands out one delivery at most, the probe (workers given theirs
+    // before the trip still run them): what leaves its backlog, or never enters it.
+    const { backlog } = this.snapshot.context;
+    if (breaker === 'half-open') {
+      if (this.#breakerWas !== 'half-open') this.#probes.clear();
+      // (A stop releases the backlog, a lost connection drops it: neither lets anything run.)
+      if (event.type !== 'source.lost' && (next === 'running' || next === 'paused')) {
+        const offered = [...this.#backlogWas, ...(event.type === 'delivery' ? [(event as { deliveryId: string }).deliveryId] : [])];
+        for (const id of offered) if (!backlog.includes(id)) this.#probes.add(id);
+      }
+      if (this.#probes.size > 1) this.violate(`the half-open breaker let ${[...this.#probes].join(', ')} through: more than one probe`);
+    }
+    this.#backlogWas = backlog;
+    if (breaker === 'closed' && this.#breakerWas !== 'closed') this.#closedAt = now;
+    this.#breakerWas = breaker;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1623,6 +1685,10 @@ export class PoolModel {
     const alive = this.procs.filter((p) => !p.stopped).length;
     if (alive > concurrency) this.violate(`${alive} processes alive > concurrency ${concurrency}`);
     if (this.#trips !== this.#tripEvents) this.violate(`breaker:tripped emitted ${this.#trips} times, tripped ${this.#tripEvents} times`);
+    this.#announced.forEach((cooldown, i) => {
+      const expected = this.#expectedCooldowns[i];
+      if (expected && !expected.includes(cooldown)) this.violate(`breaker:tripped #${i + 1} announced ${cooldown} ms, expected ${expected.join(' or ')}`);
+    });
     for (const task of this.tasks.values()) {
       if (task.outcomes.length > 1) this.violate(`${task.id} has ${task.outcomes.length} final outcomes`);
     }
@@ -1637,9 +1703,10 @@ export class PoolModel {
         const expected = this.#inWindow(false);
         if (ctx.crashes !== expected) this.violate(`the pool counts ${ctx.crashes} crashes within crashWindow, saw ${expected}`);
       }
-      if (state === 'paused' && this.#trippedAt !== null && this.clock.now() >= this.#trippedAt + this.t.breakerCooldown) {
-        this.violate(`the breaker pause outlived breakerCooldown (tripped at ${this.#trippedAt})`);
+      if (state === 'paused' && this.#trippedAt !== null && this.clock.now() >= this.#trippedAt + this.#pauseCooldown) {
+        this.violate(`the breaker pause outlived its cooldown ${this.#pauseCooldown} (tripped at ${this.#trippedAt})`);
       }
+
       if (state === 'running' || state === 'paused' || state === 'draining') {
         // Every delivery the pool holds unsettled is in its backlog or held by one worker (as
         // the worker's own machine has it), once; a void one may still be held by its worker.
@@ -1672,7 +1739,8 @@ export class PoolModel {
         const fresh = idle.filter((w) => !this.procs.find((p) => p.workerId === w.id)?.runs.length).length;
         if (fresh > spares) this.violate(`${fresh} idle spares > spares ${spares}`);
       }
-      if (state === 'running') {
+      // Half-open, the backlog waits and no spare is kept: only the probe runs.
+      if (state === 'running' && ctx.breaker !== 'half-open') {
         const live = workers.length;
         if (ctx.backlog.length > 0 && (idle.length > 0 || live < concurrency)) {
           this.violate(`${ctx.backlog.length} deliveries wait while ${idle.length} workers idle, ${live}/${concurrency} live`);

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 /** Absolute path of a fixture. */
@@ -102,3 +102,19 @@ export function killStill(procs: Iterable<Proc>): void {
 
 /** The zombie children of `parent`. */
 export const zombieChildrenOf = (parent: number): number[] => childrenOf(parent).filter((pid) => statOf(pid)?.state === 'Z');
+
+/** The live processes (zombies excluded) of process group `pgid`, from every /proc/<pid>/stat. */
+export function groupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid && fields[0] !== 'Z' && fields[0] !== 'X') members.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return members;
+}
