@@ -4,7 +4,8 @@
 // the inspection observer that times spawns) add per task. Workers are /bin/cat command
 // workers (~1 ms per spawn), so the manager's own cost per task is what shows. Each repetition
 // is a back-to-back pair (order alternating) so drift on a noisy machine hits both sides; rates
-// are medians of BENCH_REPEAT runs, `ratio` the median of per-pair ratios serve / direct.
+// are medians of BENCH_REPEAT runs, `ratio` the median of per-pair ratios serve / direct, and
+// `*CpuMsPerTask` the manager process's own CPU time per task (the HTTP client's excluded).
 //
 // Scenarios: `metrics` (the service's pool with its metrics, tasks given by pool.run: no HTTP),
 // `batch` (POST /tasks?wait=true, JSON Lines of BENCH_BATCH tasks, BENCH_BATCHES requests at a
@@ -57,23 +58,30 @@ const alive = (pids) =>
     }
   });
 
+/** CPU time of this process (the manager: the pool, and the service when there is one) since `from`, in ms per task. */
+const cpuPerTask = (from) => {
+  const { user, system } = process.cpuUsage(from);
+  return (user + system) / 1000 / TASKS;
+};
+
 async function timed(pool, body) {
   const spawned = new Set();
   pool.on('worker:spawned', ({ pid }) => spawned.add(pid));
+  const cpu = process.cpuUsage();
   const t0 = performance.now();
   const results = await body();
   const seconds = (performance.now() - t0) / 1000;
   checkAll(results);
-  return { rate: TASKS / seconds, spawned };
+  return { rate: TASKS / seconds, cpu: cpuPerTask(cpu), spawned };
 }
 
 async function direct() {
   const pool = createPool({ ...base });
   await pool.start();
   const run = ++runs;
-  const { rate, spawned } = await timed(pool, () => Promise.all(Array.from({ length: TASKS }, (_, i) => pool.run(task(run, i)))));
+  const { rate, cpu, spawned } = await timed(pool, () => Promise.all(Array.from({ length: TASKS }, (_, i) => pool.run(task(run, i)))));
   await pool.drain();
-  return { rate, spawned };
+  return { rate, cpu, spawned };
 }
 
 /** Run the HTTP load generator (a process of its own) against `url`; resolves with its report. */
@@ -97,19 +105,22 @@ async function viaService(scenario) {
   const url = await app.listen({ port: 0, host: '127.0.0.1' });
   const run = ++runs;
   let rate;
+  let cpu;
   if (scenario === 'metrics') {
-    ({ rate } = await timed(pool, () =>
+    ({ rate, cpu } = await timed(pool, () =>
       Promise.all(Array.from({ length: TASKS }, (_, i) => service.submit(`r${run}-${i}`, task(run, i)).then((s) => s.result))),
     ));
   } else {
+    const from = process.cpuUsage();
     const report = await load(url, scenario, run);
+    cpu = cpuPerTask(from);
     checkAll(report.outcomes.map((status) => ({ status })));
     rate = TASKS / report.seconds;
   }
   await service.drain(60_000);
   await app.close();
   service.close();
-  return { rate, spawned };
+  return { rate, cpu, spawned };
 }
 
 const failures = [];
@@ -122,8 +133,11 @@ for (const scenario of SCENARIOS) {
     await new Promise((resolve) => setTimeout(resolve, 200));
     const left = alive([...pair.direct.spawned, ...pair.serve.spawned]);
     if (left.length > 0) failures.push(`${scenario}: workers alive after their run: ${left.join(' ')}`);
-    pairs.push({ direct: pair.direct.rate, serve: pair.serve.rate });
-    process.stderr.write(`${scenario} ${r + 1}/${REPEAT}: direct ${pair.direct.rate.toFixed(0)}/s, serve ${pair.serve.rate.toFixed(0)}/s\n`);
+    pairs.push({ direct: pair.direct.rate, serve: pair.serve.rate, directCpu: pair.direct.cpu, serveCpu: pair.serve.cpu });
+    process.stderr.write(
+      `${scenario} ${r + 1}/${REPEAT}: direct ${pair.direct.rate.toFixed(0)}/s ${pair.direct.cpu.toFixed(3)} ms CPU/task, ` +
+        `serve ${pair.serve.rate.toFixed(0)}/s ${pair.serve.cpu.toFixed(3)} ms CPU/task\n`,
+    );
   }
   process.stdout.write(
     `${JSON.stringify({
@@ -135,6 +149,9 @@ for (const scenario of SCENARIOS) {
       directPerSecond: Math.round(median(pairs.map((p) => p.direct))),
       servePerSecond: Math.round(median(pairs.map((p) => p.serve))),
       ratio: Number(median(pairs.map((p) => p.serve / p.direct)).toFixed(3)),
+      // The manager's own CPU per task: steadier than rates on a shared machine.
+      directCpuMsPerTask: Number(median(pairs.map((p) => p.directCpu)).toFixed(3)),
+      serveCpuMsPerTask: Number(median(pairs.map((p) => p.serveCpu)).toFixed(3)),
     })}\n`,
   );
 }
