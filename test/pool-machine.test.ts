@@ -524,6 +524,16 @@ describe('pool machine: crash breaker', () => {
   });
 });
 
+/** A pool whose breaker tripped on the crashes of d1 and d2, with d3 and d4 waiting in the backlog. */
+async function trippedPool(partial: Partial<PoolInput> = {}, options: StartOptions = {}) {
+  const p = await startPool({ maxWorkers: 2, maxCrashes: 0, ...partial }, options);
+  p.deliver('d1', 'd2');
+  crash(p, 'worker.1');
+  crash(p, 'worker.2');
+  p.deliver('d3', 'd4');
+  return p;
+}
+
 describe('pool machine: the breaker holds (half-open probe, growing cooldown)', () => {
   it('after the cooldown exactly one attempt runs as the probe; its crash re-opens with the cooldown doubled, up to the ceiling', async () => {
     const p = await startPool({ maxWorkers: 3, maxCrashes: 0 });
@@ -616,20 +626,14 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
   });
 
   it('resume cuts the cooldown short: the breaker goes half-open and the next attempt is its probe', async () => {
-    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
-    p.deliver('d1', 'd2', 'd3', 'd4');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
+    const p = await trippedPool();
     p.pool.send({ type: 'resume' });
     expect(p.context().breaker).toBe('half-open');
     expect(p.workerIds()).toEqual(['worker.3']);
   });
 
   it('under a user pause the cooldown still ends (half-open); the probe waits for resume', async () => {
-    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
-    p.deliver('d1', 'd2', 'd3', 'd4');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
+    const p = await trippedPool();
     p.pool.send({ type: 'pause' });
     p.clock.increment(POOL_DELAYS.breakerCooldown);
     expect(p.state()).toBe('paused');
@@ -644,11 +648,7 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
   const LONG = { maxWorkers: 2, maxCrashes: 1, breakerCooldown: 20_000, breakerMaxCooldown: 100_000 };
 
   it('the probe crashing re-opens the breaker even with the window empty', async () => {
-    const p = await startPool(LONG);
-    p.deliver('d1', 'd2');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
-    p.deliver('d3', 'd4');
+    const p = await trippedPool(LONG);
     p.clock.increment(20_000);
     expect(p.context()).toMatchObject({ breaker: 'half-open', crashes: 0 });
     crash(p, 'worker.3');
@@ -657,11 +657,7 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
   });
 
   it("the probe's worker failing to start re-opens the breaker", async () => {
-    const p = await startPool(LONG, { fake: { throwOnStart: (id) => id === 'worker.3' } });
-    p.deliver('d1', 'd2');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
-    p.deliver('d3', 'd4');
+    const p = await trippedPool(LONG, { fake: { throwOnStart: (id) => id === 'worker.3' } });
     p.clock.increment(20_000);
     expect(p.state()).toBe('paused');
     expect(p.trips().map((t) => t.cooldownMs)).toEqual([20_000, 40_000]);
@@ -670,11 +666,7 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
   });
 
   it('a probe cancelled proves nothing: the next delivery is let through as the probe', async () => {
-    const p = await startPool(LONG);
-    p.deliver('d1', 'd2');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
-    p.deliver('d3', 'd4');
+    const p = await trippedPool(LONG);
     p.clock.increment(20_000);
     p.proc('worker.3').start();
     p.pool.send({ type: 'task.cancel', deliveryId: 'd3', workerId: 'worker.3' });
@@ -684,10 +676,7 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
   });
 
   it('draining overrides the breaker: it closes and the backlog runs', async () => {
-    const p = await startPool({ maxWorkers: 2, maxCrashes: 0 });
-    p.deliver('d1', 'd2', 'd3', 'd4');
-    crash(p, 'worker.1');
-    crash(p, 'worker.2');
+    const p = await trippedPool();
     p.pool.send({ type: 'drain' });
     expect(p.context().breaker).toBe('closed');
     expect(p.breakerLog()).toEqual(['tripped 2000', 'closed']);

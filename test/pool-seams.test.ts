@@ -25,6 +25,24 @@ function capturingLogger() {
   return { logger: pino({ level: 'info' }, stream), lines };
 }
 
+/**
+ * The embedded queue seen as a broker's queue: it has neither `cancel` nor `depth`, and
+ * `publish` only when asked (else other processes feed it).
+ */
+function brokerLike(inner: MemorySource, publish: boolean): Source {
+  return {
+    open: (c, p) => inner.open(c, p),
+    prefetch: (n) => inner.prefetch(n),
+    pause: () => inner.pause(),
+    resume: () => inner.resume(),
+    settle: (d, s) => inner.settle(d, s),
+    release: (d) => inner.release(d),
+    ...(publish ? { publish: (payload: unknown, options: { defaultId: string }) => inner.publish(payload, options) } : {}),
+    close: () => inner.close(),
+    dispose: () => inner.dispose(),
+  };
+}
+
 /** The embedded queue behind a source that records and delays its settlements. */
 class SlowSettling implements Source {
   readonly inner = new MemorySource();
@@ -125,16 +143,7 @@ describe('any source', () => {
   it('a source without publish feeds the pool on its own; run() says it cannot take tasks', async () => {
     const inner = new MemorySource();
     // Like a broker queue other processes publish to: it consumes, and has no `publish`.
-    const consumeOnly: Source = {
-      open: (c, p) => inner.open(c, p),
-      prefetch: (n) => inner.prefetch(n),
-      pause: () => inner.pause(),
-      resume: () => inner.resume(),
-      settle: (d, s) => inner.settle(d, s),
-      release: (d) => inner.release(d),
-      close: () => inner.close(),
-      dispose: () => inner.dispose(),
-    };
+    const consumeOnly = brokerLike(inner, false);
     const pool = await startPool({ worker: { command: ['cat'] }, source: consumeOnly });
     await expect(pool.run({ id: 'x' })).rejects.toMatchObject({ code: 'TIDEPOOL_ERR_POOL_STATE' });
     const outcomes: TaskResult[] = [];
@@ -150,17 +159,7 @@ describe('any source', () => {
   it('a task cancelled while in a source that cannot drop it is acked when delivered, without a worker', async () => {
     const inner = new MemorySource();
     // Like a broker's queue: it takes tasks from run(), but cannot take one out of its middle.
-    const broker: Source = {
-      open: (c, p) => inner.open(c, p),
-      prefetch: (n) => inner.prefetch(n),
-      pause: () => inner.pause(),
-      resume: () => inner.resume(),
-      settle: (d, s) => inner.settle(d, s),
-      release: (d) => inner.release(d),
-      publish: (payload, options) => inner.publish(payload, options),
-      close: () => inner.close(),
-      dispose: () => inner.dispose(),
-    };
+    const broker = brokerLike(inner, true);
     const pool = await startPool({ worker: { module: fixture('slow.js') }, source: broker, concurrency: 1 });
     const starts: string[] = [];
     pool.on('attempt:start', ({ taskId }) => starts.push(taskId));

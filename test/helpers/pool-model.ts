@@ -1598,7 +1598,7 @@ export class PoolModel {
       if (this.#breakerWas !== 'half-open') this.#probes.clear();
       // (A stop releases the backlog, a lost connection drops it: neither lets anything run.)
       if (event.type !== 'source.lost' && (next === 'running' || next === 'paused')) {
-        const offered = [...this.#backlogWas, ...(event.type === 'delivery' ? [(event as { deliveryId: string }).deliveryId] : [])];
+        const offered = [...this.#backlogWas, ...(event.type === 'delivery' ? [(event as unknown as { deliveryId: string }).deliveryId] : [])];
         for (const id of offered) if (!backlog.includes(id)) this.#probes.add(id);
       }
       if (this.#probes.size > 1) this.violate(`the half-open breaker let ${[...this.#probes].join(', ')} through: more than one probe`);
