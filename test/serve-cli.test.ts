@@ -52,6 +52,7 @@ describe('tidepool serve: start-up', () => {
     expect(help.stdout).toMatch(/--max-body BYTES +.*\(default: 1048576\)/);
     const runHelp = await tidepoolOnce(['run', '--help']);
     expect(runHelp.stdout).not.toContain('--http-port');
+    expect((await tidepoolOnce(['--help'])).stdout).toContain('tidepool serve --help');
   });
 
   it('the token is in no log line, whatever the requests (right, wrong, at trace level)', async () => {

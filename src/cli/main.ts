@@ -72,6 +72,9 @@ const EXIT_TEXT: Record<Command, string> = {
   serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
 };
 
+/** Where the top-level help points for the other command. */
+const SERVE_POINTER = 'The HTTP service: tidepool serve --help';
+
 function usage(command: Command = 'run'): string {
   const row = (flag: string, doc: FlagDoc, defaults: Record<string, unknown>): [string, string] => {
     const known = doc.option !== undefined && doc.option in defaults ? defaults[doc.option] : undefined;
@@ -289,11 +292,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const [command, ...rest] = argv;
   if (command === undefined) {
     // Bad usage: the text goes where errors go.
-    process.stderr.write(`${usage()}\n`);
+    process.stderr.write(`${usage()}\n\n${SERVE_POINTER}\n`);
     return EXIT_CODES.USAGE;
   }
   if (command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(`${usage()}\n`);
+    process.stdout.write(`${usage()}\n\n${SERVE_POINTER}\n`);
     return EXIT_CODES.OK;
   }
   if (command === '--version' || command === '-v' || command === 'version') {
