@@ -7,8 +7,8 @@ import type { ServiceParts } from '../src/serve/create.js';
 import type { ServeOptions } from '../src/serve/options.js';
 import type { PoolOptions } from '../src/index.js';
 import { trackPools } from './helpers/pools.js';
-import { isAlive, fixture, until } from './helpers/procs.js';
-import { call, groupMembers, parsePrometheus, pollUntil, sampleValue, tempDirs } from './helpers/serve.js';
+import { fixture, groupMembers, isAlive, until } from './helpers/procs.js';
+import { call, parsePrometheus, pollUntil, sampleValue, tempDirs } from './helpers/serve.js';
 
 /**
  * The serve app in this process: a real pool (real worker processes) behind real HTTP on a

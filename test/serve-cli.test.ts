@@ -145,7 +145,9 @@ describe('tidepool serve: readiness', () => {
     writeFileSync(marker, '');
     const serve = await startServe([
       '--worker',
-      fixture('crash-if-marked.js'),
+      fixture('crash-while-marker.js'),
+      '--env',
+      `TIDEPOOL_TEST_MARKER=${marker}`,
       '--concurrency',
       '2',
       '--attempts',
@@ -158,7 +160,7 @@ describe('tidepool serve: readiness', () => {
       '400',
     ]);
     expect((await call(`${serve.url}/readyz`)).status).toBe(200);
-    const tasks = Array.from({ length: 40 }, (_, i) => JSON.stringify({ id: `t${i}`, params: { marker } })).join('\n');
+    const tasks = Array.from({ length: 40 }, (_, i) => JSON.stringify({ id: `t${i}` })).join('\n');
     expect((await call(`${serve.url}/tasks`, { body: tasks, type: 'application/x-ndjson' })).status).toBe(202);
     const storm = await pollUntil(`${serve.url}/readyz`, (a) => a.status === 503 && a.json?.breaker?.state === 'open', 'the breaker to open');
     expect(storm.json).toMatchObject({ ready: false, breaker: { state: 'open', trips: expect.any(Number), retryAt: expect.any(Number) } });

@@ -1,12 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, expect } from 'vitest';
 import { trackChildren } from './children.js';
-import { alive, descendantsOf, isAlive, until } from './procs.js';
+import { alive, descendantsOf, until } from './procs.js';
 
 /** Helpers for tests of `tidepool serve`: the real command as a child, HTTP calls, /proc, Prometheus text. */
 
@@ -157,22 +157,6 @@ export async function pollUntil(url: string, ok: (a: Answer) => boolean, what: s
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last answer ${last.status} ${last.text}`);
     await new Promise((r) => setTimeout(r, 25));
   }
-}
-
-/** Live processes whose process group is `pgid`, from /proc. */
-export function groupMembers(pgid: number): number[] {
-  const members: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[2]) === pgid && isAlive(Number(entry))) members.push(Number(entry));
-    } catch {
-      // gone in between
-    }
-  }
-  return members;
 }
 
 /** One sample of the Prometheus text format. */
