@@ -173,6 +173,9 @@ describe('POST /tasks', () => {
     expect((await call(`${url}/tasks`, { body: task('h3') })).status).toBe(202);
     const batch = await call(`${url}/tasks`, { body: `${JSON.stringify(task('b1'))}\n${JSON.stringify(task('b2'))}`, type: 'application/x-ndjson' });
     expect(batch.status).toBe(429);
+    const never = await call(`${url}/tasks`, { body: ['n1', 'n2', 'n3'].map((id) => JSON.stringify(task(id))).join('\n'), type: 'application/x-ndjson' });
+    expect(never.status).toBe(413);
+    expect(never.json.message).toMatch(/3 tasks, more than --max-queued \(2\) can ever hold/);
     writeFileSync(release, '');
     await pollUntil(`${url}/tasks/h3`, (a) => a.json?.status === 'resolved', 'the held task to end');
     await onlyThoseRan(url, ['h1', 'h2', 'h3']);

@@ -180,6 +180,9 @@ export function buildApp(service: Service): FastifyInstance {
       const wait = parseWait(request.query);
       const type = String(request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
       const checked = checkBody(request.body as Buffer | undefined, JSON_LINES.includes(type), (id) => service.has(id));
+      if (checked.length > options.maxQueued) {
+        throw new HttpError(413, `the body holds ${checked.length} tasks, more than --max-queued (${options.maxQueued}) can ever hold in flight: split it; nothing was queued`);
+      }
       const room = options.maxQueued - service.inFlight;
       if (checked.length > room) {
         void reply.header('Retry-After', '1');
