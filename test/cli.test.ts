@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { splitCommand } from '../src/cli/main.js';
+import { trackChildren } from './helpers/children.js';
 import { alive, childrenOf, descendantsOf, fixture, until } from './helpers/procs.js';
 
 /** `tidepool run` end to end: the real bin, real processes, stdout parsed line by line. */
@@ -22,25 +23,12 @@ interface Run {
 }
 
 /** CLIs started by `tidepool()` and not yet exited. */
-const running = new Set<ChildProcess>();
-
-// A CLI still running after its test (the test failed or forgot it) is killed, and the test
-// fails: with the manager SIGKILLed, its spawn host kills the workers' groups.
-afterEach(async () => {
-  const left = [...running];
-  for (const child of left) {
-    const closed = new Promise((r) => child.once('close', r));
-    child.kill('SIGKILL');
-    await closed;
-  }
-  expect(left.map((c) => c.pid), 'CLIs still running after the test').toEqual([]);
-});
+const running = trackChildren();
 
 function tidepool(args: string[], input?: string, onSpawn?: (pid: number) => void): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     running.add(child);
-    child.once('close', () => running.delete(child));
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
