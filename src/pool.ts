@@ -13,9 +13,11 @@ import type { PoolOptions, ResolvedOptions } from './options.js';
 import { hostSpec, processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
 import { checkHandler } from './process/load-check.js';
+import { Ledger, sweepStateDir } from './process/ledger.js';
 import { SpawnHost } from './process/spawn-host.js';
 import { WorkerActors } from './worker-actors.js';
 import type { HostEdition } from './process/spawn-host.js';
+import { managerLogger } from './logging.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { taskIdOf } from './sources/parse.js';
@@ -143,6 +145,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   readonly #registry = new ProcessRegistry(registry);
   /** Starts every worker, holds its tree, and signals and reaps it. */
   readonly #host: SpawnHost;
+  /** The live workers' pids and start times in `stateDir`, for the next manager if this one dies. */
+  readonly #ledger: Ledger | null;
 
   /** Throws `OptionError` (TIDEPOOL_ERR_OPTION_INVALID) naming the first bad option, or a missing `source`. */
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
@@ -153,7 +157,14 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     this.#internals = internals;
     this.logger = this.options.logger ?? stderrLogger(this.options.logLevel);
     const stderr = options.stderr;
-    this.#host = new SpawnHost(hostSpec(this.options), this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
+    this.#ledger = this.options.stateDir === undefined ? null : new Ledger(this.options.stateDir, this.logger);
+    this.#host = new SpawnHost(
+      hostSpec(this.options),
+      this.logger,
+      internals.spawnHost,
+      stderr ? (chunk) => stderr.write(chunk) : null,
+      this.#ledger,
+    );
   }
 
   /**
@@ -194,8 +205,10 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * Check that a module worker's handler loads, open the source and begin taking work.
-   * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
+   * With `stateDir`, kill what dead managers left running (their ledgers) and open this one's;
+   * then check that a module worker's handler loads, open the source and begin taking work.
+   * Rejects with `TIDEPOOL_ERR_OPTION_INVALID` (option `stateDir`) when the ledger cannot be
+   * written, `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
    * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
    * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
    */
@@ -203,6 +216,10 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     if (this.#actor || this.#checking || this.#finished) {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
+    }
+    if (this.#ledger) {
+      sweepStateDir(this.#ledger.dir, this.logger);
+      this.#ledger.open();
     }
     this.#checking = checkHandler(this.options, this.#stopCheck.signal);
     try {
@@ -354,6 +371,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     // Only after a machine failure can a worker actor outlive the pool machine.
     this.#workers?.stopAll();
     this.#host.close();
+    this.#ledger?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
     }
@@ -558,7 +576,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
  */
 function stderrLogger(level: ResolvedOptions['logLevel']): Logger {
   const destination = pino.destination({ fd: 2, sync: false });
-  const logger = pino({ level, base: { managerPid: process.pid } }, destination);
+  const logger = managerLogger(level, destination);
   destination.on('error', () => {
     logger.level = 'silent';
     destination.destroy();

@@ -33,7 +33,11 @@
 //                            `subreaper` (every descendant, setsid'd or double-forked ones too),
 //                            `proc` (descendants seen by polling /proc, and the group), `group`
 //                            (the process group only)
-//   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
+//   P <id> <pid> <start> <keeper> <keeperstart>\n
+//                            worker <id> started (its exec succeeded) as <pid>, in its own group;
+//                            <start> is its start time (field 22 of /proc/<pid>/stat, read
+//                            before it could be reaped), <keeper> and <keeperstart> those of the
+//                            keeper that holds it (`-` for none: the Node edition)
 //   F <id> <len>\n<payload>  worker <id> never started (no X follows): NUL-separated
 //                            errno code (ENOENT), step (exec, chdir, spawn, ...), description
 //   X <id> <code> <signal> <overflow> <outlen> <errlen> <memory>\n<answer><stderr tail>

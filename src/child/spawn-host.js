@@ -235,7 +235,8 @@ function launch(id, stdin, socket) {
   const job = { child, pid, seen: new Map(), memory: false };
   live.set(id, job);
   poller ??= setInterval(poll, TRACK_MS);
-  send(frame(`${HOST.SPAWNED} ${id} ${pid}`));
+  // libuv reaps in the event loop, not before this line: the pid is still the worker's.
+  send(frame(`${HOST.SPAWNED} ${id} ${pid} ${statOf(pid)?.start ?? '-'} - -`));
   /** @type {Buffer[]} */
   const out = [];
   let outBytes = 0;

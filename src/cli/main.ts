@@ -1,14 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseShell } from 'shell-quote';
-import { OptionError, TidepoolError, UsageError } from '../errors.js';
-import { DEFAULTS, LOG_LEVELS } from '../options.js';
+import { ConfigError, OptionError, TidepoolError, UsageError } from '../errors.js';
+import { DEFAULTS, LOG_LEVELS, MAX_WHOLE } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { defaultStateDir, loadConfig, pick } from './config.js';
+import type { ConfigFile, FlagSpec } from './config.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
 interface FlagDoc {
-  option?: keyof typeof DEFAULTS | 'concurrency' | 'memoryLimit' | 'env' | 'cwd';
+  option?: keyof typeof DEFAULTS | 'concurrency' | 'memoryLimit' | 'env' | 'cwd' | 'stateDir';
   arg: string;
   help: string;
   /** Shown instead of a value from DEFAULTS. */
@@ -37,6 +39,13 @@ const FLAGS = {
   env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
   cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
   'log-level': { option: 'logLevel', arg: 'LEVEL', help: LOG_LEVELS.join(', ') },
+  'state-dir': {
+    option: 'stateDir',
+    arg: 'DIR',
+    help: 'ledger of live workers, to kill what a manager killed with its spawn host left ("none": no ledger)',
+    fallback: '$XDG_RUNTIME_DIR/tidepool, else <tmp>/tidepool-<uid>',
+  },
+  config: { arg: 'FILE', help: 'options from a JSON file or a .js/.mjs module exporting an object; flags and variables win' },
 } as const satisfies Record<string, FlagDoc>;
 
 function usage(): string {
@@ -52,7 +61,8 @@ function usage(): string {
 Runs tasks (JSON Lines, one object per line; FILE or stdin) through a pool of worker
 processes and writes one JSON line per task to stdout, in completion order.
 
-Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY):
+Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY, and from the
+--config file as the library's option name, e.g. "concurrency"):
 ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
 Exit status: 0 every task resolved, 1 some failed, 2 bad usage.`;
@@ -95,8 +105,6 @@ function flagFor(option: string): string {
   return `--${kebab(head!)}`;
 }
 
-const envName = (flag: string) => `TIDEPOOL_${flag.toUpperCase().replace(/-/g, '_')}`;
-
 /**
  * Split a command line as a POSIX shell would (quotes, backslash escapes), with the
  * `shell-quote` library; `$NAME` stays literal (the caller's shell has expanded what it
@@ -138,70 +146,107 @@ function escapeInnerHashes(line: string): string {
   return out;
 }
 
-/** Where an option's value came from, as the user would name it: a flag or a variable. */
+/**
+ * Where each option's value came from, by option (`concurrency`, `worker.module`): a flag
+ * (`--concurrency`), a variable (`TIDEPOOL_CONCURRENCY`), or the config file (its name and a
+ * colon, `tidepool.config.json:`; messages add the key).
+ */
 export type Origins = Record<string, string>;
 
-/** The largest value a whole-number flag may take (a time beyond it would overflow a timer). */
-const MAX_WHOLE = 2 ** 31 - 1;
-
 /**
- * Flags and TIDEPOOL_* variables to pool options; a flag wins over its variable (and either
- * worker flag over both worker variables). Returns the options and where each came from.
+ * Flags, TIDEPOOL_* variables and the config file to pool options; per option a flag wins over
+ * its variable, which wins over the file (either worker flag over both worker variables and
+ * the file's worker; either worker variable over the file's). Values from the file keep their
+ * JSON types, for the schema to judge. Returns the options, where each came from, and the
+ * values of flags that set no pool option, by their file key (`--http-port` → `httpPort`).
  * Throws UsageError naming the flag or variable at fault.
  */
 export function optionsFromArgs(
   values: Partial<Record<Flag, string | string[] | boolean>>,
   env: NodeJS.ProcessEnv,
-): { options: PoolOptions; origins: Origins } {
+  file: ConfigFile | null = null,
+): { options: PoolOptions; origins: Origins; extra: Record<string, unknown> } {
   const origins: Origins = {};
-  const get = (flag: string, useEnv = true): { value: string; origin: string } | undefined => {
-    const v = values[flag as Flag];
-    if (typeof v === 'string') return { value: v, origin: `--${flag}` };
-    const name = envName(flag);
-    return useEnv && env[name] !== undefined ? { value: env[name]!, origin: name } : undefined;
-  };
-  // A worker given by flag wins over both worker variables.
+  const flags: Record<string, FlagSpec> = FLAGS;
+  const get = (flag: string, useEnv = true) => pick(flag, flags[flag]!, values, env, file, useEnv);
+  // A worker given by flag wins over both worker variables, a variable over the file.
   const flagged = typeof values.worker === 'string' || typeof values.command === 'string';
   const worker = get('worker', !flagged);
   const command = get('command', !flagged);
-  if (worker !== undefined && command !== undefined) {
-    throw new UsageError(`give a worker module or a command, not both (${worker.origin} and ${command.origin})`);
+  // Both are the file's worker when neither a flag nor a variable names one.
+  const named = [worker, command].filter((g) => g !== undefined && g.layer !== 'file');
+  if (named.length === 2) {
+    throw new UsageError(`give a worker module or a command, not both (${worker!.origin} and ${command!.origin})`);
   }
-  if (worker === undefined && command === undefined) throw new UsageError('--worker PATH or --command "CMD ARGS" is required');
+  const chosen = named[0] ?? worker;
+  if (chosen === undefined) {
+    throw new UsageError('--worker PATH or --command "CMD ARGS" is required (or "worker" in the --config file)');
+  }
   const options: Record<string, unknown> = {};
-  if (worker !== undefined) {
-    options.worker = { module: worker.value };
-    origins['worker.module'] = worker.origin;
+  const extra: Record<string, unknown> = {};
+  if (chosen.layer === 'file') {
+    options.worker = chosen.value;
+    origins.worker = chosen.origin;
+  } else if (chosen === worker) {
+    options.worker = { module: chosen.value };
+    origins['worker.module'] = chosen.origin;
   } else {
-    const argv = splitCommand(command!.value);
-    if (argv.length === 0) throw new UsageError(`${command!.origin} must name an executable`);
+    const argv = splitCommand(chosen.value as string);
+    if (argv.length === 0) throw new UsageError(`${chosen.origin} must name an executable`);
     options.worker = { command: argv };
-    origins['worker.command'] = command!.origin;
+    origins['worker.command'] = chosen.origin;
   }
-  for (const [flag, option] of Object.entries(INTEGER_FLAGS)) {
+  const integers = new Set<string>(Object.keys(INTEGER_FLAGS));
+  for (const [flag, spec] of Object.entries(flags)) {
+    if (flag === 'worker' || flag === 'command' || flag === 'config' || flag === 'env') continue;
     const given = get(flag);
     if (given === undefined) continue;
-    const raw = given.value.trim();
-    if (!/^\d+$/.test(raw)) throw new UsageError(`${given.origin} must be a whole number, got ${JSON.stringify(given.value)}`);
-    if (Number(raw) > MAX_WHOLE) throw new UsageError(`${given.origin} must be at most ${MAX_WHOLE}, got ${raw}`);
-    options[option] = Number(raw);
-    origins[option] = given.origin;
+    const key = spec.option ?? flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+    let value = given.value;
+    if (integers.has(flag) && given.layer !== 'file') {
+      const raw = String(value).trim();
+      if (!/^\d+$/.test(raw)) throw new UsageError(`${given.origin} must be a whole number, got ${JSON.stringify(value)}`);
+      if (Number(raw) > MAX_WHOLE) throw new UsageError(`${given.origin} must be at most ${MAX_WHOLE}, got ${raw}`);
+      value = Number(raw);
+    }
+    if (spec.option === undefined) extra[key] = value;
+    else options[key] = value;
+    origins[key] = given.origin;
   }
-  for (const [flag, option] of [['cwd', 'cwd'], ['log-level', 'logLevel']] as const) {
-    const given = get(flag);
-    if (given === undefined) continue;
-    options[option] = given.value;
-    origins[option] = given.origin;
+  const envGiven = get('env');
+  if (envGiven !== undefined) {
+    // TIDEPOOL_ENV holds several entries, split as a shell would: FOO=bar BAZ='two words'.
+    options.env = envGiven.layer === 'env' ? splitCommand(envGiven.value as string) : envGiven.value;
+    origins.env = envGiven.origin;
   }
-  if (Array.isArray(values.env)) {
-    options.env = values.env;
-    origins.env = '--env';
-  } else if (env.TIDEPOOL_ENV !== undefined) {
-    // Several entries, split as a shell would: TIDEPOOL_ENV="FOO=bar BAZ='two words'".
-    options.env = splitCommand(env.TIDEPOOL_ENV);
-    origins.env = 'TIDEPOOL_ENV';
+  return { options: options as unknown as PoolOptions, origins, extra };
+}
+
+/** The origin to name for an option (or an item of one: `env.2`, `worker.command`). */
+function originOf(option: string, origins: Origins): string {
+  const parts = option.split('.');
+  for (let n = parts.length; n > 0; n--) {
+    const origin = origins[parts.slice(0, n).join('.')];
+    // A file's origin is its name: the key follows.
+    if (origin !== undefined) return origin.endsWith(':') ? `${origin} ${option}` : origin;
   }
-  return { options: options as unknown as PoolOptions, origins };
+  return flagFor(option);
+}
+
+/** What was refused, for a message (never for `env`: its values may be secrets). */
+function received(err: OptionError): string {
+  if (err.received === undefined || err.option === 'env' || err.option.startsWith('env.')) return '';
+  const text = JSON.stringify(err.received.value);
+  return text === undefined ? '' : `, got ${text.length > 80 ? `${text.slice(0, 77)}...` : text}`;
+}
+
+/** The CLI's ledger: the given state directory, `none` for no ledger, else the default one. */
+function withStateDir(options: PoolOptions, env: NodeJS.ProcessEnv): PoolOptions {
+  if (options.stateDir === 'none') {
+    const { stateDir: _none, ...rest } = options;
+    return rest as PoolOptions;
+  }
+  return options.stateDir === undefined ? { ...options, stateDir: defaultStateDir(env) } : options;
 }
 
 /** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
@@ -251,13 +296,21 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return EXIT_CODES.OK;
     }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
-    const given = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
+    const values = parsed.values as Partial<Record<Flag, string | string[] | boolean>>;
+    const configPath = typeof values.config === 'string' ? values.config : env.TIDEPOOL_CONFIG;
+    const file = configPath === undefined ? null : await loadConfig(configPath, FLAGS);
+    const given = optionsFromArgs(values, env, file);
     origins = given.origins;
-    return await runCommand(parsed.positionals[0] ?? '-', given.options);
+    const options = withStateDir(given.options, env);
+    return await runCommand(parsed.positionals[0] ?? '-', options, origins);
   } catch (err) {
     if (err instanceof OptionError) {
-      // Name the option the way it was given: a flag, or a variable.
-      process.stderr.write(`tidepool: ${origins[err.option] ?? flagFor(err.option)} ${err.detail}\n`);
+      // Name the option the way it was given: a flag, a variable, or a key of the file.
+      process.stderr.write(`tidepool: ${originOf(err.option, origins)} ${err.detail}${received(err)}\n`);
+      return EXIT_CODES.USAGE;
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {
