@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { lstatSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
@@ -87,7 +88,7 @@ export async function loadConfig(name: string, flags: Record<string, FlagSpec>, 
     try {
       module = (await import(pathToFileURL(path).href)) as { default?: unknown };
     } catch (err) {
-      throw new ConfigError(name, `could not be loaded: ${describeError(err)}`, undefined, { cause: err });
+      throw new ConfigError(name, `could not be loaded: ${describeError(err, path)}`, undefined, { cause: err });
     }
     if (module.default === undefined) {
       throw new ConfigError(name, 'must export an object of options (export default { ... }, or module.exports = { ... })');
@@ -172,9 +173,19 @@ function kindOf(value: unknown): string {
   return typeof value === 'object' ? 'an object' : `${typeof value === 'function' ? 'a function' : JSON.stringify(value)}`;
 }
 
-/** An error thrown while a module loaded: its message, and where it was thrown when the stack says. */
-function describeError(err: unknown): string {
+/**
+ * An error thrown while a module loaded: its message, and where: the first frame of its stack,
+ * or for a syntax error (whose stack has no frame in the file), the line `node --check` names.
+ */
+function describeError(err: unknown, path: string): string {
   if (!(err instanceof Error)) return String(err);
-  const at = /\((file:[^)]+|\/[^)]+)\)/.exec(err.stack ?? '')?.[1] ?? /^\s+at (file:\S+|\/\S+)/m.exec(err.stack ?? '')?.[1];
+  // `/path/c.cjs:2` heading a CommonJS syntax error; `at file:///path/c.mjs:1:7`, or
+  // `at fn (file:///path/c.mjs:1:7)`: the first that is in the file.
+  const places = [...(err.stack ?? '').matchAll(/^(?:\s+at (?:.*\()?)?((?:file:|\/)[^)\s]+?:\d+(?::\d+)?)\)?$/gm)].map((m) => m[1]);
+  let at = places.find((place) => place.startsWith(path) || place.startsWith(pathToFileURL(path).href));
+  if (at === undefined && err instanceof SyntaxError) {
+    const check = spawnSync(process.execPath, ['--check', path], { encoding: 'utf8', timeout: 10_000 });
+    at = /^(\/\S+:\d+)$/m.exec(check.stderr ?? '')?.[1];
+  }
   return at ? `${err.message} (at ${at})` : err.message;
 }
