@@ -1,6 +1,7 @@
 import { closeSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { childrenOf, statOf } from '../child/proc-table.js';
 import { OptionError } from '../errors.js';
 
 /**
@@ -60,27 +61,9 @@ export interface SweepReport {
 const FILE_NAME = /^(\d+)-(\d+)-(\d+)-(\d+)\.ledger(?:(\.tmp)|\.swept-by-(\d+)-(\d+))?$/;
 const HEADER = 'tidepool ledger 1';
 
-interface ProcStat {
-  state: string;
-  pgrp: number;
-  start: string;
-}
-
-/** A process's state, group and start time, from /proc; null when it is gone. */
-function procStat(pid: number | 'self'): ProcStat | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: fields[0], pgrp: Number(fields[2]), start: fields[19] };
-  } catch {
-    return null;
-  }
-}
-
 /** The process `pid` runs, is not a zombie, and is the one that started at `start`. */
 function running(pid: number, start: string): boolean {
-  const stat = procStat(pid);
+  const stat = statOf(pid);
   return stat !== null && stat.start === start && stat.state !== 'Z' && stat.state !== 'X';
 }
 
@@ -109,7 +92,7 @@ function identity(): Identity {
     } catch {
       // kept as unknown: a ledger is then never taken for an earlier boot's
     }
-    self = { ns, pid: process.pid, start: procStat('self')?.start ?? '0', boot };
+    self = { ns, pid: process.pid, start: statOf('self')?.start ?? '0', boot };
   }
   return self;
 }
@@ -368,7 +351,7 @@ export function sweepStateDir(dir: string, logger: Logger): SweepReport[] {
 function killLeft(entries: LedgerEntry[]): number {
   const frozen = new Set<number>();
   const stop = (pid: number) => {
-    const stat = procStat(pid);
+    const stat = statOf(pid);
     if (stat === null || stat.state === 'Z' || stat.state === 'X') return;
     if (signal(pid, 'SIGSTOP')) frozen.add(pid);
   };
@@ -385,7 +368,7 @@ function killLeft(entries: LedgerEntry[]): number {
     // Members whose parent left the group's tree were re-parented elsewhere: found by group.
     for (const name of readdirSync('/proc')) {
       if (!/^\d+$/.test(name)) continue;
-      const stat = procStat(Number(name));
+      const stat = statOf(Number(name));
       if (stat !== null && groups.has(stat.pgrp) && stat.state !== 'Z') frozen.add(Number(name));
     }
   }
@@ -395,26 +378,6 @@ function killLeft(entries: LedgerEntry[]): number {
   let killed = 0;
   for (const pid of frozen) if (signal(pid, 'SIGKILL')) killed++;
   return killed;
-}
-
-/** Children of a process, from every one of its threads. */
-function childrenOf(pid: number): number[] {
-  const kids: number[] = [];
-  let tasks: string[];
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return kids;
-  }
-  for (const task of tasks) {
-    try {
-      const list = readFileSync(`/proc/${pid}/task/${task}/children`, 'latin1').trim();
-      if (list) for (const kid of list.split(' ')) kids.push(Number(kid));
-    } catch {
-      // gone
-    }
-  }
-  return kids;
 }
 
 function signal(pid: number, sig: NodeJS.Signals): boolean {
