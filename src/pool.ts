@@ -205,12 +205,13 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * With `stateDir`, kill what dead managers left running (their ledgers) and open this one's;
-   * then check that a module worker's handler loads, open the source and begin taking work.
-   * Rejects with `TIDEPOOL_ERR_OPTION_INVALID` (option `stateDir`) when the ledger cannot be
-   * written, `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
+   * Check that a module worker's handler loads, open the source and begin taking work.
+   * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
    * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
    * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
+   * With `stateDir`, it first kills what dead managers left running (their ledgers: see
+   * `sweepStateDir` in src/process/ledger.ts) and opens this pool's ledger; rejects with
+   * `TIDEPOOL_ERR_OPTION_INVALID` (option `stateDir`) when that cannot be written.
    */
   async start(): Promise<void> {
     if (this.#actor || this.#checking || this.#finished) {

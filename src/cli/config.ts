@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, UsageError } from '../errors.js';
+import { MAX_WHOLE } from '../options.js';
 
 /**
  * The config file layer of the CLI (`--config FILE` or `TIDEPOOL_CONFIG`), generic over the
@@ -141,6 +142,47 @@ export function pick(
   const key = fileKey(flag, spec);
   if (file && key !== null && key in file.values) return { value: file.values[key], origin: `${file.name}:`, layer: 'file' };
   return undefined;
+}
+
+/** Arguments of flags that take a whole number (`--concurrency N`, `--timeout MS`, ...). */
+const WHOLE_ARGS = new Set(['N', 'MS', 'MIB', 'BYTES', 'PORT']);
+
+/**
+ * A whole number from a flag or variable (digits only, at most MAX_WHOLE); throws UsageError
+ * naming the flag or variable.
+ */
+export function wholeNumber({ value, origin }: { value: unknown; origin: string }): number {
+  const raw = String(value).trim();
+  if (!/^\d+$/.test(raw)) throw new UsageError(`${origin} must be a whole number, got ${JSON.stringify(value)}`);
+  if (Number(raw) > MAX_WHOLE) throw new UsageError(`${origin} must be at most ${MAX_WHOLE}, got ${raw}`);
+  return Number(raw);
+}
+
+/**
+ * The options a flag table sets, each from the layer that wins (`pick`), by option name, with
+ * where each came from. A flag whose argument is `N`, `MS`, `MIB`, `BYTES` or `PORT` takes a
+ * whole number: from a flag or variable it is parsed (`wholeNumber`), from the file it keeps its
+ * JSON type for the schema to judge; any other is a string (as typed, from the file). Flags
+ * without an option, and those named in `skip`, are left out. Throws UsageError naming the flag
+ * or variable at fault.
+ */
+export function optionsOf(
+  table: Record<string, FlagSpec>,
+  values: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+  file: ConfigFile | null,
+  skip: readonly string[] = [],
+): { options: Record<string, unknown>; origins: Record<string, string> } {
+  const options: Record<string, unknown> = {};
+  const origins: Record<string, string> = {};
+  for (const [flag, spec] of Object.entries(table)) {
+    if (spec.option === undefined || skip.includes(flag)) continue;
+    const given = pick(flag, spec, values, env, file);
+    if (given === undefined) continue;
+    options[spec.option] = WHOLE_ARGS.has(spec.arg) && given.layer !== 'file' ? wholeNumber(given) : given.value;
+    origins[spec.option] = given.origin;
+  }
+  return { options, origins };
 }
 
 /**

@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseShell } from 'shell-quote';
 import { ConfigError, OptionError, TidepoolError, UsageError } from '../errors.js';
-import { DEFAULTS, LOG_LEVELS, MAX_WHOLE } from '../options.js';
+import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
-import { defaultStateDir, loadConfig, pick } from './config.js';
+import { defaultStateDir, loadConfig, optionsOf, pick } from './config.js';
 import type { ConfigFile, FlagSpec } from './config.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
@@ -42,7 +42,7 @@ const FLAGS = {
   'state-dir': {
     option: 'stateDir',
     arg: 'DIR',
-    help: 'ledger of live workers, to kill what a manager killed with its spawn host left ("none": no ledger)',
+    help: 'where the ledger of live workers is kept ("none": no ledger)',
     fallback: '$XDG_RUNTIME_DIR/tidepool, else <tmp>/tidepool-<uid>',
   },
   config: { arg: 'FILE', help: 'options from a JSON file or a .js/.mjs module exporting an object; flags and variables win' },
@@ -67,25 +67,6 @@ ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
 Exit status: 0 every task resolved, 1 some failed, 2 bad usage.`;
 }
-
-/** Flags that map one-to-one onto integer pool options. */
-const INTEGER_FLAGS = {
-  concurrency: 'concurrency',
-  timeout: 'timeout',
-  attempts: 'attempts',
-  'max-tasks-per-worker': 'maxTasksPerWorker',
-  spares: 'spares',
-  'retry-delay': 'retryDelay',
-  'retry-max-delay': 'retryMaxDelay',
-  'spawn-timeout': 'spawnTimeout',
-  'kill-grace': 'killGrace',
-  'idle-timeout': 'idleTimeout',
-  'max-spawning': 'maxSpawning',
-  'max-crashes': 'maxCrashes',
-  'crash-window': 'crashWindow',
-  'breaker-cooldown': 'breakerCooldown',
-  'memory-limit': 'memoryLimit',
-} as const satisfies Record<string, keyof PoolOptions>;
 
 type Flag = keyof typeof FLAGS | 'help' | 'version';
 
@@ -157,15 +138,14 @@ export type Origins = Record<string, string>;
  * Flags, TIDEPOOL_* variables and the config file to pool options; per option a flag wins over
  * its variable, which wins over the file (either worker flag over both worker variables and
  * the file's worker; either worker variable over the file's). Values from the file keep their
- * JSON types, for the schema to judge. Returns the options, where each came from, and the
- * values of flags that set no pool option, by their file key (`--http-port` → `httpPort`).
- * Throws UsageError naming the flag or variable at fault.
+ * JSON types, for the schema to judge. Returns the options and where each came from. Throws
+ * UsageError naming the flag or variable at fault.
  */
 export function optionsFromArgs(
   values: Partial<Record<Flag, string | string[] | boolean>>,
   env: NodeJS.ProcessEnv,
   file: ConfigFile | null = null,
-): { options: PoolOptions; origins: Origins; extra: Record<string, unknown> } {
+): { options: PoolOptions; origins: Origins } {
   const origins: Origins = {};
   const flags: Record<string, FlagSpec> = FLAGS;
   const get = (flag: string, useEnv = true) => pick(flag, flags[flag]!, values, env, file, useEnv);
@@ -183,7 +163,6 @@ export function optionsFromArgs(
     throw new UsageError('--worker PATH or --command "CMD ARGS" is required (or "worker" in the --config file)');
   }
   const options: Record<string, unknown> = {};
-  const extra: Record<string, unknown> = {};
   if (chosen.layer === 'file') {
     options.worker = chosen.value;
     origins.worker = chosen.origin;
@@ -196,30 +175,16 @@ export function optionsFromArgs(
     options.worker = { command: argv };
     origins['worker.command'] = chosen.origin;
   }
-  const integers = new Set<string>(Object.keys(INTEGER_FLAGS));
-  for (const [flag, spec] of Object.entries(flags)) {
-    if (flag === 'worker' || flag === 'command' || flag === 'config' || flag === 'env') continue;
-    const given = get(flag);
-    if (given === undefined) continue;
-    const key = spec.option ?? flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-    let value = given.value;
-    if (integers.has(flag) && given.layer !== 'file') {
-      const raw = String(value).trim();
-      if (!/^\d+$/.test(raw)) throw new UsageError(`${given.origin} must be a whole number, got ${JSON.stringify(value)}`);
-      if (Number(raw) > MAX_WHOLE) throw new UsageError(`${given.origin} must be at most ${MAX_WHOLE}, got ${raw}`);
-      value = Number(raw);
-    }
-    if (spec.option === undefined) extra[key] = value;
-    else options[key] = value;
-    origins[key] = given.origin;
-  }
+  const rest = optionsOf(flags, values, env, file, ['worker', 'command', 'env']);
+  Object.assign(options, rest.options);
+  Object.assign(origins, rest.origins);
   const envGiven = get('env');
   if (envGiven !== undefined) {
     // TIDEPOOL_ENV holds several entries, split as a shell would: FOO=bar BAZ='two words'.
     options.env = envGiven.layer === 'env' ? splitCommand(envGiven.value as string) : envGiven.value;
     origins.env = envGiven.origin;
   }
-  return { options: options as unknown as PoolOptions, origins, extra };
+  return { options: options as unknown as PoolOptions, origins };
 }
 
 /** The origin to name for an option (or an item of one: `env.2`, `worker.command`). */
