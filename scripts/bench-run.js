@@ -9,12 +9,16 @@
 // stdout: one JSON object per scenario. stderr: progress. Exit 1 when tidepool's output is
 // not one "resolved" line per task, a reference run fails, or a worker outlives its run.
 //
+// The single-use scenarios also run tidepool without its ledger of live workers
+// (`--state-dir none`) in each repetition: `ledger.ratio` is the median of the per-repetition
+// ratios with / without it (BENCH_LEDGER=0 leaves that side out).
+//
 // Usage: npm run build && node scripts/bench-run.js
 // Env: BENCH_CLI_ENV, BENCH_REPEAT, BENCH_CONCURRENCY, BENCH_TASKS (all scenarios), BENCH_MODULE_TASKS,
 //      BENCH_COMMAND_TASKS, BENCH_REUSE_TASKS, BENCH_REUSE_CONCURRENCY,
-//      BENCH_REUSE_MAX_TASKS, BENCH_SCENARIOS (comma list of module,command,reuse).
+//      BENCH_REUSE_MAX_TASKS, BENCH_SCENARIOS (comma list of module,command,reuse), BENCH_LEDGER.
 import { fork, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,6 +94,7 @@ function config() {
   for (const s of scenarios) if (!known.includes(s)) throw new BenchError(`BENCH_SCENARIOS: unknown scenario ${JSON.stringify(s)} (known: ${known.join(', ')})`);
   return {
     repeat: intEnv('BENCH_REPEAT', 5),
+    ledger: process.env.BENCH_LEDGER !== '0',
     scenarios,
     module: { tasks: intEnv('BENCH_MODULE_TASKS', tasks ?? 200), concurrency },
     command: { tasks: intEnv('BENCH_COMMAND_TASKS', tasks ?? 2000), concurrency },
@@ -329,6 +334,7 @@ function scenarios(cfg, dir) {
     module: {
       scenario: 'module-single-use',
       ...cfg.module,
+      ledger: cfg.ledger,
       target: 0.9,
       args: ['--worker', NOOP, '--concurrency', String(cfg.module.concurrency), '--log-level', 'warn'],
       reference: {
@@ -339,6 +345,7 @@ function scenarios(cfg, dir) {
     command: {
       scenario: 'command-single-use',
       ...cfg.command,
+      ledger: cfg.ledger,
       target: 0.8,
       args: ['--command', CAT, '--concurrency', String(cfg.command.concurrency), '--log-level', 'warn'],
       reference: {
@@ -364,17 +371,22 @@ function scenarios(cfg, dir) {
       },
     },
   };
-  return cfg.scenarios.map((name) => ({ ...all[name], tasksFile }));
+  // The ledger in a directory of this run's own (no other manager's ledger to sweep).
+  const stateDir = join(dir, 'state');
+  mkdirSync(stateDir, { recursive: true });
+  return cfg.scenarios.map((name) => ({ ...all[name], args: [...all[name].args, '--state-dir', stateDir], tasksFile }));
 }
 
 async function measure(s, repeat) {
   const file = s.tasksFile(s.tasks);
   const empty = s.tasksFile(0);
-  const tidepool = async (f, n) => {
-    const ms = await runTidepool(f, s.args, n);
+  const tidepool = async (f, n, args = s.args) => {
+    const ms = await runTidepool(f, args, n);
     await assertNoLeftovers();
     return ms;
   };
+  // The same run without the ledger: the last --state-dir wins.
+  const noLedgerArgs = [...s.args, '--state-dir', 'none'];
   const began = performance.now();
   // Warm-up (not counted): page cache, first-run compilation.
   const warm = Math.min(s.tasks, s.concurrency * 2);
@@ -383,19 +395,24 @@ async function measure(s, repeat) {
 
   const bare = [];
   const tide = [];
+  const noLedger = [];
   const startup = [];
+  const sides = s.ledger ? ['bare', 'tidepool', 'no-ledger'] : ['bare', 'tidepool'];
   for (let r = 0; r < repeat; r++) {
     // ABBA order: neither side always runs first; each repetition is a back-to-back pair.
-    const order = r % 2 === 0 ? ['bare', 'tidepool'] : ['tidepool', 'bare'];
+    const order = r % 2 === 0 ? sides : [...sides].reverse();
     for (const side of order) {
       if (side === 'bare') bare.push(await s.reference.run(s.tasks));
-      else tide.push(await tidepool(file, s.tasks));
+      else if (side === 'tidepool') tide.push(await tidepool(file, s.tasks));
+      else noLedger.push(await tidepool(file, s.tasks, noLedgerArgs));
     }
     // The CLI's fixed cost (start-up, pool start, drain) on no task at all.
     startup.push(await tidepool(empty, 0));
     process.stderr.write(
       `bench: ${s.scenario} ${r + 1}/${repeat}: reference ${rate(s.tasks, bare.at(-1)).toFixed(1)}/s, ` +
-        `tidepool ${rate(s.tasks, tide.at(-1)).toFixed(1)}/s, empty run ${startup.at(-1).toFixed(0)} ms\n`,
+        `tidepool ${rate(s.tasks, tide.at(-1)).toFixed(1)}/s` +
+        (s.ledger ? ` (without the ledger ${rate(s.tasks, noLedger.at(-1)).toFixed(1)}/s)` : '') +
+        `, empty run ${startup.at(-1).toFixed(0)} ms\n`,
     );
   }
   const digits = s.tasks < 1000 ? 2 : 1;
@@ -425,6 +442,16 @@ async function measure(s, repeat) {
       samples: bareRates.map((x) => round(x, digits)),
     },
     ratio: round(ratio, 3),
+    ...(s.ledger
+      ? {
+          ledger: {
+            withoutTasksPerSec: round(median(noLedger.map((ms) => rate(s.tasks, ms))), digits),
+            withoutSamples: noLedger.map((ms) => round(rate(s.tasks, ms), digits)),
+            // With / without, per repetition (adjacent runs): below 1 is what the ledger costs.
+            ratio: round(median(tideRates.map((t, i) => t / rate(s.tasks, noLedger[i]))), 3),
+          },
+        }
+      : {}),
     target: s.target,
     ...(s.target === null ? {} : { met: ratio >= s.target }),
   };

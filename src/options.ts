@@ -1,5 +1,5 @@
 import { availableParallelism } from 'node:os';
-import { statSync } from 'node:fs';
+import { accessSync, constants, statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import * as v from 'valibot';
@@ -12,12 +12,17 @@ import type { Source } from './sources/source.js';
  * (`maxTasksPerWorker` → `--max-tasks-per-worker`).
  */
 
-const integer = (min: 0 | 1) => {
+/** The largest whole number an option takes: a time beyond it would overflow a Node timer. */
+export const MAX_WHOLE = 2 ** 31 - 1;
+
+const integer = (min: 0 | 1, max: number = MAX_WHOLE) => {
   const message = min === 1 ? 'must be a positive integer' : 'must be a non-negative integer';
-  return v.pipe(v.number(message), v.integer(message), v.minValue(min, message));
+  return v.pipe(v.number(message), v.integer(message), v.minValue(min, message), v.maxValue(max, `must be at most ${max}`));
 };
 const positiveInt = integer(1);
 const nonNegativeInt = integer(0);
+/** A user or group id (Linux ids are 32-bit; -1 is "unchanged" and refused). */
+const id = integer(0, 2 ** 32 - 2);
 
 /** The OS takes arguments, environment entries and paths as C strings: a NUL would cut them. */
 const noNul = v.check((x: string) => !x.includes('\0'), 'must not contain a NUL character');
@@ -66,8 +71,9 @@ const schema = v.strictObject({
   memoryLimit: v.optional(positiveInt),
   env: v.optional(v.array(envEntry, 'must be an array of NAME or NAME=VALUE strings')),
   cwd: v.optional(path),
-  uid: v.optional(nonNegativeInt),
-  gid: v.optional(nonNegativeInt),
+  uid: v.optional(id),
+  gid: v.optional(id),
+  stateDir: v.optional(path),
   logLevel: v.optional(v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`)),
   logger: v.optional(
     v.custom<Logger>((x) => typeof x === 'object' && x !== null && typeof (x as Logger).child === 'function', 'must be a pino logger'),
@@ -157,6 +163,13 @@ export interface PoolOptions {
   source?: Source;
   /** Where the workers' stderr goes, chunk by chunk (`{ write(chunk) }`). Default: the manager's stderr. */
   stderr?: { write(chunk: Buffer): unknown };
+  /**
+   * A directory for the ledger of live workers (docs/containment.md): the pool writes the pid
+   * and start time of each worker there while it lives, and at `start()` kills what a manager
+   * that died with its spawn host left running, then removes that manager's ledger. Several
+   * managers may share it. Default: none, no ledger (the CLI has a default of its own).
+   */
+  stateDir?: string;
 }
 
 export type WorkerSpec = { kind: 'module'; path: string } | { kind: 'command'; argv: string[] };
@@ -186,6 +199,8 @@ export interface ResolvedOptions {
   logLevel: (typeof LOG_LEVELS)[number];
   logger: Logger | undefined;
   inspect: unknown;
+  /** The ledger's directory, absolute; undefined: no ledger. */
+  stateDir: string | undefined;
 }
 
 /** The smallest memory cap, in MiB, a module worker (a Node process) can start under. */
@@ -226,7 +241,7 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
     const option = path.length > 0 ? path.join('.') : 'options';
     // An unknown key is reported at its own path by a strict object.
     const unknown = issue.type === 'strict_object' && path.length === 1;
-    throw new OptionError(option, unknown ? 'is not an option' : issue.message);
+    throw new OptionError(option, unknown ? 'is not an option' : issue.message, unknown ? undefined : { value: issue.input });
   }
   const o = parsed.output;
   const concurrency = o.concurrency ?? availableParallelism();
@@ -240,6 +255,9 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
   // Checked once here rather than found out by every task failing to load.
   if (worker.kind === 'module' && !isFile(worker.path)) throw new OptionError('worker.module', `is not a file: ${worker.path}`);
   if (o.cwd !== undefined && !isDirectory(o.cwd)) throw new OptionError('cwd', `is not a directory: ${o.cwd}`);
+  const stateDir = o.stateDir === undefined ? undefined : resolve(o.stateDir);
+  if (stateDir !== undefined && !isDirectory(stateDir)) throw new OptionError('stateDir', `is not a directory: ${stateDir}`);
+  if (stateDir !== undefined && !isWritable(stateDir)) throw new OptionError('stateDir', `is not writable: ${stateDir}`);
   // A Node process needs about 40 MiB to start; below the floor every module worker would die
   // at start (V8's "Fatal javascript OOM", a SIGTRAP) and look like a crash.
   if (worker.kind === 'module' && o.memoryLimit !== undefined && o.memoryLimit < MIN_MODULE_MEMORY) {
@@ -288,6 +306,7 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
     logLevel: o.logLevel ?? DEFAULTS.logLevel,
     logger: o.logger,
     inspect: o.inspect,
+    stateDir,
   };
 }
 
@@ -313,6 +332,15 @@ export function workerEnv(entries: readonly string[], from: NodeJS.ProcessEnv): 
 function isDirectory(path: string): boolean {
   try {
     return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function isWritable(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK | constants.X_OK);
+    return true;
   } catch {
     return false;
   }

@@ -23,9 +23,11 @@ import type { PoolOptions, ResolvedOptions } from './options.js';
 import { hostSpec, processActor } from './process/driver.js';
 import { ProcessRegistry, registry } from './process/registry.js';
 import { checkHandler } from './process/load-check.js';
+import { Ledger, sweepStateDir } from './process/ledger.js';
 import { SpawnHost } from './process/spawn-host.js';
 import { WorkerActors } from './worker-actors.js';
 import type { HostEdition } from './process/spawn-host.js';
+import { managerLogger } from './logging.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { taskIdOf } from './sources/parse.js';
@@ -257,6 +259,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   readonly #registry = new ProcessRegistry(registry);
   /** Starts every worker, holds its tree, and signals and reaps it. */
   readonly #host: SpawnHost;
+  /** The live workers' pids and start times in `stateDir`, for the next manager if this one dies. */
+  readonly #ledger: Ledger | null;
 
   /** Throws `OptionError` (TIDEPOOL_ERR_OPTION_INVALID) naming the first bad option, or a missing `source`. */
   constructor(options: PoolOptions, internals: PoolInternals = {}) {
@@ -267,7 +271,14 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     this.#internals = internals;
     this.logger = this.options.logger ?? stderrLogger(this.options.logLevel);
     const stderr = options.stderr;
-    this.#host = new SpawnHost(hostSpec(this.options), this.logger, internals.spawnHost, stderr ? (chunk) => stderr.write(chunk) : null);
+    this.#ledger = this.options.stateDir === undefined ? null : new Ledger(this.options.stateDir, this.logger);
+    this.#host = new SpawnHost(
+      hostSpec(this.options),
+      this.logger,
+      internals.spawnHost,
+      stderr ? (chunk) => stderr.write(chunk) : null,
+      this.#ledger,
+    );
   }
 
   /**
@@ -410,6 +421,9 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
    * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
    * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
    * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
+   * With `stateDir`, it first kills what dead managers left running (their ledgers: see
+   * `sweepStateDir` in src/process/ledger.ts) and opens this pool's ledger; rejects with
+   * `TIDEPOOL_ERR_OPTION_INVALID` (option `stateDir`) when that cannot be written.
    */
   async start(): Promise<void> {
     if (this.#actor || this.#checking || this.#finished) {
@@ -417,6 +431,10 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
     }
     this.#started = true;
+    if (this.#ledger) {
+      sweepStateDir(this.#ledger.dir, this.logger);
+      this.#ledger.open();
+    }
     this.#checking = checkHandler(this.options, this.#stopCheck.signal);
     try {
       await this.#checking;
@@ -569,6 +587,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     // Only after a machine failure can a worker actor outlive the pool machine.
     this.#workers?.stopAll();
     this.#host.close();
+    this.#ledger?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
     }
@@ -837,7 +856,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
  */
 function stderrLogger(level: ResolvedOptions['logLevel']): Logger {
   const destination = pino.destination({ fd: 2, sync: false });
-  const logger = pino({ level, base: { managerPid: process.pid } }, destination);
+  const logger = managerLogger(level, destination);
   destination.on('error', () => {
     logger.level = 'silent';
     destination.destroy();

@@ -31,6 +31,21 @@ describe('resolveOptions', () => {
     expect(() => new Pool({ worker })).toThrow(expect.objectContaining({ option: 'source' }));
   });
 
+  it('refuses a whole number past a timer\'s limit, with the value it got; a 32-bit user id is no time', () => {
+    const err = rejects({ worker, timeout: 2 ** 31 });
+    expect([err.option, err.detail, err.received]).toEqual(['timeout', 'must be at most 2147483647', { value: 2 ** 31 }]);
+    expect(rejects({ worker, concurrency: 'four' }).received).toEqual({ value: 'four' });
+    expect(resolveOptions({ worker, uid: 2 ** 31 }).uid).toBe(2 ** 31);
+  });
+
+  it('stateDir: an existing, writable directory, made absolute', () => {
+    expect(resolveOptions({ worker, stateDir: '.' }).stateDir).toBe(process.cwd());
+    expect(resolveOptions({ worker }).stateDir).toBeUndefined();
+    const err = rejects({ worker, stateDir: fixture('no-such-dir') });
+    expect([err.option, err.detail]).toEqual(['stateDir', `is not a directory: ${fixture('no-such-dir')}`]);
+    expect(rejects({ worker, stateDir: fixture('noop.js') }).option).toBe('stateDir');
+  });
+
   it('fills defaults', () => {
     const o = resolveOptions({ worker });
     expect(o).toMatchObject({ attempts: 3, maxTasksPerWorker: 1, spares: 0, timeout: 900_000, memoryLimit: null });

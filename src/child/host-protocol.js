@@ -35,7 +35,11 @@
 //                            `subreaper` (every descendant, setsid'd or double-forked ones too),
 //                            `proc` (descendants seen by polling /proc, and the group), `group`
 //                            (the process group only)
-//   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
+//   P <id> <pid> <start> <keeper> <keeperstart>\n
+//                            worker <id> started (its exec succeeded) as <pid>, in its own group;
+//                            <start> is its start time (field 22 of /proc/<pid>/stat, read
+//                            before it could be reaped), <keeper> and <keeperstart> those of the
+//                            keeper that holds it (`-` for none: the Node edition)
 //   G <id> <len>\n<json>     worker <id> wrote a progress line on stderr (PROGRESS_PREFIX, then
 //                            at most MAX_PROGRESS bytes of JSON, then a newline): the JSON. The
 //                            line is not forwarded with the worker's stderr, nor kept in its tail

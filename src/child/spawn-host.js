@@ -15,10 +15,11 @@
 //
 // Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
 import { spawn } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { getSystemErrorMap } from 'node:util';
 import { FrameReader, HOST, ProgressLines, frame, parseConfigure } from './host-protocol.js';
+import { childrenOf, statOf } from './proc-table.js';
 
 const [MAX_OUTPUT, STDERR_TAIL, FLUSH_LIMIT_MS] = process.argv.slice(2).map(Number);
 const CONTAINMENT = 'proc';
@@ -45,45 +46,6 @@ const live = new Map();
 /** @param {Buffer} bytes */
 function send(bytes) {
   process.stdout.write(bytes);
-}
-
-/**
- * A process's state letter, parent, group and start time (field 22 of its stat), or null.
- * @param {number} pid
- */
-function statOf(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: f[0], pgrp: Number(f[2]), start: f[19] };
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Children of a process, from every one of its threads.
- * @param {number} pid
- * @returns {number[]}
- */
-function childrenOf(pid) {
-  /** @type {number[]} */
-  const kids = [];
-  let tasks;
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return kids;
-  }
-  for (const task of tasks) {
-    try {
-      const list = readFileSync(`/proc/${pid}/task/${task}/children`, 'latin1').trim();
-      if (list) for (const kid of list.split(' ')) kids.push(Number(kid));
-    } catch {
-      // gone
-    }
-  }
-  return kids;
 }
 
 /** @param {number} pid */
@@ -235,7 +197,8 @@ function launch(id, stdin, socket) {
   const job = { child, pid, seen: new Map(), memory: false };
   live.set(id, job);
   poller ??= setInterval(poll, TRACK_MS);
-  send(frame(`${HOST.SPAWNED} ${id} ${pid}`));
+  // libuv reaps in the event loop, not before this line: the pid is still the worker's.
+  send(frame(`${HOST.SPAWNED} ${id} ${pid} ${statOf(pid)?.start ?? '-'} - -`));
   /** @type {Buffer[]} */
   const out = [];
   let outBytes = 0;

@@ -157,6 +157,13 @@ sub children_of {
   return @kids;
 }
 
+# A process's start time (field 22 of its stat, clock ticks after boot), or '-' when it is
+# gone: with the pid, it names the process once and for all (the manager's ledger keeps both).
+sub start_of {
+  my $stat = slurp("/proc/$_[0]/stat") // return '-';
+  return $stat =~ /\)\s+(.*)/s ? (split ' ', $1)[19] // '-' : '-';
+}
+
 # The state letter of a process (R, S, Z, ...), or '' when it is gone.
 sub state_of {
   my $stat = slurp("/proc/$_[0]/stat") // return '';
@@ -309,6 +316,9 @@ sub keeper {
   my $worker = fork;
   $never->('fork') unless defined $worker;
   exec_worker($in_r, $answer_w, $err_w, $status_w) if $worker == 0;
+  # Read while the worker is surely not reaped (only this keeper reaps it, below): its start
+  # time, and the keeper's own, go to the manager with its pid.
+  my $started_as = "$worker " . start_of($worker) . ' ' . POSIX::getpid() . ' ' . start_of(POSIX::getpid());
   shut($status_w, $in_r, $out_w, $err_w, defined $channel ? $answer_w : ());
   if (defined $channel) { shut($out_r); undef $out_r }   # the worker's stdout goes to the host's stderr then
   nonblocking($_) for grep { defined } $in_w, $out_r, $err_r, $sock;
@@ -444,7 +454,7 @@ sub keeper {
         shut($status_r);
         undef $status_r;
         if (length $why) { $tell->('F ' . length($why) . "\n$why") }
-        else { $started = 1; $tell->("P $worker\n") }
+        else { $started = 1; $tell->("P $started_as\n") }
       } elsif ($out_r && $fd == fileno $out_r) {
         my $n = sysread($out_r, my $chunk, 65536);
         next if !defined $n && ($!{EAGAIN} || $!{EINTR});
@@ -560,7 +570,7 @@ sub keeper_said {
     return if length($job->{buf}) < $nl + 1 + $len;
     my $payload = substr($job->{buf}, $nl + 1, $len);
     substr($job->{buf}, 0, $nl + 1 + $len) = '';
-    if ($kind eq 'P') { $job->{pid} = $fields[0]; to_manager("P $job->{id} $fields[0]\n") }
+    if ($kind eq 'P') { $job->{pid} = $fields[0]; to_manager("P $job->{id} @fields\n") }
     elsif ($kind eq 'G') { to_manager("G $job->{id} $fields[0]\n$payload") }
     elsif ($kind eq 'F') { $job->{done} = 1; to_manager("F $job->{id} $fields[0]\n$payload") }
     elsif ($kind eq 'X') { $job->{done} = 1; to_manager("X $job->{id} @fields\n$payload") }

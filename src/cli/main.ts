@@ -1,16 +1,18 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseShell } from 'shell-quote';
-import { OptionError, TidepoolError, UsageError } from '../errors.js';
+import { ConfigError, OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { SERVE_DEFAULTS } from '../serve/options.js';
 import type { ServeOptions } from '../serve/options.js';
+import { defaultStateDir, loadConfig, optionsOf, pick } from './config.js';
+import type { ConfigFile, FlagSpec } from './config.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
 interface FlagDoc {
-  option?: keyof typeof DEFAULTS | 'concurrency' | 'memoryLimit' | 'env' | 'cwd';
+  option?: keyof typeof DEFAULTS | 'concurrency' | 'memoryLimit' | 'env' | 'cwd' | 'stateDir';
   arg: string;
   help: string;
   /** Shown instead of a value from DEFAULTS. */
@@ -34,12 +36,19 @@ const FLAGS = {
   'max-spawning': { option: 'maxSpawning', arg: 'N', help: 'most workers starting at once' },
   'max-crashes': { option: 'maxCrashes', arg: 'N', help: 'crash breaker threshold' },
   'crash-window': { option: 'crashWindow', arg: 'MS', help: 'crash breaker window' },
-  'breaker-cooldown': { option: 'breakerCooldown', arg: 'MS', help: 'intake pause once the breaker trips' },
-  'breaker-max-cooldown': { option: 'breakerMaxCooldown', arg: 'MS', help: 'ceiling of the cooldown, doubled by each probe that crashes' },
+  'breaker-cooldown': { option: 'breakerCooldown', arg: 'MS', help: 'intake pause at the breaker\'s first trip (it doubles while the storm lasts)' },
+  'breaker-max-cooldown': { option: 'breakerMaxCooldown', arg: 'MS', help: 'ceiling of the breaker\'s growing cooldown' },
   'memory-limit': { option: 'memoryLimit', arg: 'MIB', help: "memory cap on each worker's whole process tree", fallback: 'none' },
   env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
   cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
   'log-level': { option: 'logLevel', arg: 'LEVEL', help: LOG_LEVELS.join(', ') },
+  'state-dir': {
+    option: 'stateDir',
+    arg: 'DIR',
+    help: 'where the ledger of live workers is kept ("none": no ledger)',
+    fallback: '$XDG_RUNTIME_DIR/tidepool, else <tmp>/tidepool-<uid>',
+  },
+  config: { arg: 'FILE', help: 'options from a JSON file or a .js/.mjs module exporting an object; flags and variables win' },
 } as const satisfies Record<string, FlagDoc>;
 
 /** The flags `tidepool serve` takes besides those of `run`; defaults from `SERVE_DEFAULTS`. */
@@ -75,6 +84,9 @@ const EXIT_TEXT: Record<Command, string> = {
 /** Where the top-level help points for the other command. */
 const SERVE_POINTER = 'The HTTP service: tidepool serve --help';
 
+/** A command's flag table: `serve` takes every flag of `run` and its own. */
+const flagsOf = (command: Command): Record<string, FlagSpec> => (command === 'serve' ? { ...FLAGS, ...SERVE_FLAGS } : FLAGS);
+
 function usage(command: Command = 'run'): string {
   const row = (flag: string, doc: FlagDoc, defaults: Record<string, unknown>): [string, string] => {
     const known = doc.option !== undefined && doc.option in defaults ? defaults[doc.option] : undefined;
@@ -87,38 +99,19 @@ function usage(command: Command = 'run'): string {
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
   return `${HEADINGS[command]}
 
-Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY):
+Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY, and from the
+--config file as the library's option name, e.g. "concurrency"):
 ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
 ${EXIT_TEXT[command]}`;
 }
 
-/** Flags that map one-to-one onto integer pool options. */
-const INTEGER_FLAGS = {
-  concurrency: 'concurrency',
-  timeout: 'timeout',
-  attempts: 'attempts',
-  'max-tasks-per-worker': 'maxTasksPerWorker',
-  spares: 'spares',
-  'retry-delay': 'retryDelay',
-  'retry-max-delay': 'retryMaxDelay',
-  'spawn-timeout': 'spawnTimeout',
-  'kill-grace': 'killGrace',
-  'idle-timeout': 'idleTimeout',
-  'max-spawning': 'maxSpawning',
-  'max-crashes': 'maxCrashes',
-  'crash-window': 'crashWindow',
-  'breaker-cooldown': 'breakerCooldown',
-  'breaker-max-cooldown': 'breakerMaxCooldown',
-  'memory-limit': 'memoryLimit',
-} as const satisfies Record<string, keyof PoolOptions>;
-
 type Flag = keyof typeof FLAGS | keyof typeof SERVE_FLAGS | 'help' | 'version';
 
-/** parseArgs' flag table of a command: `serve` takes every flag of `run` and its own. */
+/** parseArgs' flag table of a command. */
 const flagConfig = (command: Command) =>
   ({
-    ...Object.fromEntries([...Object.keys(FLAGS), ...(command === 'serve' ? Object.keys(SERVE_FLAGS) : [])].map((f) => [f, { type: 'string' }])),
+    ...Object.fromEntries(Object.keys(flagsOf(command)).map((f) => [f, { type: 'string' }])),
     env: { type: 'string', multiple: true },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
@@ -132,8 +125,6 @@ function flagFor(option: string): string {
   if (head === 'worker') return next === 'command' ? '--command' : '--worker';
   return `--${kebab(head!)}`;
 }
-
-const envName = (flag: string) => `TIDEPOOL_${flag.toUpperCase().replace(/-/g, '_')}`;
 
 /**
  * Split a command line as a POSIX shell would (quotes, backslash escapes), with the
@@ -176,102 +167,91 @@ function escapeInnerHashes(line: string): string {
   return out;
 }
 
-/** Where an option's value came from, as the user would name it: a flag or a variable. */
+/**
+ * Where each option's value came from, by option (`concurrency`, `worker.module`): a flag
+ * (`--concurrency`), a variable (`TIDEPOOL_CONCURRENCY`), or the config file (its name and a
+ * colon, `tidepool.config.json:`; messages add the key).
+ */
 export type Origins = Record<string, string>;
 
-/** The largest value a whole-number flag may take (a time beyond it would overflow a timer). */
-const MAX_WHOLE = 2 ** 31 - 1;
-
 /**
- * Flags and TIDEPOOL_* variables to pool options; a flag wins over its variable (and either
- * worker flag over both worker variables). Returns the options and where each came from.
- * Throws UsageError naming the flag or variable at fault.
+ * Flags, TIDEPOOL_* variables and the config file to pool options; per option a flag wins over
+ * its variable, which wins over the file (either worker flag over both worker variables and
+ * the file's worker; either worker variable over the file's). Values from the file keep their
+ * JSON types, for the schema to judge. Returns the options and where each came from. Throws
+ * UsageError naming the flag or variable at fault.
  */
 export function optionsFromArgs(
   values: Partial<Record<Flag, string | string[] | boolean>>,
   env: NodeJS.ProcessEnv,
+  file: ConfigFile | null = null,
 ): { options: PoolOptions; origins: Origins } {
   const origins: Origins = {};
-  const get = (flag: string, useEnv = true) => given(values, env, flag, useEnv);
-  // A worker given by flag wins over both worker variables.
+  const flags: Record<string, FlagSpec> = FLAGS;
+  const get = (flag: string, useEnv = true) => pick(flag, flags[flag]!, values, env, file, useEnv);
+  // A worker given by flag wins over both worker variables, a variable over the file.
   const flagged = typeof values.worker === 'string' || typeof values.command === 'string';
   const worker = get('worker', !flagged);
   const command = get('command', !flagged);
-  if (worker !== undefined && command !== undefined) {
-    throw new UsageError(`give a worker module or a command, not both (${worker.origin} and ${command.origin})`);
+  // Both are the file's worker when neither a flag nor a variable names one.
+  const named = [worker, command].filter((g) => g !== undefined && g.layer !== 'file');
+  if (named.length === 2) {
+    throw new UsageError(`give a worker module or a command, not both (${worker!.origin} and ${command!.origin})`);
   }
-  if (worker === undefined && command === undefined) throw new UsageError('--worker PATH or --command "CMD ARGS" is required');
+  const chosen = named[0] ?? worker;
+  if (chosen === undefined) {
+    throw new UsageError('--worker PATH or --command "CMD ARGS" is required (or "worker" in the --config file)');
+  }
   const options: Record<string, unknown> = {};
-  if (worker !== undefined) {
-    options.worker = { module: worker.value };
-    origins['worker.module'] = worker.origin;
+  if (chosen.layer === 'file') {
+    options.worker = chosen.value;
+    origins.worker = chosen.origin;
+  } else if (chosen === worker) {
+    options.worker = { module: chosen.value };
+    origins['worker.module'] = chosen.origin;
   } else {
-    const argv = splitCommand(command!.value);
-    if (argv.length === 0) throw new UsageError(`${command!.origin} must name an executable`);
+    const argv = splitCommand(chosen.value as string);
+    if (argv.length === 0) throw new UsageError(`${chosen.origin} must name an executable`);
     options.worker = { command: argv };
-    origins['worker.command'] = command!.origin;
+    origins['worker.command'] = chosen.origin;
   }
-  for (const [flag, option] of Object.entries(INTEGER_FLAGS)) {
-    const found = get(flag);
-    if (found === undefined) continue;
-    options[option] = wholeNumber(found);
-    origins[option] = found.origin;
-  }
-  for (const [flag, option] of [['cwd', 'cwd'], ['log-level', 'logLevel']] as const) {
-    const found = get(flag);
-    if (found === undefined) continue;
-    options[option] = found.value;
-    origins[option] = found.origin;
-  }
-  if (Array.isArray(values.env)) {
-    options.env = values.env;
-    origins.env = '--env';
-  } else if (env.TIDEPOOL_ENV !== undefined) {
-    // Several entries, split as a shell would: TIDEPOOL_ENV="FOO=bar BAZ='two words'".
-    options.env = splitCommand(env.TIDEPOOL_ENV);
-    origins.env = 'TIDEPOOL_ENV';
+  const rest = optionsOf(flags, values, env, file, ['worker', 'command', 'env']);
+  Object.assign(options, rest.options);
+  Object.assign(origins, rest.origins);
+  const envGiven = get('env');
+  if (envGiven !== undefined) {
+    // TIDEPOOL_ENV holds several entries, split as a shell would: FOO=bar BAZ='two words'.
+    options.env = envGiven.layer === 'env' ? splitCommand(envGiven.value as string) : envGiven.value;
+    origins.env = envGiven.origin;
   }
   return { options: options as unknown as PoolOptions, origins };
 }
 
-/** A flag's value, else its TIDEPOOL_* variable's (unless `useEnv` is false), with where it came from. */
-function given(
-  values: Partial<Record<Flag, string | string[] | boolean>>,
-  env: NodeJS.ProcessEnv,
-  flag: string,
-  useEnv = true,
-): { value: string; origin: string } | undefined {
-  const v = values[flag as Flag];
-  if (typeof v === 'string') return { value: v, origin: `--${flag}` };
-  const name = envName(flag);
-  return useEnv && env[name] !== undefined ? { value: env[name]!, origin: name } : undefined;
-}
-
-/** A whole-number flag's value; throws UsageError naming the flag or variable. */
-function wholeNumber({ value, origin }: { value: string; origin: string }): number {
-  const raw = value.trim();
-  if (!/^\d+$/.test(raw)) throw new UsageError(`${origin} must be a whole number, got ${JSON.stringify(value)}`);
-  if (Number(raw) > MAX_WHOLE) throw new UsageError(`${origin} must be at most ${MAX_WHOLE}, got ${raw}`);
-  return Number(raw);
-}
-
-/**
- * The serve flags and their TIDEPOOL_* variables (`--http-token` or `TIDEPOOL_HTTP_TOKEN`) to
- * serve options, with where each came from. Throws UsageError naming the flag or variable.
- */
-export function serveOptionsFromArgs(
-  values: Partial<Record<Flag, string | string[] | boolean>>,
-  env: NodeJS.ProcessEnv,
-): { options: ServeOptions; origins: Origins } {
-  const options: Record<string, unknown> = {};
-  const origins: Origins = {};
-  for (const [flag, doc] of Object.entries(SERVE_FLAGS)) {
-    const found = given(values, env, flag);
-    if (found === undefined) continue;
-    options[doc.option] = doc.arg === 'HOST' || doc.arg === 'TOKEN' ? found.value : wholeNumber(found);
-    origins[doc.option] = found.origin;
+/** The origin to name for an option (or an item of one: `env.2`, `worker.command`). */
+function originOf(option: string, origins: Origins): string {
+  const parts = option.split('.');
+  for (let n = parts.length; n > 0; n--) {
+    const origin = origins[parts.slice(0, n).join('.')];
+    // A file's origin is its name: the key follows.
+    if (origin !== undefined) return origin.endsWith(':') ? `${origin} ${option}` : origin;
   }
-  return { options: options as ServeOptions, origins };
+  return flagFor(option);
+}
+
+/** What was refused, for a message (never for `env`: its values may be secrets). */
+function received(err: OptionError): string {
+  if (err.received === undefined || err.option === 'env' || err.option.startsWith('env.')) return '';
+  const text = JSON.stringify(err.received.value);
+  return text === undefined ? '' : `, got ${text.length > 80 ? `${text.slice(0, 77)}...` : text}`;
+}
+
+/** The CLI's ledger: the given state directory, `none` for no ledger, else the default one. */
+function withStateDir(options: PoolOptions, env: NodeJS.ProcessEnv): PoolOptions {
+  if (options.stateDir === 'none') {
+    const { stateDir: _none, ...rest } = options;
+    return rest as PoolOptions;
+  }
+  return options.stateDir === undefined ? { ...options, stateDir: defaultStateDir(env) } : options;
 }
 
 /** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
@@ -321,23 +301,31 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return EXIT_CODES.OK;
     }
     const values = parsed.values as Partial<Record<Flag, string | string[] | boolean>>;
+    const configPath = typeof values.config === 'string' ? values.config : env.TIDEPOOL_CONFIG;
+    const file = configPath === undefined ? null : await loadConfig(configPath, flagsOf(command));
     if (command === 'serve') {
       if (parsed.positionals.length > 0) throw new UsageError(`serve takes no input file (tasks come over HTTP), got ${JSON.stringify(parsed.positionals[0])}`);
-      const pool = optionsFromArgs(values, env);
-      const serve = serveOptionsFromArgs(values, env);
+      const pool = optionsFromArgs(values, env, file);
+      const serve = optionsOf(SERVE_FLAGS, values, env, file);
       origins = { ...pool.origins, ...serve.origins };
+      const options = withStateDir(pool.options, env);
       // Loaded only here: fastify and prom-client are no part of `tidepool run`'s start-up.
       const { serveCommand } = await import('./serve.js');
-      return await serveCommand(pool.options, serve.options);
+      return await serveCommand(options, serve.options as ServeOptions, origins);
     }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
-    const run = optionsFromArgs(values, env);
-    origins = run.origins;
-    return await runCommand(parsed.positionals[0] ?? '-', run.options);
+    const given = optionsFromArgs(values, env, file);
+    origins = given.origins;
+    const options = withStateDir(given.options, env);
+    return await runCommand(parsed.positionals[0] ?? '-', options, origins);
   } catch (err) {
     if (err instanceof OptionError) {
-      // Name the option the way it was given: a flag, or a variable.
-      process.stderr.write(`tidepool: ${origins[err.option] ?? flagFor(err.option)} ${err.detail}\n`);
+      // Name the option the way it was given: a flag, a variable, or a key of the file.
+      process.stderr.write(`tidepool: ${originOf(err.option, origins)} ${err.detail}${received(err)}\n`);
+      return EXIT_CODES.USAGE;
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {

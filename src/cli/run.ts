@@ -1,12 +1,12 @@
 import { createReadStream, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
-import { pino } from 'pino';
 import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { Terminal } from './terminal.js';
 import { createPool } from '../create-pool.js';
+import { managerLogger } from '../logging.js';
 import type { TaskResult } from '../pool.js';
 
 /** Exit codes of the CLI. */
@@ -22,9 +22,10 @@ export const READ_AHEAD = 1000;
 /**
  * `tidepool run`: JSON Lines in, one JSON line per task out (completion order). A line that
  * is not a JSON object fails as `malformed` with id `line:<n>`; a task without an id gets
- * `line:<n>` too, so every output line can be matched to its input line.
+ * `line:<n>` too, so every output line can be matched to its input line. `origins` says where
+ * each option came from (logged at debug level).
  */
-export async function runCommand(input: string, options: PoolOptions): Promise<number> {
+export async function runCommand(input: string, options: PoolOptions, origins: Record<string, string> = {}): Promise<number> {
   // On a terminal: a progress line, and logs a person can read, never on the same line.
   const terminal = process.stderr.isTTY ? new Terminal() : null;
   const pretty = terminal ? await prettyFormat() : null;
@@ -32,11 +33,14 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
     terminal && pretty
       ? {
           ...options,
-          logger: options.logger ?? pino({ level: options.logLevel ?? DEFAULTS.logLevel, base: { managerPid: process.pid } }, terminal.destination(pretty)),
+          logger: options.logger ?? managerLogger(options.logLevel ?? DEFAULTS.logLevel, terminal.destination(pretty)),
           stderr: terminal.workerOutput(pretty),
         }
       : options,
   );
+  // What the run uses and where each value came from (flag, variable, config file); secrets
+  // (`env` values) are redacted by the logger.
+  pool.logger.debug({ options, origins }, 'options');
   const stream = await openInput(input);
   if (input === '-' && process.stdin.isTTY) {
     (terminal ?? new Terminal()).err('tidepool: reading tasks from stdin, one JSON object per line; end with Ctrl-D\n');

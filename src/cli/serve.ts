@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { managerLogger } from '../logging.js';
 import { createService } from '../serve/create.js';
 import type { ServeOptions } from '../serve/options.js';
 
@@ -19,9 +20,10 @@ import type { ServeOptions } from '../serve/options.js';
  * picked. Throws `OptionError` for a bad serve option (the caller names the flag), and
  * `TIDEPOOL_ERR_LISTEN` when the address cannot be bound (the pool is stopped first).
  */
-export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions): Promise<number> {
+export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, origins: Record<string, string> = {}): Promise<number> {
   const destination = pino.destination({ fd: 2, sync: false });
-  const logger: Logger = poolOptions.logger ?? pino({ level: poolOptions.logLevel ?? DEFAULTS.logLevel, base: { managerPid: process.pid } }, destination);
+  // The manager's logger redacts secrets (the token, env values, URL passwords): src/logging.ts.
+  const logger: Logger = poolOptions.logger ?? managerLogger(poolOptions.logLevel ?? DEFAULTS.logLevel, destination);
   // stderr that cannot be written stops logging rather than holding the service.
   destination.on('error', () => {
     logger.level = 'silent';
@@ -35,6 +37,8 @@ export async function serveCommand(poolOptions: PoolOptions, serveOptions: Serve
     }
   };
   const { pool, service, app } = createService({ ...poolOptions, logger }, serveOptions);
+  // What the service uses and where each value came from (flag, variable, config file).
+  logger.debug({ options: { ...poolOptions, logger: undefined }, serve: serveOptions, origins }, 'options');
   const { options } = service;
   let stopping: NodeJS.Signals | null = null;
   let signalled!: () => void;

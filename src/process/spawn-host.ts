@@ -12,6 +12,7 @@ import { FrameReader, HOST, configurePayload, frame } from '../child/host-protoc
 import type { Frame, SpawnSpec } from '../child/host-protocol.js';
 import { FLUSH_LIMIT_MS, MAX_OUTPUT, MAX_PROGRESS, PROGRESS_PREFIX, STDERR_TAIL } from '../child/protocol.js';
 import type { ErrorInfo } from '../child/protocol.js';
+import type { Ledger } from './ledger.js';
 
 const PERL_HOST = fileURLToPath(new URL('../child/spawn-host.pl', import.meta.url));
 const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.url));
@@ -89,13 +90,23 @@ export class SpawnHost {
 
   /** Where the workers' stderr goes, when not to the manager's own stderr. */
   readonly #stderr: ((chunk: Buffer) => void) | null;
+  /** Where each worker is noted while it lives (pid and start time), if anywhere. */
+  readonly #ledger: Ledger | null;
 
   /**
    * `stderr`: where the workers' stderr (which reaches the host's) goes; by default the host
-   * shares the manager's stderr.
+   * shares the manager's stderr. `ledger`: notes every worker from its start until it is
+   * reaped; the workers of a host that dies are killed through it (start times checked).
    */
-  constructor(spec: HostSpec, logger: Logger, edition: HostEdition = 'auto', stderr: ((chunk: Buffer) => void) | null = null) {
+  constructor(
+    spec: HostSpec,
+    logger: Logger,
+    edition: HostEdition = 'auto',
+    stderr: ((chunk: Buffer) => void) | null = null,
+    ledger: Ledger | null = null,
+  ) {
     this.#stderr = stderr;
+    this.#ledger = ledger;
     const { channel, ...rest } = spec;
     this.#spec = rest;
     this.#logger = logger;
@@ -251,6 +262,12 @@ export class SpawnHost {
       // start a new worker on a new host, and that one is not this host's to fail.
       const held = [...this.#pending];
       this.#pending.clear();
+      // No one holds their trees any more (the Node edition's workers outlive their host).
+      const orphans = held.flatMap(([, handlers]) => (handlers.pid === null ? [] : [handlers.pid]));
+      if (this.#ledger && orphans.length > 0) {
+        const killed = this.#ledger.release(orphans);
+        if (killed > 0) this.#logger.warn({ killed, workers: orphans.length }, `killed ${killed} process(es) left running by the dead spawn host`);
+      }
       for (const [, handlers] of held) {
         const message = `the spawn host died (${signal ? `signal ${signal}` : `exit code ${code}`})`;
         handlers.channel?.socket?.destroy();
@@ -266,11 +283,18 @@ export class SpawnHost {
     const handlers = this.#pending.get(fields[0]);
     if (!handlers) return;
     if (kind === HOST.SPAWNED) {
-      handlers.pid = Number(fields[1]);
-      return handlers.spawned(handlers.pid);
+      const pid = Number(fields[1]);
+      handlers.pid = pid;
+      // Fields 2-5: its start time, its keeper's pid and start time (`-`: none, or unread).
+      const [, , start, keeper, keeperStart] = fields;
+      if (this.#ledger && start !== undefined && start !== '-') {
+        this.#ledger.add({ pid, start, pgid: pid, keeper: keeper && keeper !== '-' && keeperStart ? { pid: Number(keeper), start: keeperStart } : null });
+      }
+      return handlers.spawned(pid);
     }
     if (kind === HOST.PROGRESS) return handlers.progress?.(payload.toString('utf8'));
     this.#pending.delete(fields[0]);
+    if (handlers.pid !== null) this.#ledger?.remove(handlers.pid);
     if (this.#pending.size === 0 && this.#child) hold(this.#child, false);
     if (kind === HOST.FAILED) {
       handlers.channel?.socket?.destroy();

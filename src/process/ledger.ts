@@ -1,0 +1,398 @@
+import { closeSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { childrenOf, statOf } from '../child/proc-table.js';
+import { OptionError } from '../errors.js';
+
+/**
+ * The ledger of live workers, for the worst case: a manager killed together with its spawn
+ * host (and, for the Perl edition, the keepers: a kill of the manager's whole process group, or
+ * an OOM kill of their cgroup) leaves its workers running, re-parented to init, and no one
+ * left to kill them. So each manager keeps, in a state directory, the pid and start time of
+ * every live worker (and of its keeper), and a manager that starts kills what a dead one left
+ * (docs/containment.md, "A manager killed with its spawn host").
+ *
+ * - Each manager (each pool of a process) writes its own file, named by the pid namespace, its
+ *   pid, its start time and a counter: `<ns>-<pid>-<start>-<n>.ledger`. A process is named
+ *   once and for all by its pid and start time (field 22 of /proc/<pid>/stat): a pid alone is
+ *   reused.
+ * - A file is append-only lines: a header (`tidepool ledger 1 boot=<boot id>`), `+ <pid>
+ *   <start> <pgid> <keeper> <keeperstart>` when a worker starts, `- <pid>` when it is reaped;
+ *   rewritten from the live entries once it holds more than twice as many lines as live
+ *   workers plus COMPACT_SLACK, so its size stays bounded.
+ * - At start a manager sweeps only the files of managers that are dead (pid gone, or its start
+ *   time differs), of its own pid namespace and boot. It claims a file by renaming it (so two
+ *   managers never sweep the same one), kills what is left, and deletes it. A live manager's
+ *   file is never touched.
+ */
+
+/** Lines a ledger may hold beyond twice its live entries before it is rewritten. */
+export const COMPACT_SLACK = 256;
+
+/** One live worker as the ledger records it. */
+export interface LedgerEntry {
+  pid: number;
+  /** Its start time: field 22 of /proc/<pid>/stat (clock ticks after boot), as written there. */
+  start: string;
+  /** Its process group: every worker leads its own, so this is its pid. */
+  pgid: number;
+  /** The keeper that holds it (Perl edition), or null (Node edition). */
+  keeper: { pid: number; start: string } | null;
+}
+
+/** What a sweep did with one dead manager's ledger. */
+export interface SweepReport {
+  /** The dead manager: its pid and start time. */
+  manager: { pid: number; start: string };
+  /** The ledger file (deleted once swept). */
+  file: string;
+  /** Workers the ledger listed as live. */
+  entries: number;
+  /**
+   * Processes killed: listed workers and keepers still running with their recorded start
+   * time, the members of those workers' process groups, and everything below any of them.
+   */
+  killed: number;
+  /** Written before the machine's last boot: nothing of it can still run, nothing was killed. */
+  stale: boolean;
+}
+
+/** `<ns>-<pid>-<start>-<n>.ledger`, and what it becomes while swept or rewritten. */
+const FILE_NAME = /^(\d+)-(\d+)-(\d+)-(\d+)\.ledger(?:(\.tmp)|\.swept-by-(\d+)-(\d+))?$/;
+const HEADER = 'tidepool ledger 1';
+
+/** The process `pid` runs, is not a zombie, and is the one that started at `start`. */
+function running(pid: number, start: string): boolean {
+  const stat = statOf(pid);
+  return stat !== null && stat.start === start && stat.state !== 'Z' && stat.state !== 'X';
+}
+
+/** This manager: pid namespace, pid, start time, boot id. */
+interface Identity {
+  ns: string;
+  pid: number;
+  start: string;
+  boot: string;
+}
+
+let self: Identity | null = null;
+
+function identity(): Identity {
+  if (self === null) {
+    let ns = '0';
+    try {
+      // `pid:[4026531836]`: the namespace's inode; pids name processes only within it.
+      ns = /\d+/.exec(readlinkSync('/proc/self/ns/pid'))?.[0] ?? '0';
+    } catch {
+      // no namespaces: one space of pids
+    }
+    let boot = 'unknown';
+    try {
+      boot = readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+    } catch {
+      // kept as unknown: a ledger is then never taken for an earlier boot's
+    }
+    self = { ns, pid: process.pid, start: statOf('self')?.start ?? '0', boot };
+  }
+  return self;
+}
+
+/** Ledgers this process has opened (the last part of a ledger's file name). */
+let opened = 0;
+
+/**
+ * One manager's ledger of its live workers. Cheap until `open()`; `add` and `remove` are
+ * queued and written together once per turn of the event loop (one `write` for a burst of
+ * spawns and reaps), without fsync: the file outlives a killed process in the page cache, and
+ * a machine that crashes takes its workers with it.
+ */
+export class Ledger {
+  /** The state directory (absolute). */
+  readonly dir: string;
+  readonly #logger: Logger;
+  #path: string | null = null;
+  #fd: number | null = null;
+  #header = '';
+  /** Live entries by pid. */
+  readonly #live = new Map<number, LedgerEntry>();
+  #queued = '';
+  #queuedLines = 0;
+  /** Lines in the file, header excluded. */
+  #lines = 0;
+  #flushing = false;
+
+  constructor(dir: string, logger: Logger) {
+    this.dir = dir;
+    this.#logger = logger;
+  }
+
+  /** The ledger's file, once open. */
+  get path(): string | null {
+    return this.#path;
+  }
+
+  /** Live workers it holds. */
+  get size(): number {
+    return this.#live.size;
+  }
+
+  /**
+   * Create this manager's file in the state directory. Throws `OptionError`
+   * (TIDEPOOL_ERR_OPTION_INVALID, option `stateDir`) when it cannot be written.
+   */
+  open(): void {
+    if (this.#fd !== null) return;
+    const me = identity();
+    const path = join(this.dir, `${me.ns}-${me.pid}-${me.start}-${++opened}.ledger`);
+    this.#header = `${HEADER} boot=${me.boot}\n`;
+    let fd: number | null = null;
+    try {
+      fd = openSync(path, 'wx', 0o600);
+      writeSync(fd, this.#header);
+    } catch (err) {
+      if (fd !== null) {
+        closeSync(fd);
+        unlinkQuietly(path);
+      }
+      throw new OptionError('stateDir', `cannot be written: ${(err as Error).message}`);
+    }
+    this.#fd = fd;
+    this.#path = path;
+  }
+
+  /** A worker started. */
+  add(entry: LedgerEntry): void {
+    this.#live.set(entry.pid, entry);
+    this.#queue(lineOf(entry));
+  }
+
+  /** A worker was reaped (or is known to be gone). */
+  remove(pid: number): void {
+    if (this.#live.delete(pid)) this.#queue(`- ${pid}\n`);
+  }
+
+  /**
+   * Kill what still runs of these workers, whose spawn host died (start times checked, as a
+   * sweep does), and forget them. Returns how many processes were killed.
+   */
+  release(pids: number[]): number {
+    const entries = pids.flatMap((pid) => this.#live.get(pid) ?? []);
+    const killed = killLeft(entries);
+    for (const pid of pids) this.remove(pid);
+    return killed;
+  }
+
+  /** Write what is queued now (it is written at the end of the current turn anyway). */
+  flush(): void {
+    this.#flushing = false;
+    if (this.#fd === null || this.#queued === '') return;
+    const text = this.#queued;
+    this.#lines += this.#queuedLines;
+    this.#queued = '';
+    this.#queuedLines = 0;
+    try {
+      writeSync(this.#fd, text);
+      if (this.#lines > 2 * this.#live.size + COMPACT_SLACK) this.#compact();
+    } catch (err) {
+      this.#fail(err as Error);
+    }
+  }
+
+  /**
+   * Stop writing. The file is deleted when no worker is left in it; otherwise it stays for
+   * the next manager's sweep once this process is gone.
+   */
+  close(): void {
+    this.flush();
+    if (this.#fd === null) return;
+    closeSync(this.#fd);
+    this.#fd = null;
+    if (this.#live.size === 0 && this.#path) unlinkQuietly(this.#path);
+  }
+
+  #queue(line: string): void {
+    if (this.#fd === null) return;
+    this.#queued += line;
+    this.#queuedLines++;
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Rewrite the file from the live entries: a new file renamed over the old one. */
+  #compact(): void {
+    const path = this.#path!;
+    const tmp = `${path}.tmp`;
+    writeFileSync(tmp, this.#header + [...this.#live.values()].map(lineOf).join(''), { mode: 0o600 });
+    renameSync(tmp, path);
+    closeSync(this.#fd!);
+    this.#fd = openSync(path, 'a');
+    this.#lines = this.#live.size;
+  }
+
+  /** A write failed (a full disk): the pool goes on, without its ledger, and says so once. */
+  #fail(err: Error): void {
+    this.#logger.error({ err, stateDir: this.dir }, 'cannot write the ledger of live workers; going on without it');
+    if (this.#fd !== null) closeSync(this.#fd);
+    this.#fd = null;
+  }
+}
+
+/** An entry as the ledger writes it: `+ <pid> <start> <pgid> <keeper> <keeperstart>`. */
+function lineOf(entry: LedgerEntry): string {
+  const keeper = entry.keeper ? `${entry.keeper.pid} ${entry.keeper.start}` : '- -';
+  return `+ ${entry.pid} ${entry.start} ${entry.pgid} ${keeper}\n`;
+}
+
+/** `<pid> <start> <pgid> <keeper> <keeperstart>` as an entry; null when it is not one. */
+function parseEntry(text: string): LedgerEntry | null {
+  const [pid, start, pgid, keeper, keeperStart] = text.split(' ');
+  if (!/^\d+$/.test(pid ?? '') || !/^\d+$/.test(start ?? '') || !/^\d+$/.test(pgid ?? '')) return null;
+  return {
+    pid: Number(pid),
+    start,
+    pgid: Number(pgid),
+    keeper: /^\d+$/.test(keeper ?? '') && /^\d+$/.test(keeperStart ?? '') ? { pid: Number(keeper), start: keeperStart } : null,
+  };
+}
+
+/**
+ * The live entries of a ledger's text, in order of its lines; `boot` is the boot id its header
+ * names, or null when the text is no ledger. A torn last line is ignored.
+ */
+export function readLedger(text: string): { boot: string | null; entries: LedgerEntry[] } {
+  const lines = text.split('\n');
+  const header = /^tidepool ledger 1 boot=(\S+)$/.exec(lines[0] ?? '');
+  if (!header) return { boot: null, entries: [] };
+  const live = new Map<number, LedgerEntry>();
+  for (const line of lines.slice(1)) {
+    if (line.startsWith('+ ')) {
+      const entry = parseEntry(line.slice(2));
+      if (entry) live.set(entry.pid, entry);
+    } else if (line.startsWith('- ')) {
+      live.delete(Number(line.slice(2)));
+    }
+  }
+  return { boot: header[1], entries: [...live.values()] };
+}
+
+/**
+ * Sweep a state directory: for each ledger of a dead manager of this pid namespace, kill what
+ * it left running and delete the file. The ledgers of live managers, and of other pid
+ * namespaces, are not touched. Logs what it did for each (how many killed, which manager) and
+ * returns it. Throws nothing: a ledger it cannot read or claim is logged and left.
+ */
+export function sweepStateDir(dir: string, logger: Logger): SweepReport[] {
+  const me = identity();
+  const reports: SweepReport[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    logger.warn({ err, stateDir: dir }, 'cannot read the state directory; no ledger swept');
+    return reports;
+  }
+  for (const name of names) {
+    const m = FILE_NAME.exec(name);
+    if (!m) continue;
+    const [, ns, pidText, start, , tmp, byPid, byStart] = m;
+    // Another pid namespace's pids are not this one's (a container sharing the directory).
+    if (ns !== me.ns) continue;
+    const pid = Number(pidText);
+    if (running(pid, start)) continue;
+    const path = join(dir, name);
+    if (tmp !== undefined) {
+      // A rewrite its manager did not finish: the ledger itself is still there.
+      unlinkQuietly(path);
+      continue;
+    }
+    // Claimed by a manager that is sweeping it now: its own.
+    if (byPid !== undefined && running(Number(byPid), byStart)) continue;
+    const base = name.replace(/\.swept-by-.*$/, '');
+    const claimed = join(dir, `${base}.swept-by-${me.pid}-${me.start}`);
+    try {
+      renameSync(path, claimed);
+    } catch {
+      continue; // another manager claimed it first
+    }
+    let text: string;
+    try {
+      text = readFileSync(claimed, 'latin1');
+    } catch (err) {
+      logger.warn({ err, file: claimed }, 'cannot read the ledger of a dead manager; left as it is');
+      continue;
+    }
+    const { boot, entries } = readLedger(text);
+    const stale = boot !== me.boot;
+    const killed = stale ? 0 : killLeft(entries);
+    unlinkQuietly(claimed);
+    const report: SweepReport = { manager: { pid, start }, file: join(dir, base), entries: entries.length, killed, stale };
+    reports.push(report);
+    const fields = { stateDir: dir, deadManager: pid, deadManagerStart: start, entries: entries.length, killed };
+    if (boot === null) logger.warn(fields, `removed ${base}: not a ledger`);
+    else if (stale) logger.info(fields, `removed the ledger of manager pid ${pid} from an earlier boot`);
+    else if (killed > 0) {
+      logger.warn(fields, `killed ${killed} process(es) left running by manager pid ${pid}, which died with its spawn host`);
+    } else logger.info(fields, `swept the ledger of dead manager pid ${pid}: none of its ${entries.length} worker(s) was still running`);
+  }
+  return reports;
+}
+
+/**
+ * Kill what still runs of `entries`, each process only while it is the one recorded (same pid
+ * and start time). Listed keepers and workers are stopped first (SIGSTOP), then the members of
+ * those workers' groups (the group id is theirs while its leader is held), then every child of
+ * a stopped process, round after round: a stopped process does not exit, so its children stay
+ * its own while they are found (a `setsid` grandchild too). Then all of it gets SIGKILL. The
+ * start time is read before each stop: two system calls, so a pid could be reused in between
+ * (microseconds, for a pid that had to run through the whole pid space first).
+ */
+function killLeft(entries: LedgerEntry[]): number {
+  const frozen = new Set<number>();
+  const stop = (pid: number) => {
+    const stat = statOf(pid);
+    if (stat === null || stat.state === 'Z' || stat.state === 'X') return;
+    if (signal(pid, 'SIGSTOP')) frozen.add(pid);
+  };
+  const groups = new Set<number>();
+  for (const entry of entries) {
+    if (entry.keeper && running(entry.keeper.pid, entry.keeper.start)) stop(entry.keeper.pid);
+    if (running(entry.pid, entry.start)) {
+      stop(entry.pid);
+      if (frozen.has(entry.pid)) groups.add(entry.pgid);
+    }
+  }
+  if (groups.size > 0) {
+    for (const group of groups) signal(-group, 'SIGSTOP');
+    // Members whose parent left the group's tree were re-parented elsewhere: found by group.
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      const stat = statOf(Number(name));
+      if (stat !== null && groups.has(stat.pgrp) && stat.state !== 'Z') frozen.add(Number(name));
+    }
+  }
+  // A Set visits what is added while it is iterated: every generation below is reached.
+  for (const pid of frozen) for (const child of childrenOf(pid)) if (!frozen.has(child)) stop(child);
+  for (const group of groups) signal(-group, 'SIGKILL');
+  let killed = 0;
+  for (const pid of frozen) if (signal(pid, 'SIGKILL')) killed++;
+  return killed;
+}
+
+function signal(pid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // gone already
+  }
+}
