@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { splitCommand } from '../src/cli/main.js';
-import { fixture } from './helpers/procs.js';
+import { fixture, until } from './helpers/procs.js';
 
 /**
  * `tidepool run` as a newcomer meets it: a pipe closed early, a terminal, variables and flags,
@@ -195,12 +195,14 @@ describe('--command is split as a shell would (shell-quote)', () => {
 
 describe('where output cannot go', () => {
   it('SIGINT while waiting on input, nothing running, exits 130', async () => {
-    const code = await new Promise<number | null>((resolve) => {
-      const c = spawn(process.execPath, [BIN, 'run', '-', '--command', 'cat', '--log-level', 'silent'], { stdio: ['pipe', 'ignore', 'ignore'] });
-      setTimeout(() => c.kill('SIGINT'), 1500);
-      c.on('close', (exitCode) => resolve(exitCode));
-    });
-    expect(code).toBe(130);
+    const c = spawn(process.execPath, [BIN, 'run', '-', '--command', 'cat', '--log-level', 'debug'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr.on('data', (d) => (stderr += d));
+    const closed = new Promise<number | null>((resolve) => c.on('close', (exitCode) => resolve(exitCode)));
+    // Once the run reads its input (its signal handlers are in place), not after a guess.
+    await until(() => stderr.includes('"msg":"reading tasks"'), 'the run to read its input', 20_000);
+    c.kill('SIGINT');
+    expect(await closed).toBe(130);
   });
 
   it('stdout on a full disk: says so and exits 1, no stack trace', () => {

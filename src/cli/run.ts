@@ -118,6 +118,7 @@ export async function runCommand(input: string, options: PoolOptions, origins: R
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  pool.logger.debug({ input }, 'reading tasks');
   // The reader went away (`| head`): nobody wants the rest. Kept after the run: a write
   // still in flight can fail with EPIPE once the pool has stopped.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {

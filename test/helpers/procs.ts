@@ -118,3 +118,4 @@ export function groupMembers(pgid: number): number[] {
   }
   return members;
 }
+
