@@ -227,6 +227,7 @@ describe('GET and DELETE /tasks/:id', () => {
   it('answers 404 for a task never seen, and for one forgotten past --max-recent', async () => {
     const { url } = await serve({ worker: mark }, { maxRecent: 2 });
     expect((await call(`${url}/tasks/nobody`)).json).toMatchObject({ error: 'not_found', message: expect.stringContaining('--max-recent') });
+    expect((await call(`${url}/tasks/%E0%A4%A`)).json).toMatchObject({ error: 'bad_request', message: expect.stringContaining('not a valid url component') });
     for (const id of ['r1', 'r2', 'r3']) await call(`${url}/tasks?wait=true`, { body: { id, params: { dir: temp.dir } } });
     expect((await call(`${url}/tasks/r1`)).status).toBe(404);
     expect((await call(`${url}/tasks/r2`)).json).toMatchObject({ status: 'resolved' });
