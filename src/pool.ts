@@ -320,9 +320,13 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     return snapshot.status === 'active' ? (snapshot.value as PoolState) : 'stopped';
   }
 
-  /** Who paused intake: `user` (`pause()`), `breaker` (open), or null when not paused. */
+  /**
+   * Who paused intake: `user` (`pause()`, also one asked for while starting, carried out once
+   * started), `breaker` (open), or null when not paused.
+   */
   get pausedBy(): 'user' | 'breaker' | null {
-    if (!this.#actor || this.state !== 'paused') return null;
+    const state = this.state;
+    if (!this.#actor || (state !== 'paused' && state !== 'starting')) return null;
     return this.#actor.getSnapshot().context.pausedBy;
   }
 
