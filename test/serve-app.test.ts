@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createService } from '../src/serve/create.js';
 import type { ServiceParts } from '../src/serve/create.js';
 import type { ServeOptions } from '../src/serve/options.js';
-import type { PoolOptions } from '../src/index.js';
+import type { MemorySource, PoolOptions } from '../src/index.js';
 import { trackPools } from './helpers/pools.js';
 import { fixture, groupMembers, isAlive, until } from './helpers/procs.js';
 import { call, parsePrometheus, pollUntil, sampleValue, tempDirs } from './helpers/serve.js';
@@ -227,6 +227,7 @@ describe('GET and DELETE /tasks/:id', () => {
   it('answers 404 for a task never seen, and for one forgotten past --max-recent', async () => {
     const { url } = await serve({ worker: mark }, { maxRecent: 2 });
     expect((await call(`${url}/tasks/nobody`)).json).toMatchObject({ error: 'not_found', message: expect.stringContaining('--max-recent') });
+    expect((await call(`${url}/tasks/%E0%A4%A`)).json).toMatchObject({ error: 'bad_request', message: expect.stringContaining('not a valid url component') });
     for (const id of ['r1', 'r2', 'r3']) await call(`${url}/tasks?wait=true`, { body: { id, params: { dir: temp.dir } } });
     expect((await call(`${url}/tasks/r1`)).status).toBe(404);
     expect((await call(`${url}/tasks/r2`)).json).toMatchObject({ status: 'resolved' });
@@ -264,6 +265,27 @@ describe('GET and DELETE /tasks/:id', () => {
     expect((await waiting).json).toMatchObject({ id: 'hanging', status: 'failed', attempts: 1, error: { kind: 'cancelled' } });
     await until(() => groupMembers(pid).length === 0, 'the process group to be gone', 20_000);
     expect(isAlive(grandchild)).toBe(false);
+  });
+});
+
+describe('drain', () => {
+  it('past its deadline terminates what runs and hands every unfinished delivery back to the source, acking none', async () => {
+    const { url, service, pool } = await serve({ worker: { module: fixture('hang.js') }, killGrace: 300 }, { drainTimeout: 300 });
+    const running = call(`${url}/tasks?wait=true`, { body: { id: 'stuck', params: {} } });
+    const queued = call(`${url}/tasks?wait=true`, { body: { id: 'waiting', params: {} } });
+    const view = await pollUntil(`${url}/tasks/stuck`, (a) => a.json?.status === 'running', 'the task to run');
+    const acked: string[] = [];
+    pool.on('attempt', ({ taskId, settlement }) => acked.push(`${taskId} ${settlement.action}`));
+    const drained = service.drain();
+    expect((await call(`${url}/readyz`)).json.reasons).toEqual([expect.stringMatching(/^draining/)]);
+    expect(await drained).toEqual({ finished: false, handedBack: 2 });
+    for (const answer of [await running, await queued]) expect(answer.status).toBe(503);
+    const source = pool.source as MemorySource;
+    // Back in the queue, the running one first (released to the front), neither settled.
+    expect(source.size.ready).toBe(2);
+    expect(source.deadLetters).toEqual([]);
+    expect(acked).toEqual([]);
+    expect(groupMembers(view.json.pid)).toEqual([]);
   });
 });
 

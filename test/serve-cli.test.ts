@@ -78,11 +78,14 @@ describe('tidepool serve: start-up', () => {
 });
 
 describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
-  it('SIGTERM with work in flight: intake stops (/readyz 503, POST 503), the running task finishes and is answered, exit 0', async () => {
+  it('SIGTERM with work in flight: intake stops (/readyz 503, POST 503), the running task finishes and is answered, the queued one never starts, exit 0', async () => {
     const release = join(temp.root, 'release');
     const serve = await startServe([...progressUntil, '--concurrency', '1']);
     const waiting = call(`${serve.url}/tasks?wait=true`, { body: { id: 'inflight', params: { dir: temp.dir, progress: 0, release } } });
     await pollUntil(`${serve.url}/tasks/inflight`, (a) => a.json?.status === 'running', 'the task to run');
+    // Queued behind it (one worker): a drain never starts it, though a worker frees up.
+    const behind = call(`${serve.url}/tasks?wait=true`, { body: { id: 'behind', params: { dir: temp.dir, progress: 0, release } } });
+    await pollUntil(`${serve.url}/tasks/behind`, (a) => a.json?.status === 'queued', 'the second task to be queued');
     serve.noteDescendants();
     serve.child.kill('SIGTERM');
     const draining = await pollUntil(`${serve.url}/readyz`, (a) => a.status === 503, '/readyz to say draining');
@@ -92,11 +95,13 @@ describe('tidepool serve: drain on SIGTERM and SIGINT', () => {
     expect(refused.json.message).toMatch(/draining/);
     writeFileSync(release, '');
     expect((await waiting).json).toMatchObject({ id: 'inflight', status: 'resolved', result: { released: true } });
+    expect((await behind).status).toBe(503);
     expect(await serve.exited).toEqual({ code: 0, signal: null });
     expect(temp.ran()).toEqual(['inflight']);
     const msgs = logLines(serve).map((l) => String(l.msg));
     expect(msgs.some((m) => m.startsWith('draining: intake stopped; waiting up to 25000 ms for 1 running task'))).toBe(true);
     expect(msgs.some((m) => m.startsWith('draining: every running task ended'))).toBe(true);
+    expect(msgs.some((m) => m.startsWith('draining: 1 task(s) without a final outcome handed back'))).toBe(true);
   });
 
   it('SIGTERM past --drain-timeout: the running task is terminated, it and the queued one are handed back (503 to their waiters), exit 0, no process left', async () => {

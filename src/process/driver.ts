@@ -200,8 +200,10 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
 /**
  * SIGTERM (or SIGKILL) to the worker's group. A module worker whose task is cancelled gets
  * SIGUSR2, to its own process alone, just before: its handler's AbortSignal then says it was
- * cancelled rather than stopped (a SIGTERM alone cannot say which). Signals pending together
- * are delivered lowest number first, so SIGUSR2 (12) is seen before SIGTERM (15).
+ * cancelled rather than stopped (a SIGTERM alone cannot say which). POSIX leaves the order of
+ * pending standard signals unspecified (signal(7)), and the two may reach two threads of the
+ * worker, so the worker decides the reason a turn of its event loop after the SIGTERM
+ * (src/child/main.js), by when it has seen both.
  */
 function stop(
   command: Exclude<ProcessCommand, { type: 'proc.run' }>,

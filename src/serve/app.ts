@@ -126,6 +126,8 @@ export function buildApp(service: Service): FastifyInstance {
     // A task id is any string: keep it whole, however long.
     routerOptions: { maxParamLength: 10_000 },
     return503OnClosing: true,
+    // Errors found before routing (a URL that is not valid percent-encoding) get the same shape.
+    frameworkErrors: (err, _request, reply) => sendError(reply, err.statusCode ?? 400, err.message),
   });
   const tokenDigest = options.httpToken === null ? null : digest(options.httpToken);
 
