@@ -113,6 +113,10 @@ function config() {
       sleep: intEnv('BENCH_QUEUE_SLEEP', 1),
     },
     timeoutS: intEnv('BENCH_REAL_TIMEOUT_S', 600),
+    realProfile:
+      process.env.BENCH_REAL_PROFILE === '1'
+        ? { intervalUs: intEnv('BENCH_REAL_PROFILE_US', 250), longMs: intEnv('BENCH_REAL_LONG_TICK_MS', 30), top: intEnv('BENCH_SCALE_PROFILE_TOP', 15) }
+        : null,
   };
 }
 
@@ -267,6 +271,19 @@ const eldOf = (h) => {
   const delay = (ns) => round(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS), 2);
   return { p50: delay(h.percentile(50)), p99: delay(h.percentile(99)), max: delay(h.max) };
 };
+/**
+ * An enabled event-loop delay monitor that has already taken its first sample. The histogram
+ * records the time between two of its timer callbacks and nothing at the first one, so a stall
+ * before that first callback (such as a burst of `run()` calls right after `start()`) would
+ * not be counted at all.
+ */
+async function eldMonitor() {
+  const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
+  eld.enable();
+  // No reset() after it: that forgets the previous callback too.
+  await new Promise((resolve) => setTimeout(resolve, 2 * ELD_RESOLUTION_MS));
+  return eld;
+}
 const cpuMs = (since) => {
   const c = process.cpuUsage(since);
   return (c.user + c.system) / 1000;
@@ -330,14 +347,14 @@ async function fakeProcesses({ taskMs, onRunning }) {
 }
 
 /** The V8 sampling profiler of this process, through the inspector. */
-async function profiler() {
+async function profiler(intervalUs = 500) {
   const { Session } = await import('node:inspector');
   const session = new Session();
   session.connect();
   const post = (method, params) =>
     new Promise((resolve, reject) => session.post(method, params, (err, result) => (err ? reject(err) : resolve(result))));
   await post('Profiler.enable');
-  await post('Profiler.setSamplingInterval', { interval: 500 });
+  await post('Profiler.setSamplingInterval', { interval: intervalUs });
   return {
     start: () => post('Profiler.start'),
     async stop() {
@@ -428,6 +445,80 @@ function summarise(profile, top) {
       .sort((a, b) => b[1] - a[1])
       .map(([area, n]) => ({ area, pct: pct(n) }))
       .filter((a) => a.pct >= 0.5),
+  };
+}
+
+/**
+ * The long ticks of a profile: runs of consecutive non-idle samples (the loop busy, not
+ * waiting in epoll) of at least `thresholdMs`. For each of the `top` longest, where the tick
+ * entered (the frames just below the root: a timer, an I/O callback, an immediate, a
+ * microtask) and tidepool's own functions by inclusive share; then the same over all of them.
+ */
+function longTicks(profile, thresholdMs, top) {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const name = (n) => {
+    const f = n.callFrame;
+    return f.url ? `${f.functionName || '(anonymous)'} ${place(f.url)}:${f.lineNumber + 1}` : f.functionName;
+  };
+  const stackOf = (id) => {
+    const s = [];
+    for (let n = byId.get(id); n; n = byId.get(parent.get(n.id))) s.push(n);
+    return s.reverse();
+  };
+  const times = [];
+  let t = profile.startTime;
+  for (const d of profile.timeDeltas) times.push((t += d));
+  const ticks = [];
+  let cur = null;
+  let busyUs = 0;
+  for (let i = 0; i < profile.samples.length; i++) {
+    if (byId.get(profile.samples[i]).callFrame.functionName === '(idle)') {
+      if (cur) {
+        cur.ms = (times[i] - cur.start) / 1000;
+        busyUs += times[i] - cur.start;
+        ticks.push(cur);
+        cur = null;
+      }
+      continue;
+    }
+    cur ??= { start: times[Math.max(0, i - 1)], samples: [] };
+    cur.samples.push(profile.samples[i]);
+  }
+  const long = ticks.filter((k) => k.ms >= thresholdMs).sort((a, b) => b.ms - a.ms);
+  const shares = (samples) => {
+    const entry = new Map();
+    const own = new Map();
+    for (const id of samples) {
+      const stack = stackOf(id);
+      const e = stack.slice(1, 3).map(name).join(' > ');
+      entry.set(e, (entry.get(e) ?? 0) + 1);
+      const seen = new Set();
+      for (const n of stack) {
+        const k = name(n);
+        if (seen.has(k) || !/ (dist|scripts)\//.test(k)) continue;
+        seen.add(k);
+        own.set(k, (own.get(k) ?? 0) + 1);
+      }
+    }
+    const rank = (m, k) =>
+      [...m]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, k)
+        .map(([fn, n]) => ({ fn, pct: round((100 * n) / samples.length, 0) }));
+    return { entry: rank(entry, 3), tidepool: rank(own, 8) };
+  };
+  const t0 = times[0] ?? 0;
+  return {
+    thresholdMs,
+    profiledMs: round(((times.at(-1) ?? 0) - t0) / 1000, 0),
+    busyMs: round(busyUs / 1000, 0),
+    ticks: ticks.length,
+    long: long.length,
+    longMs: round(long.reduce((a, k) => a + k.ms, 0), 0),
+    overall: long.length ? shares(long.flatMap((k) => k.samples)) : null,
+    longest: long.slice(0, top).map((k) => ({ ms: round(k.ms, 1), atMs: round((k.start - t0) / 1000, 0), ...shares(k.samples) })),
   };
 }
 
@@ -561,7 +652,7 @@ async function childFake(spec) {
 /** A real run through the library: `tasks` tasks of `sleep S` at `concurrency`. */
 async function childReal(spec) {
   const { createPool } = await import('../dist/src/index.js');
-  const { tasks, concurrency, sleep, timeoutS } = spec;
+  const { tasks, concurrency, sleep, timeoutS, profile: tickProfile } = spec;
   const pool = createPool({
     worker: { command: ['sleep', String(sleep)] },
     concurrency,
@@ -592,8 +683,9 @@ async function childReal(spec) {
     if (Object.keys(failureMessages).length < 5 || m in failureMessages) failureMessages[m] = (failureMessages[m] ?? 0) + 1;
   });
   pool.on('breaker:tripped', () => breakerTrips++);
-  const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
-  eld.enable();
+  const prof = tickProfile ? await profiler(tickProfile.intervalUs) : null;
+  await prof?.start();
+  const eld = await eldMonitor();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await pool.start();
@@ -631,6 +723,7 @@ async function childReal(spec) {
   const ms = performance.now() - t0;
   const cpu = cpuMs(cpu0);
   eld.disable();
+  const ticks = prof ? longTicks(await prof.stop(), tickProfile.longMs, tickProfile.top) : null;
   return {
     tasks,
     concurrency,
@@ -648,6 +741,7 @@ async function childReal(spec) {
     idealSeconds: Math.ceil(tasks / concurrency) * sleep,
     managerCpuMsPerTask: round(cpu / tasks, 3),
     eldMs: eldOf(eld),
+    ...(ticks ? { profiled: true, longTicks: ticks } : {}),
   };
 }
 
@@ -821,9 +915,9 @@ async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'tidepool-scale-'));
   try {
     const real = [
-      ['live', 'command-live', () => runChild({ kind: 'real', ...cfg.live, timeoutS: cfg.timeoutS }, { sample: true })],
+      ['live', 'command-live', () => runChild({ kind: 'real', ...cfg.live, timeoutS: cfg.timeoutS, profile: cfg.realProfile }, { sample: true })],
       ['cli', 'command-live-cli', () => runCli({ ...cfg.live, timeoutS: cfg.timeoutS }, dir)],
-      ['queue', 'command-queue', () => runChild({ kind: 'real', ...cfg.queue, timeoutS: cfg.timeoutS }, { sample: true })],
+      ['queue', 'command-queue', () => runChild({ kind: 'real', ...cfg.queue, timeoutS: cfg.timeoutS, profile: cfg.realProfile }, { sample: true })],
     ];
     for (const [key, scenario, run] of real) {
       if (!cfg.scenarios.includes(key)) continue;
