@@ -52,7 +52,7 @@ import { fork, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -62,6 +62,8 @@ const PROBE = join(ROOT, 'scripts/fixtures/eld-probe.js');
 const MARK_NAME = 'TIDEPOOL_BENCH_SCALE';
 const MARK = `${process.pid}-${Date.now()}`;
 const SAMPLE_MS = 250;
+/** Flags for the node of each scenario's manager (BENCH_NODE_FLAGS, space-separated; e.g. `--trace-gc`). */
+const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 
 class BenchError extends Error {}
 
@@ -283,6 +285,37 @@ async function eldMonitor() {
   // No reset() after it: that forgets the previous callback too.
   await new Promise((resolve) => setTimeout(resolve, 2 * ELD_RESOLUTION_MS));
   return eld;
+}
+/**
+ * The garbage collector's pauses while it runs, by kind (`minor`: scavenges of the young
+ * generation; `major`: mark-compact of the whole heap): count, total and longest, in ms.
+ */
+function gcWatch() {
+  const kinds = {
+    [perfConstants.NODE_PERFORMANCE_GC_MINOR]: 'minor',
+    [perfConstants.NODE_PERFORMANCE_GC_MAJOR]: 'major',
+    [perfConstants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental',
+    [perfConstants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb',
+  };
+  const by = {};
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const k = kinds[e.detail?.kind] ?? 'other';
+      const b = (by[k] ??= { count: 0, totalMs: 0, maxMs: 0 });
+      b.count++;
+      b.totalMs += e.duration;
+      b.maxMs = Math.max(b.maxMs, e.duration);
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return () => {
+    obs.disconnect();
+    for (const b of Object.values(by)) {
+      b.totalMs = round(b.totalMs, 0);
+      b.maxMs = round(b.maxMs, 1);
+    }
+    return by;
+  };
 }
 const cpuMs = (since) => {
   const c = process.cpuUsage(since);
@@ -686,6 +719,7 @@ async function childReal(spec) {
   const prof = tickProfile ? await profiler(tickProfile.intervalUs) : null;
   await prof?.start();
   const eld = await eldMonitor();
+  const gcStop = gcWatch();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await pool.start();
@@ -723,6 +757,7 @@ async function childReal(spec) {
   const ms = performance.now() - t0;
   const cpu = cpuMs(cpu0);
   eld.disable();
+  const gc = gcStop();
   const ticks = prof ? longTicks(await prof.stop(), tickProfile.longMs, tickProfile.top) : null;
   return {
     tasks,
@@ -741,6 +776,8 @@ async function childReal(spec) {
     idealSeconds: Math.ceil(tasks / concurrency) * sleep,
     managerCpuMsPerTask: round(cpu / tasks, 3),
     eldMs: eldOf(eld),
+    gcMs: gc,
+    heapUsedMiB: round(process.memoryUsage().heapUsed / 2 ** 20, 1),
     ...(ticks ? { profiled: true, longTicks: ticks } : {}),
   };
 }
@@ -762,7 +799,7 @@ function runChild(spec, { sample = false } = {}) {
     const proc = fork(SELF, ['--child', JSON.stringify(spec)], {
       env: { ...process.env, BENCH_SCALE_MARK: MARK },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      execArgv: [],
+      execArgv: NODE_FLAGS,
     });
     current.add(proc);
     const sampling = sample ? sampler(proc.pid) : null;
@@ -800,7 +837,7 @@ async function runCli({ tasks, concurrency, sleep, timeoutS }, dir) {
   const command = `node --import scripts/fixtures/eld-probe.js bin/tidepool run FILE --command "sleep ${sleep}" --concurrency ${concurrency} --log-level warn --env ${MARK_NAME}=…`;
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const proc = spawn(process.execPath, ['--import', PROBE, CLI, ...args], {
+    const proc = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, CLI, ...args], {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BENCH_ELD_OUT: eldFile },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
