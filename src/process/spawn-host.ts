@@ -12,16 +12,16 @@ import { FrameReader, HOST, configurePayload, frame } from '../child/host-protoc
 import type { Frame, SpawnSpec } from '../child/host-protocol.js';
 import { FLUSH_LIMIT_MS, MAX_OUTPUT, STDERR_TAIL } from '../child/protocol.js';
 import type { ErrorInfo } from '../child/protocol.js';
-import { Fifo, Slice } from '../slices.js';
+import { Fifo } from '../slices.js';
 
 const PERL_HOST = fileURLToPath(new URL('../child/spawn-host.pl', import.meta.url));
 const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.url));
 
 /**
- * The host's frames handled in one macrotask, at most. A worker that starts or exits costs
- * the manager ~0.2-0.4 ms (its machine, the pool's, the next worker started); when a thousand
- * exit together, one pipe read holds hundreds of frames, and they are handled in slices of a
- * few ms rather than in one long tick.
+ * The host's frames handled in one callback, at most. A worker that starts or exits costs
+ * the manager ~0.2-0.4 ms (its machine, the pool's, the next worker started); when hundreds
+ * exit together, one pipe read holds hundreds of frames, and they are handled a slice a turn
+ * of the event loop, a few ms each, rather than in one long tick.
  */
 export const FRAME_SLICE = 32;
 
@@ -242,10 +242,13 @@ export class SpawnHost {
     if (this.#stderr) child.stderr!.on('data', this.#stderr);
     let up = false;
     const reader = new FrameReader();
-    // Frames read and not yet handled, in order; `all` when the host is gone.
+    // Frames read and not yet handled, in order: a read's frames are handled `frameSlice` at
+    // a time, one slice a turn (frames read meanwhile queue behind them); all at once when the
+    // host is gone.
     const frames = new Fifo<Frame>();
-    const handle = (all: boolean): void => {
-      while (frames.length > 0 && (all || slice.take())) {
+    let later = false;
+    const handle = (limit: number): void => {
+      for (let i = 0; i < limit && frames.length > 0; i++) {
         const f = frames.shift();
         if (f.kind === HOST.UP) {
           up = true;
@@ -257,17 +260,23 @@ export class SpawnHost {
         } else this.#onFrame(f);
       }
     };
-    const slice = new Slice(this.#frameSlice, () => handle(false));
+    const slice = (): void => {
+      later = false;
+      handle(this.#frameSlice);
+      if (frames.length === 0) return;
+      later = true;
+      setImmediate(slice);
+    };
     child.stdout!.on('data', (chunk: Buffer) => {
       for (const f of reader.push(chunk)) frames.push(f);
-      handle(false);
+      if (!later) slice();
     });
     // A write to a host that died fails with EPIPE; its 'close' fails what it held.
     child.stdin!.on('error', (err) => this.#logger.debug({ err }, 'spawn host did not take a frame'));
     child.on('error', (err) => this.#logger.error({ err }, `spawn host (${edition}) error`));
     child.once('close', (code, signal) => {
       // What it said before it went comes first: a worker whose exit was read has exited.
-      handle(true);
+      handle(Infinity);
       if (this.#child === child) this.#child = null;
       if (!up && edition === 'perl') {
         this.#logger.warn({ code, signal }, 'the Perl spawn host did not start; using the Node one');

@@ -38,9 +38,11 @@ export interface MemorySourceOptions {
 export const DEAD_LETTER_LIMIT = 1000;
 
 /**
- * Deliveries made in one macrotask, at most (beyond the one a settlement or release frees):
- * each costs the pool a machine event, ~50-100 µs here, so a burst of a thousand `run()`
- * calls reaches the pool in slices of a few ms instead of one long tick.
+ * Deliveries made in one macrotask for bursts (publishes, resume), at most: each costs the
+ * pool a machine event, ~50-100 µs here, so a thousand `run()` calls in one tick reach the
+ * pool in slices of a few ms, one slice a turn, instead of in one long tick. What a single
+ * event makes deliverable (the place a settlement frees, a retry come due, a raised
+ * prefetch) is delivered at once, as before.
  */
 export const DELIVERY_SLICE = 64;
 
@@ -112,8 +114,9 @@ export class MemorySource implements Source {
   }
 
   prefetch(prefetch: number): void {
+    const raised = Math.max(0, prefetch - this.#prefetch);
     this.#prefetch = prefetch;
-    this.#pump();
+    this.#pump(raised);
   }
 
   pause(): void {
@@ -132,7 +135,7 @@ export class MemorySource implements Source {
       const timer = this.#clock.setTimeout(() => {
         this.#timers.delete(timer);
         this.#ready.push(this.#delivery(delivery.task, settlement.attempt, delivery.text));
-        this.#pump();
+        this.#pump(1);
       }, settlement.delay);
       this.#timers.add(timer);
     } else if (settlement.action === 'dead-letter') {
@@ -191,8 +194,8 @@ export class MemorySource implements Source {
   }
 
   /**
-   * Deliver what prefetch allows: `freed` deliveries at once (the place a settlement or a
-   * release just freed: the consumer goes on at its own pace), the rest within this
+   * Deliver what prefetch allows: `freed` deliveries at once (what the caller itself made
+   * deliverable: a freed place, a retry come due, a raised prefetch), the rest within this
    * macrotask's slice, and what is left over on a later turn.
    */
   #pump(freed = 0): void {
