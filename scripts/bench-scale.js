@@ -26,7 +26,9 @@
 //
 // The real scenarios check that every task resolved, count live workers (the spawn host's
 // children) and file descriptors (manager, host) every 250 ms, report the manager's event-loop
-// delay (target: p99 < 100 ms), and afterwards search /proc for leftovers: processes whose
+// delay (target: p99 < 100 ms) beside that of an idle Node process running at the same time
+// (`idleEldMs`: the machine's own share of the delay), the library's garbage-collector pauses
+// (`gcMs`), and afterwards search /proc for leftovers: processes whose
 // environment carries this run's marker (passed with `env` / `--env`), and tidepool processes
 // (CLI, spawn host) in this script's process group. The first line printed gives the limits
 // that bound a run with thousands of processes (open files, processes, pid_max).
@@ -47,7 +49,12 @@
 //        list; 1000; empty or 0: none),
 //        BENCH_SCALE_PROFILE_TOP (15), BENCH_LIVE_TASKS, BENCH_LIVE_CONCURRENCY,
 //        BENCH_LIVE_SLEEP, BENCH_QUEUE_TASKS, BENCH_QUEUE_CONCURRENCY, BENCH_QUEUE_SLEEP,
-//        BENCH_REAL_TIMEOUT_S (600: a real run still going is stopped and fails).
+//        BENCH_REAL_TIMEOUT_S (600: a real run still going is stopped and fails),
+//        BENCH_REAL_PROFILE=1 (the library's real runs under the V8 sampling profiler, every
+//        BENCH_REAL_PROFILE_US µs (250): `longTicks` lists the stretches of at least
+//        BENCH_REAL_LONG_TICK_MS (30) in which the loop never waited, where they entered and
+//        tidepool's functions in them; the profiler slows the run, so its delay is no figure),
+//        BENCH_NODE_FLAGS (flags for the managers' node, space-separated, e.g. --trace-gc).
 import { fork, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -257,6 +264,35 @@ function sampler(managerPid) {
     stop() {
       clearInterval(timer);
       return { host, peakLiveWorkers: peak.liveWorkers, peakManagerFds: peak.managerFds, peakHostFds: peak.hostFds };
+    },
+  };
+}
+
+/**
+ * The reference for the event-loop delay, measured in the same run: an idle Node process (a
+ * timer, nothing else) with the CLI's probe preloaded, alongside the scenario. What it reads
+ * is the machine's share for any process at that moment (a loaded machine deschedules an
+ * idle process too), not tidepool's. `stop()` resolves with its p50/p99/max, or null.
+ */
+function idleReference(dir) {
+  const out = join(dir, `idle-${Date.now()}.json`);
+  const proc = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, '-e', "setInterval(() => {}, 1000); process.once('SIGTERM', () => process.exit(0));"], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BENCH_ELD_OUT: out },
+    stdio: 'ignore',
+  });
+  current.add(proc);
+  const closed = new Promise((resolve) => proc.once('close', resolve));
+  return {
+    async stop() {
+      proc.kill('SIGTERM');
+      await closed;
+      current.delete(proc);
+      try {
+        const { p50, p99, max } = JSON.parse(readFileSync(out, 'utf8'));
+        return { p50, p99, max };
+      } catch {
+        return null;
+      }
     },
   };
 }
@@ -961,7 +997,9 @@ async function main() {
       check();
       const c = key === 'queue' ? cfg.queue : cfg.live;
       log(`${scenario}: ${c.tasks} x sleep ${c.sleep} at concurrency ${c.concurrency}`);
+      const idle = idleReference(dir);
       const r = { scenario, ...(await run()) };
+      r.idleEldMs = await idle.stop();
       r.leftovers = await settleLeftovers();
       const problems = problemsOf(r);
       r.eldTarget = { p99BelowMs: 100, met: r.eldMs !== null && r.eldMs.p99 < 100 };

@@ -23,7 +23,7 @@ const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.ur
  * exit together, one pipe read holds hundreds of frames, and they are handled a slice a turn
  * of the event loop, a few ms each, rather than in one long tick.
  */
-export const FRAME_SLICE = 32;
+export const FRAME_SLICE = 16;
 
 /** Which spawn host starts workers: `auto` is Perl when a `perl` is on PATH, else Node. */
 export type HostEdition = 'auto' | 'perl' | 'node';
