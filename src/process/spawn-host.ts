@@ -100,7 +100,7 @@ export class SpawnHost {
 
   /**
    * `stderr`: where the workers' stderr (which reaches the host's) goes; by default the host
-   * shares the manager's stderr. `frameSlice`: the host's frames handled per macrotask
+   * shares the manager's stderr. `frameSlice`: the host's frames handled per callback
    * (default FRAME_SLICE; tests make bursts with fewer processes by lowering it). Throws a
    * RangeError when it is not a positive integer.
    */

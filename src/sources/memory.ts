@@ -48,7 +48,8 @@ export const DELIVERY_SLICE = 64;
 
 /**
  * The embedded queue: in-process, FIFO, with the settlement semantics of the RabbitMQ source
- * (retries after a delay, a bounded dead-letter list, redelivery of released deliveries).
+ * (retries after a delay, a bounded dead-letter list, redelivery of released deliveries). A
+ * burst of publishes is delivered `DELIVERY_SLICE` per turn of the event loop.
  *
  * @example
  * const source = new MemorySource({ deadLetterLimit: 100 });
