@@ -452,7 +452,9 @@ export const poolMachine = setup({
       if ((context.backlog.length === 0 || limit === 0) && (full || idle >= spares)) return;
       const ready = [...context.ready];
       const warming = [...context.warming];
-      const backlog = [...context.backlog];
+      // Read in place: the backlog is as long as the prefetch (thousands), so it is copied
+      // once, without what was handed out, and only when something was.
+      const { backlog } = context;
       const assigned = [...context.assigned];
       let { seq, live } = context;
       let spawning = context.phases.spawning;

@@ -26,7 +26,9 @@
 //
 // The real scenarios check that every task resolved, count live workers (the spawn host's
 // children) and file descriptors (manager, host) every 250 ms, report the manager's event-loop
-// delay (target: p99 < 100 ms), and afterwards search /proc for leftovers: processes whose
+// delay (target: p99 < 100 ms) beside that of an idle Node process running at the same time
+// (`idleEldMs`: the machine's own share of the delay), the library's garbage-collector pauses
+// (`gcMs`), and afterwards search /proc for leftovers: processes whose
 // environment carries this run's marker (passed with `env` / `--env`), and tidepool processes
 // (CLI, spawn host) in this script's process group. The first line printed gives the limits
 // that bound a run with thousands of processes (open files, processes, pid_max).
@@ -47,12 +49,17 @@
 //        list; 1000; empty or 0: none),
 //        BENCH_SCALE_PROFILE_TOP (15), BENCH_LIVE_TASKS, BENCH_LIVE_CONCURRENCY,
 //        BENCH_LIVE_SLEEP, BENCH_QUEUE_TASKS, BENCH_QUEUE_CONCURRENCY, BENCH_QUEUE_SLEEP,
-//        BENCH_REAL_TIMEOUT_S (600: a real run still going is stopped and fails).
+//        BENCH_REAL_TIMEOUT_S (600: a real run still going is stopped and fails),
+//        BENCH_REAL_PROFILE=1 (the library's real runs under the V8 sampling profiler, every
+//        BENCH_REAL_PROFILE_US µs (250): `longTicks` lists the stretches of at least
+//        BENCH_REAL_LONG_TICK_MS (30) in which the loop never waited, where they entered and
+//        tidepool's functions in them; the profiler slows the run, so its delay is no figure),
+//        BENCH_NODE_FLAGS (flags for the managers' node, space-separated, e.g. --trace-gc).
 import { fork, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -62,6 +69,8 @@ const PROBE = join(ROOT, 'scripts/fixtures/eld-probe.js');
 const MARK_NAME = 'TIDEPOOL_BENCH_SCALE';
 const MARK = `${process.pid}-${Date.now()}`;
 const SAMPLE_MS = 250;
+/** Flags for the node of each scenario's manager (BENCH_NODE_FLAGS, space-separated; e.g. `--trace-gc`). */
+const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 
 class BenchError extends Error {}
 
@@ -113,6 +122,10 @@ function config() {
       sleep: intEnv('BENCH_QUEUE_SLEEP', 1),
     },
     timeoutS: intEnv('BENCH_REAL_TIMEOUT_S', 600),
+    realProfile:
+      process.env.BENCH_REAL_PROFILE === '1'
+        ? { intervalUs: intEnv('BENCH_REAL_PROFILE_US', 250), longMs: intEnv('BENCH_REAL_LONG_TICK_MS', 30), top: intEnv('BENCH_SCALE_PROFILE_TOP', 15) }
+        : null,
   };
 }
 
@@ -255,6 +268,35 @@ function sampler(managerPid) {
   };
 }
 
+/**
+ * The reference for the event-loop delay, measured in the same run: an idle Node process (a
+ * timer, nothing else) with the CLI's probe preloaded, alongside the scenario. What it reads
+ * is the machine's share for any process at that moment (a loaded machine deschedules an
+ * idle process too), not tidepool's. `stop()` resolves with its p50/p99/max, or null.
+ */
+function idleReference(dir) {
+  const out = join(dir, `idle-${Date.now()}.json`);
+  const proc = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, '-e', "setInterval(() => {}, 1000); process.once('SIGTERM', () => process.exit(0));"], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BENCH_ELD_OUT: out },
+    stdio: 'ignore',
+  });
+  current.add(proc);
+  const closed = new Promise((resolve) => proc.once('close', resolve));
+  return {
+    async stop() {
+      proc.kill('SIGTERM');
+      await closed;
+      current.delete(proc);
+      try {
+        const { p50, p99, max } = JSON.parse(readFileSync(out, 'utf8'));
+        return { p50, p99, max };
+      } catch {
+        return null;
+      }
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // Child side: one scenario per process
 
@@ -267,6 +309,50 @@ const eldOf = (h) => {
   const delay = (ns) => round(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS), 2);
   return { p50: delay(h.percentile(50)), p99: delay(h.percentile(99)), max: delay(h.max) };
 };
+/**
+ * An enabled event-loop delay monitor that has already taken its first sample. The histogram
+ * records the time between two of its timer callbacks and nothing at the first one, so a stall
+ * before that first callback (such as a burst of `run()` calls right after `start()`) would
+ * not be counted at all.
+ */
+async function eldMonitor() {
+  const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
+  eld.enable();
+  // No reset() after it: that forgets the previous callback too.
+  await new Promise((resolve) => setTimeout(resolve, 2 * ELD_RESOLUTION_MS));
+  return eld;
+}
+/**
+ * The garbage collector's pauses while it runs, by kind (`minor`: scavenges of the young
+ * generation; `major`: mark-compact of the whole heap): count, total and longest, in ms.
+ */
+function gcWatch() {
+  const kinds = {
+    [perfConstants.NODE_PERFORMANCE_GC_MINOR]: 'minor',
+    [perfConstants.NODE_PERFORMANCE_GC_MAJOR]: 'major',
+    [perfConstants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental',
+    [perfConstants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb',
+  };
+  const by = {};
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const k = kinds[e.detail?.kind] ?? 'other';
+      const b = (by[k] ??= { count: 0, totalMs: 0, maxMs: 0 });
+      b.count++;
+      b.totalMs += e.duration;
+      b.maxMs = Math.max(b.maxMs, e.duration);
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return () => {
+    obs.disconnect();
+    for (const b of Object.values(by)) {
+      b.totalMs = round(b.totalMs, 0);
+      b.maxMs = round(b.maxMs, 1);
+    }
+    return by;
+  };
+}
 const cpuMs = (since) => {
   const c = process.cpuUsage(since);
   return (c.user + c.system) / 1000;
@@ -330,14 +416,14 @@ async function fakeProcesses({ taskMs, onRunning }) {
 }
 
 /** The V8 sampling profiler of this process, through the inspector. */
-async function profiler() {
+async function profiler(intervalUs = 500) {
   const { Session } = await import('node:inspector');
   const session = new Session();
   session.connect();
   const post = (method, params) =>
     new Promise((resolve, reject) => session.post(method, params, (err, result) => (err ? reject(err) : resolve(result))));
   await post('Profiler.enable');
-  await post('Profiler.setSamplingInterval', { interval: 500 });
+  await post('Profiler.setSamplingInterval', { interval: intervalUs });
   return {
     start: () => post('Profiler.start'),
     async stop() {
@@ -428,6 +514,80 @@ function summarise(profile, top) {
       .sort((a, b) => b[1] - a[1])
       .map(([area, n]) => ({ area, pct: pct(n) }))
       .filter((a) => a.pct >= 0.5),
+  };
+}
+
+/**
+ * The long ticks of a profile: runs of consecutive non-idle samples (the loop busy, not
+ * waiting in epoll) of at least `thresholdMs`. For each of the `top` longest, where the tick
+ * entered (the frames just below the root: a timer, an I/O callback, an immediate, a
+ * microtask) and tidepool's own functions by inclusive share; then the same over all of them.
+ */
+function longTicks(profile, thresholdMs, top) {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const name = (n) => {
+    const f = n.callFrame;
+    return f.url ? `${f.functionName || '(anonymous)'} ${place(f.url)}:${f.lineNumber + 1}` : f.functionName;
+  };
+  const stackOf = (id) => {
+    const s = [];
+    for (let n = byId.get(id); n; n = byId.get(parent.get(n.id))) s.push(n);
+    return s.reverse();
+  };
+  const times = [];
+  let t = profile.startTime;
+  for (const d of profile.timeDeltas) times.push((t += d));
+  const ticks = [];
+  let cur = null;
+  let busyUs = 0;
+  for (let i = 0; i < profile.samples.length; i++) {
+    if (byId.get(profile.samples[i]).callFrame.functionName === '(idle)') {
+      if (cur) {
+        cur.ms = (times[i] - cur.start) / 1000;
+        busyUs += times[i] - cur.start;
+        ticks.push(cur);
+        cur = null;
+      }
+      continue;
+    }
+    cur ??= { start: times[Math.max(0, i - 1)], samples: [] };
+    cur.samples.push(profile.samples[i]);
+  }
+  const long = ticks.filter((k) => k.ms >= thresholdMs).sort((a, b) => b.ms - a.ms);
+  const shares = (samples) => {
+    const entry = new Map();
+    const own = new Map();
+    for (const id of samples) {
+      const stack = stackOf(id);
+      const e = stack.slice(1, 3).map(name).join(' > ');
+      entry.set(e, (entry.get(e) ?? 0) + 1);
+      const seen = new Set();
+      for (const n of stack) {
+        const k = name(n);
+        if (seen.has(k) || !/ (dist|scripts)\//.test(k)) continue;
+        seen.add(k);
+        own.set(k, (own.get(k) ?? 0) + 1);
+      }
+    }
+    const rank = (m, k) =>
+      [...m]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, k)
+        .map(([fn, n]) => ({ fn, pct: round((100 * n) / samples.length, 0) }));
+    return { entry: rank(entry, 3), tidepool: rank(own, 8) };
+  };
+  const t0 = times[0] ?? 0;
+  return {
+    thresholdMs,
+    profiledMs: round(((times.at(-1) ?? 0) - t0) / 1000, 0),
+    busyMs: round(busyUs / 1000, 0),
+    ticks: ticks.length,
+    long: long.length,
+    longMs: round(long.reduce((a, k) => a + k.ms, 0), 0),
+    overall: long.length ? shares(long.flatMap((k) => k.samples)) : null,
+    longest: long.slice(0, top).map((k) => ({ ms: round(k.ms, 1), atMs: round((k.start - t0) / 1000, 0), ...shares(k.samples) })),
   };
 }
 
@@ -561,7 +721,7 @@ async function childFake(spec) {
 /** A real run through the library: `tasks` tasks of `sleep S` at `concurrency`. */
 async function childReal(spec) {
   const { createPool } = await import('../dist/src/index.js');
-  const { tasks, concurrency, sleep, timeoutS } = spec;
+  const { tasks, concurrency, sleep, timeoutS, profile: tickProfile } = spec;
   const pool = createPool({
     worker: { command: ['sleep', String(sleep)] },
     concurrency,
@@ -592,8 +752,10 @@ async function childReal(spec) {
     if (Object.keys(failureMessages).length < 5 || m in failureMessages) failureMessages[m] = (failureMessages[m] ?? 0) + 1;
   });
   pool.on('breaker:tripped', () => breakerTrips++);
-  const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
-  eld.enable();
+  const prof = tickProfile ? await profiler(tickProfile.intervalUs) : null;
+  await prof?.start();
+  const eld = await eldMonitor();
+  const gcStop = gcWatch();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await pool.start();
@@ -631,6 +793,8 @@ async function childReal(spec) {
   const ms = performance.now() - t0;
   const cpu = cpuMs(cpu0);
   eld.disable();
+  const gc = gcStop();
+  const ticks = prof ? longTicks(await prof.stop(), tickProfile.longMs, tickProfile.top) : null;
   return {
     tasks,
     concurrency,
@@ -648,6 +812,9 @@ async function childReal(spec) {
     idealSeconds: Math.ceil(tasks / concurrency) * sleep,
     managerCpuMsPerTask: round(cpu / tasks, 3),
     eldMs: eldOf(eld),
+    gcMs: gc,
+    heapUsedMiB: round(process.memoryUsage().heapUsed / 2 ** 20, 1),
+    ...(ticks ? { profiled: true, longTicks: ticks } : {}),
   };
 }
 
@@ -668,7 +835,7 @@ function runChild(spec, { sample = false } = {}) {
     const proc = fork(SELF, ['--child', JSON.stringify(spec)], {
       env: { ...process.env, BENCH_SCALE_MARK: MARK },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      execArgv: [],
+      execArgv: NODE_FLAGS,
     });
     current.add(proc);
     const sampling = sample ? sampler(proc.pid) : null;
@@ -706,7 +873,7 @@ async function runCli({ tasks, concurrency, sleep, timeoutS }, dir) {
   const command = `node --import scripts/fixtures/eld-probe.js bin/tidepool run FILE --command "sleep ${sleep}" --concurrency ${concurrency} --log-level warn --env ${MARK_NAME}=…`;
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const proc = spawn(process.execPath, ['--import', PROBE, CLI, ...args], {
+    const proc = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, CLI, ...args], {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BENCH_ELD_OUT: eldFile },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -821,16 +988,18 @@ async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'tidepool-scale-'));
   try {
     const real = [
-      ['live', 'command-live', () => runChild({ kind: 'real', ...cfg.live, timeoutS: cfg.timeoutS }, { sample: true })],
+      ['live', 'command-live', () => runChild({ kind: 'real', ...cfg.live, timeoutS: cfg.timeoutS, profile: cfg.realProfile }, { sample: true })],
       ['cli', 'command-live-cli', () => runCli({ ...cfg.live, timeoutS: cfg.timeoutS }, dir)],
-      ['queue', 'command-queue', () => runChild({ kind: 'real', ...cfg.queue, timeoutS: cfg.timeoutS }, { sample: true })],
+      ['queue', 'command-queue', () => runChild({ kind: 'real', ...cfg.queue, timeoutS: cfg.timeoutS, profile: cfg.realProfile }, { sample: true })],
     ];
     for (const [key, scenario, run] of real) {
       if (!cfg.scenarios.includes(key)) continue;
       check();
       const c = key === 'queue' ? cfg.queue : cfg.live;
       log(`${scenario}: ${c.tasks} x sleep ${c.sleep} at concurrency ${c.concurrency}`);
+      const idle = idleReference(dir);
       const r = { scenario, ...(await run()) };
+      r.idleEldMs = await idle.stop();
       r.leftovers = await settleLeftovers();
       const problems = problemsOf(r);
       r.eldTarget = { p99BelowMs: 100, met: r.eldMs !== null && r.eldMs.p99 < 100 };

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { MemorySource } from '../src/index.js';
 import type { Delivery } from '../src/index.js';
+import { DELIVERY_SLICE } from '../src/sources/memory.js';
 import { describeSourceContract } from './helpers/source-contract.js';
+import { until } from './helpers/procs.js';
+import { perTurn, turnCounter } from './helpers/turns.js';
 
 describeSourceContract('memory', async () => {
   const source = new MemorySource();
@@ -107,6 +110,37 @@ describe('memory source', () => {
     expect(drained).toBe(0);
     expect(source.cancel('b')).toBe(true);
     expect(drained).toBe(1);
+    await source.dispose();
+  });
+
+  it('delivers a burst of publishes in slices: a bounded number per turn of the event loop, in order', async () => {
+    const source = new MemorySource();
+    const delivered: Delivery[] = [];
+    const turns: number[] = [];
+    const turn = turnCounter();
+    await source.open({ ...consumer(delivered), deliver: (d) => (delivered.push(d), turns.push(turn.now)) }, 1000);
+    const n = 3 * DELIVERY_SLICE + 10;
+    for (let i = 0; i < n; i++) source.submit({ id: `t${i}` });
+    expect(delivered).toHaveLength(DELIVERY_SLICE);
+    await until(() => delivered.length === n, 'every task to be delivered');
+    turn.stop();
+    expect(delivered.map((d) => d.task.id)).toEqual(Array.from({ length: n }, (_, i) => `t${i}`));
+    expect(perTurn(turns)).toEqual([DELIVERY_SLICE, DELIVERY_SLICE, DELIVERY_SLICE, 10]);
+    expect(source.size).toEqual({ ready: 0, delayed: 0, unsettled: n });
+    await source.dispose();
+  });
+
+  it('delivers the place a settlement frees at once, even while a burst waits for its turn', async () => {
+    const source = new MemorySource();
+    const delivered: Delivery[] = [];
+    await source.open(consumer(delivered), DELIVERY_SLICE + 1);
+    for (let i = 0; i < 2 * DELIVERY_SLICE; i++) source.submit({ id: `t${i}` });
+    // The slice is used up: one more fits the prefetch, and waits for the next turn.
+    expect(delivered).toHaveLength(DELIVERY_SLICE);
+    await source.settle(delivered[0], { action: 'ack' });
+    expect(delivered.map((d) => d.task.id).slice(-1)).toEqual([`t${DELIVERY_SLICE}`]);
+    await until(() => delivered.length === DELIVERY_SLICE + 2, 'the waiting delivery');
+    expect(delivered.map((d) => d.task.id).slice(-2)).toEqual([`t${DELIVERY_SLICE}`, `t${DELIVERY_SLICE + 1}`]);
     await source.dispose();
   });
 });

@@ -4,9 +4,11 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { FrameReader, configurePayload, frame, parseConfigure } from '../src/child/host-protocol.js';
-import { SpawnHost } from '../src/process/spawn-host.js';
+import { FRAME_SLICE, SpawnHost } from '../src/process/spawn-host.js';
 import type { HostEdition, HostExit } from '../src/process/spawn-host.js';
-import { alive, until } from './helpers/procs.js';
+import { alive, childrenOf, statOf, until } from './helpers/procs.js';
+import { isSpawnHost } from './helpers/process-table.js';
+import { perTurn, turnCounter } from './helpers/turns.js';
 
 /**
  * The spawn host on its own: its framing, and both editions (Perl and Node) driven directly
@@ -51,8 +53,8 @@ afterEach(() => {
   hosts = [];
 });
 
-function open(argv: string[], edition: HostEdition): SpawnHost {
-  const host = new SpawnHost({ argv, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } }, logger, edition);
+function open(argv: string[], edition: HostEdition, frameSlice?: number): SpawnHost {
+  const host = new SpawnHost({ argv, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } }, logger, edition, null, null, frameSlice);
   hosts.push(host);
   return host;
 }
@@ -125,6 +127,53 @@ describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
     for (const { ending } of [first, second]) {
       expect((await ending).exit).toMatchObject({ code: null, signal: null, stderr: 'the spawn host died (exit code 0)' });
     }
+  });
+
+  /**
+   * `n` workers (`cat`, waiting on its open stdin) that have started, on a host that hands
+   * over `frameSlice` frames per turn; `exitAtOnce` then ends them all while the manager's
+   * loop stays blocked until the host has reported every exit, so that the exits reach the
+   * manager in one read. `then` runs before the loop goes on.
+   */
+  async function burst(n: number, frameSlice: number) {
+    const host = open(['cat'], edition, frameSlice);
+    const workers = Array.from({ length: n }, () => run(host));
+    await until(() => workers.every((w) => w.pid() !== null), 'every worker to start', 60_000);
+    const [hostPid] = childrenOf(process.pid).filter(isSpawnHost);
+    const exitAtOnce = (then = () => {}) => {
+      for (const w of workers) host.stdin(w.id, '');
+      const pause = new Int32Array(new SharedArrayBuffer(4));
+      const deadline = Date.now() + 60_000;
+      while (childrenOf(hostPid).length > 0 || statOf(hostPid)?.state !== 'S') {
+        if (Date.now() > deadline) throw new Error('timed out waiting for the host to report every exit');
+        Atomics.wait(pause, 0, 0, 5);
+      }
+      Atomics.wait(pause, 0, 0, 50);
+      then();
+    };
+    return { workers, hostPid, exitAtOnce };
+  }
+
+  it('hands a burst of exits, read at once, to the manager in slices: a bounded number per turn', async () => {
+    const { workers, exitAtOnce } = await burst(3 * FRAME_SLICE + 5, FRAME_SLICE);
+    const turns: number[] = [];
+    const turn = turnCounter();
+    for (const w of workers) void w.ending.then(() => turns.push(turn.now));
+    exitAtOnce();
+    const endings = await Promise.all(workers.map((w) => w.ending));
+    turn.stop();
+    expect(endings.map((e) => e.exit?.code)).toEqual(workers.map(() => 0));
+    // All at once, had they been handled in the read's own callback.
+    expect(perTurn(turns)).toEqual([FRAME_SLICE, FRAME_SLICE, FRAME_SLICE, 5]);
+  });
+
+  it('hands over every exit it read before it died, none failed as lost', async () => {
+    // One frame per turn: most of them are still to be handed over when the host's pipe closes.
+    const { workers, hostPid, exitAtOnce } = await burst(40, 1);
+    // The host dies once it has reported every exit.
+    exitAtOnce(() => process.kill(hostPid, 'SIGKILL'));
+    const endings = await Promise.all(workers.map((w) => w.ending));
+    expect(endings.map((e) => e.exit)).toEqual(workers.map(() => expect.objectContaining({ code: 0, signal: null })));
   });
 
   it('reports a command that cannot start, with its errno code', async () => {
