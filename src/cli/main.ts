@@ -4,6 +4,7 @@ import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { machinesCommand } from './machines.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
@@ -235,6 +236,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   let origins: Origins = {};
   try {
+    if (command === 'machines') return machinesCommand(rest, process.stdout);
     if (command !== 'run') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help"`);
     let parsed;
     try {
