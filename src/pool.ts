@@ -15,6 +15,8 @@ import { ProcessRegistry, registry } from './process/registry.js';
 import { checkHandler } from './process/load-check.js';
 import { SpawnHost } from './process/spawn-host.js';
 import { WorkerActors } from './worker-actors.js';
+import { asChildrenOf } from './inspection.js';
+import type { InspectObserver } from './inspection.js';
 import type { HostEdition } from './process/spawn-host.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
@@ -437,7 +439,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       },
     });
     const workers = new WorkerActors(worker, (event) => this.#actor?.send(event), {
-      inspect: o.inspect as Observer<InspectionEvent> | undefined,
+      inspect: o.inspect ? asChildrenOf(() => this.#actor, o.inspect as InspectObserver) : undefined,
       clock: this.#internals.clock,
     });
     this.#workers = workers;

@@ -38,6 +38,7 @@ const FLAGS = {
   env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
   cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
   'log-level': { option: 'logLevel', arg: 'LEVEL', help: LOG_LEVELS.join(', ') },
+  inspect: { arg: 'URL', help: 'stream the pool and worker machines to a Stately inspector WebSocket (ws://HOST:PORT)' },
 } as const satisfies Record<string, FlagDoc>;
 
 function usage(): string {
@@ -255,7 +256,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
     const given = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
     origins = given.origins;
-    return await runCommand(parsed.positionals[0] ?? '-', given.options);
+    const flagged = (parsed.values as Partial<Record<Flag, unknown>>).inspect;
+    const inspect =
+      typeof flagged === 'string'
+        ? { url: flagged, origin: '--inspect' }
+        : env.TIDEPOOL_INSPECT !== undefined
+          ? { url: env.TIDEPOOL_INSPECT, origin: 'TIDEPOOL_INSPECT' }
+          : undefined;
+    return await runCommand(parsed.positionals[0] ?? '-', given.options, { inspect });
   } catch (err) {
     if (err instanceof OptionError) {
       // Name the option the way it was given: a flag, or a variable.

@@ -1,0 +1,109 @@
+import type { InspectionEvent, Observer } from 'xstate';
+import { UsageError } from '../errors.js';
+
+/** A live connection to an inspector: the observer to give the pool, and how to end it. */
+export interface CliInspector {
+  inspect: Observer<InspectionEvent>;
+  /** Whether the socket connected within `INSPECTOR_CONNECT_WAIT` at start. */
+  connected: boolean;
+  /** Send what is still queued (waiting at most `flushMs`), then close the socket. */
+  stop(flushMs?: number): Promise<void>;
+}
+
+/** How long the CLI waits for the inspector's socket at start, in ms. */
+export const INSPECTOR_CONNECT_WAIT = 3_000;
+/** Events kept while the socket is not open (the oldest are dropped past it): @statelyai/inspect's bound. */
+export const INSPECTOR_BACKLOG = 200;
+/** Between attempts to reconnect, in ms. */
+const RECONNECT_DELAY = 2_000;
+
+/**
+ * `--inspect ws://HOST:PORT`: stream the pool's inspection events (the pool machine, and every
+ * worker as its child) to a WebSocket in the Stately inspector's protocol: the events are
+ * made by `@statelyai/inspect`'s `createInspector` (`@xstate.actor` with `definition` and
+ * `parentId`, `@xstate.event`, `@xstate.snapshot`, each one JSON message), sent over a socket
+ * of ours. Its own `createWebSocketInspector` would do the same but retries a failed socket
+ * on a timer it never clears, even after `stop()`, so a finished `tidepool run` would not
+ * exit. Waits up to `INSPECTOR_CONNECT_WAIT` ms for the socket so a short run is seen from its
+ * first event; reconnects while the pool runs. Throws UsageError (TIDEPOOL_ERR_USAGE) when
+ * `url` is not a ws:// or wss:// URL; `origin` names where it came from (`--inspect`).
+ */
+export async function connectInspector(url: string, origin: string): Promise<CliInspector> {
+  let parsed: URL | null = null;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = null;
+  }
+  if (!parsed || (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:')) {
+    throw new UsageError(`${origin} must be a ws:// or wss:// URL (the inspector's WebSocket), got ${JSON.stringify(url)}`);
+  }
+  // Loaded only when asked for: none of it is part of a plain run's start-up.
+  const [{ createInspector }, { WebSocket }, { configure }] = await Promise.all([
+    import('@statelyai/inspect'),
+    import('ws'),
+    import('safe-stable-stringify'),
+  ]);
+  // Snapshots hold actor references (cycles): cut at the inspector's own depth.
+  const stringify = configure({ maximumDepth: 10 });
+  const backlog: string[] = [];
+  let socket: InstanceType<typeof WebSocket> | null = null;
+  let stopped = false;
+  let retry: NodeJS.Timeout | null = null;
+  let firstOpen: ((open: boolean) => void) | null = null;
+
+  const connect = () => {
+    const ws = new WebSocket(parsed.href);
+    socket = ws;
+    ws.on('open', () => {
+      firstOpen?.(true);
+      for (const text of backlog.splice(0)) ws.send(text);
+    });
+    // A refused or dropped socket is retried while the pool runs; its error says why.
+    ws.on('error', () => firstOpen?.(false));
+    ws.on('close', () => {
+      if (socket === ws) socket = null;
+      if (stopped) return;
+      retry = setTimeout(connect, RECONNECT_DELAY);
+      retry.unref();
+    });
+  };
+  const inspector = createInspector({
+    send(event: unknown) {
+      const text = stringify(event) ?? 'null';
+      if (socket?.readyState === WebSocket.OPEN) socket.send(text);
+      else {
+        backlog.push(text);
+        if (backlog.length > INSPECTOR_BACKLOG) backlog.shift();
+      }
+    },
+    start() {},
+    stop() {},
+  });
+  const connected = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), INSPECTOR_CONNECT_WAIT);
+    firstOpen = (open) => {
+      firstOpen = null;
+      clearTimeout(timer);
+      resolve(open);
+    };
+    connect();
+  });
+  return {
+    inspect: inspector.inspect as Observer<InspectionEvent>,
+    connected,
+    async stop(flushMs = 2_000) {
+      // createInspector sends each event on a zero-delay timer: let those run first.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      stopped = true;
+      if (retry) clearTimeout(retry);
+      const ws = socket;
+      const deadline = Date.now() + flushMs;
+      while (ws && ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      ws?.close();
+      ws?.terminate();
+    },
+  };
+}
