@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import type { AddressInfo } from 'node:net';
+import type { InspectionEvent } from 'xstate';
 import { createPool } from '../src/index.js';
 import { fixture, until } from './helpers/procs.js';
 import { trackPools } from './helpers/pools.js';
@@ -113,7 +114,7 @@ describe('the library inspect option', () => {
       createPool({
         worker: { module: fixture('echo.js') },
         concurrency: 2,
-        inspect: (event) => {
+        inspect: (event: InspectionEvent) => {
           if (event.type === '@xstate.actor') {
             const ref = event.actorRef as unknown as { id: string; sessionId: string; _parent?: { sessionId: string } };
             seen.push({ type: event.type, id: ref.id, parent: ref._parent?.sessionId, root: event.rootId });
