@@ -110,10 +110,11 @@ export class LiveView {
   /** The inspection observer: pool and worker machine states. */
   readonly observer: Observer<InspectionEvent> = {
     next: (event) => {
-      if (event.type !== '@xstate.snapshot' && event.type !== '@xstate.actor') return;
+      // Every actor's first snapshot comes at its start (the `xstate.init` event).
+      if (event.type !== '@xstate.snapshot') return;
       const ref = event.actorRef as AnyActorRef & { id: string; logic?: { id?: string } };
       const machine = (ref.logic as { id?: string } | undefined)?.id;
-      const snapshot = (event.type === '@xstate.snapshot' ? event.snapshot : ref.getSnapshot()) as { value?: unknown; status?: string };
+      const snapshot = event.snapshot as { value?: unknown; status?: string };
       if (machine === 'pool') {
         this.#poolState = snapshot.status === 'done' ? 'stopped' : stateText(snapshot.value);
         this.#touch();
