@@ -14,6 +14,11 @@ export const DELAY_DEFAULTS = {
   idleTimeout: 60_000,
   /** The crash breaker's sliding window. */
   crashWindow: 60_000,
-  /** How long intake stays paused once the breaker trips. */
+  /**
+   * How long intake stays paused the first time the breaker trips; each probe that crashes
+   * doubles it, up to `breakerMaxCooldown`.
+   */
   breakerCooldown: 5_000,
+  /** The ceiling of the breaker's growing cooldown (5 min). */
+  breakerMaxCooldown: 300_000,
 } as const;

@@ -2,7 +2,7 @@ import { assign, emit, enqueueActions, fromPromise, setup } from 'xstate';
 import type { ActorRefFrom } from 'xstate';
 import { DELAY_DEFAULTS } from './defaults.js';
 import { isCrash } from './types.js';
-import type { Outcome, WorkerReport } from './types.js';
+import type { FailedOutcome, Outcome, WorkerReport } from './types.js';
 import type { WorkerCommand, WorkerInput, WorkerPhase, WorkerToPoolEvent } from './worker.js';
 
 /**
@@ -11,6 +11,14 @@ import type { WorkerCommand, WorkerInput, WorkerPhase, WorkerToPoolEvent } from 
  * It owns the worker machines (started on demand through `spawnWorker`, reaped on `worker.done`), a
  * backlog of delivery ids bounded by the source's prefetch, and the crash breaker. Deliveries,
  * settlements and intake control are named slots filled by `src/`.
+ *
+ * The crash breaker (Erlang/OTP's restart intensity, PHP-FPM's `emergency_restart_threshold`,
+ * with a circuit breaker's half-open probe): `closed` while crashes stay within `maxCrashes`
+ * per `crashWindow`; the crash past that trips it `open` (state `paused`, intake paused) for
+ * the cooldown; then `half-open` (state `running`): exactly one attempt, the probe, is let
+ * through. A probe that crashes re-opens it with the cooldown doubled (up to
+ * `breakerMaxCooldown`); one that does not closes it. The cooldown returns to
+ * `breakerCooldown` once `crashWindow` has passed closed without a trip.
  */
 
 export interface PoolInput {
@@ -27,7 +35,14 @@ export interface PoolInput {
    * started in waves the host can start within `spawnTimeout` (PHP-FPM's `pm.max_spawn_rate`).
    */
   maxSpawning: number;
+  /** The breaker's first cooldown, in ms (default `DELAY_DEFAULTS.breakerCooldown`). */
+  breakerCooldown?: number;
+  /** The ceiling of its growing cooldown, in ms (default `DELAY_DEFAULTS.breakerMaxCooldown`). */
+  breakerMaxCooldown?: number;
 }
+
+/** Where the crash breaker stands (see the machine's comment). */
+export type BreakerState = 'closed' | 'open' | 'half-open';
 
 /** Live workers per phase, as they reported it (see `WorkerPhase`). */
 export type PhaseCounts = Record<WorkerPhase, number>;
@@ -44,7 +59,7 @@ export interface Assignment {
  * worker is doing is what its own machine reports (`worker.*` events, each naming the phase
  * it leaves); the only per-worker ids kept are the idle ones, which dispatch needs.
  */
-export interface PoolContext extends PoolInput {
+export interface PoolContext extends Required<PoolInput> {
   /** Monotonic: child ids must be unique or XState orphans the earlier child. */
   seq: number;
   /** Live worker machines (spawned, not yet reaped). */
@@ -66,6 +81,13 @@ export interface PoolContext extends PoolInput {
   backlog: string[];
   /** Crashes within the sliding window. */
   crashes: number;
+  breaker: BreakerState;
+  /** Times the breaker tripped (closed or half-open → open) since the start. */
+  trips: number;
+  /** The cooldown in force while open, else the one the next trip will use, in ms. */
+  cooldown: number;
+  /** Half-open: the delivery let through as the probe, once dispatched. */
+  probe: string | null;
   pausedBy: 'user' | 'breaker' | null;
   /** The source has closed intake and holds nothing more to deliver. */
   sourceDrained: boolean;
@@ -85,6 +107,13 @@ export type PoolEvent =
   /** The source lost its connection: what it delivered before is void (never run, never settled). */
   | { type: 'source.lost' }
   | { type: 'crash.expired' }
+  /** `crashWindow` passed closed without a trip: the cooldown returns to `breakerCooldown`. */
+  | { type: 'breaker.quiet' }
+  /**
+   * Cancel a delivery (`pool.cancel`): in the backlog, it is settled `cancelled` at once and
+   * never runs; held by `workerId`, that worker is told to end its attempt (`task.cancel`).
+   */
+  | { type: 'task.cancel'; deliveryId: string; workerId: string | null }
   | WorkerToPoolEvent
   | WorkerEndEvent;
 
@@ -100,7 +129,12 @@ export type WorkerEndEvent =
 /** Notifications for the outside world (`actor.on(type, ...)`), sent after the transition. */
 export type PoolEmitted =
   | { type: 'worker.reaped'; report: WorkerReport }
-  | { type: 'breaker.tripped'; crashes: number }
+  /** The breaker opened: `cooldownMs` until it lets a probe through; `trips` in total. */
+  | { type: 'breaker.tripped'; crashes: number; trips: number; cooldownMs: number }
+  /** The cooldown passed (or `resume` cut it short): the next attempt is the probe. */
+  | { type: 'breaker.half-open' }
+  /** The probe did not crash (or a drain overrode the breaker). */
+  | { type: 'breaker.closed' }
   /**
    * The prefetch the source should keep: `maxWorkers` less the workers on their way out. With
    * at most that many deliveries unsettled, the pool never holds one it cannot start.
@@ -167,6 +201,17 @@ const PHASE_AFTER: Record<WorkerToPoolEvent['type'], WorkerPhase | null> = {
   'worker.declined': null,
 };
 
+/** The outcome of a delivery cancelled before any worker took it. */
+const CANCELLED_QUEUED: FailedOutcome = {
+  status: 'failed',
+  kind: 'cancelled',
+  message: 'cancelled before it started',
+  retryable: false,
+};
+
+/** Delayed-event id of the breaker's quiet window (cancelled by a trip). */
+const QUIET_ID = 'breaker.quiet';
+
 const without = (ids: string[], id: string): string[] => {
   const at = ids.indexOf(id);
   return at === -1 ? ids : [...ids.slice(0, at), ...ids.slice(at + 1)];
@@ -186,13 +231,23 @@ export const poolMachine = setup({
   },
   delays: {
     crashWindow: DELAY_DEFAULTS.crashWindow,
-    breakerCooldown: DELAY_DEFAULTS.breakerCooldown,
+    /** The breaker's cooldown in force: it grows with each probe that crashes. */
+    breakerCooldown: ({ context }) => context.cooldown,
   },
   guards: {
+    /** A crash past `maxCrashes` in the window, or the half-open probe's crash. */
     breakerTrips: ({ context, event }) =>
-      event.type === 'worker.outcome' && isCrash(event.outcome) && context.crashes + 1 > context.maxCrashes,
-    /** A worker machine that ended in error (its process slot failed) counts as a crash. */
-    errorTrips: ({ context }) => context.crashes + 1 > context.maxCrashes,
+      event.type === 'worker.outcome' &&
+      isCrash(event.outcome) &&
+      (context.crashes + 1 > context.maxCrashes || (context.breaker === 'half-open' && event.deliveryId === context.probe)),
+    /**
+     * A worker machine that ended in error (its process slot failed) counts as a crash; ending
+     * so while it held the probe re-opens a half-open breaker.
+     */
+    errorTrips: ({ context, event }) =>
+      context.crashes + 1 > context.maxCrashes ||
+      (context.breaker === 'half-open' && event.type === 'worker.error' && event.held !== null && event.held === context.probe),
+    breakerOpen: ({ context }) => context.breaker === 'open',
     pausedByBreaker: ({ context }) => context.pausedBy === 'breaker',
     pausedByUser: ({ context }) => context.pausedBy === 'user',
     drainRequested: ({ context }) => context.drainRequested,
@@ -233,7 +288,69 @@ export const poolMachine = setup({
 
     // ---- notifications ----
     emitReaped: emit(({ event }): PoolEmitted => ({ type: 'worker.reaped', report: reportOf(event) })),
-    emitBreaker: emit(({ context }): PoolEmitted => ({ type: 'breaker.tripped', crashes: context.crashes })),
+    /**
+     * Open the breaker and pause: a probe that crashed doubles the cooldown (up to the
+     * ceiling); the quiet window that would reset it is called off.
+     */
+    tripBreaker: enqueueActions(({ context, enqueue }) => {
+      const cooldown =
+        context.breaker === 'half-open' ? Math.min(context.cooldown * 2, context.breakerMaxCooldown) : context.cooldown;
+      const trips = context.trips + 1;
+      enqueue.cancel(QUIET_ID);
+      enqueue.assign({ breaker: 'open', trips, cooldown, probe: null, pausedBy: 'breaker' });
+      enqueue.emit({ type: 'breaker.tripped', crashes: context.crashes, trips, cooldownMs: cooldown });
+    }),
+    /** The cooldown is over (or cut short by `resume`): the next attempt is the probe. */
+    halfOpen: enqueueActions(({ context, enqueue }) => {
+      if (context.breaker !== 'open') return;
+      enqueue.assign({ breaker: 'half-open', probe: null });
+      enqueue.emit({ type: 'breaker.half-open' });
+    }),
+    /** Leaving a pause: the user's or the breaker's, whichever it was, is over. */
+    clearPause: assign({ pausedBy: null }),
+    /** A user pause: it outlasts a breaker pause (only `resume` ends it). */
+    pauseByUser: assign({ pausedBy: 'user' }),
+    /**
+     * The probe's outcome, when it is not a crash (that trips): it closes the breaker and
+     * starts the quiet window. A probe cancelled proves nothing: the next attempt is the probe.
+     */
+    judgeProbe: enqueueActions(({ context, event, enqueue }) => {
+      const { deliveryId, outcome } = event as WorkerEventOf<'worker.outcome'>;
+      if (context.breaker !== 'half-open' || deliveryId === null || deliveryId !== context.probe) return;
+      if (outcome.status === 'failed' && outcome.kind === 'cancelled') {
+        enqueue.assign({ probe: null });
+        return;
+      }
+      enqueue('closeBreaker');
+    }),
+    /** Close the breaker; its cooldown returns to `breakerCooldown` after a quiet `crashWindow`. */
+    closeBreaker: enqueueActions(({ context, enqueue }) => {
+      if (context.breaker === 'closed') return;
+      enqueue.assign({ breaker: 'closed', probe: null });
+      enqueue.cancel(QUIET_ID);
+      enqueue.raise({ type: 'breaker.quiet' }, { delay: 'crashWindow', id: QUIET_ID });
+      enqueue.emit({ type: 'breaker.closed' });
+    }),
+    resetCooldown: assign({ cooldown: ({ context }) => context.breakerCooldown }),
+    /**
+     * `pool.cancel` of a delivery: one in the backlog never runs (settled `cancelled` now);
+     * one a worker holds is that worker's to end (it reports `cancelled` once reaped). A
+     * delivery in neither place has an outcome already: nothing to do.
+     */
+    cancelTask: enqueueActions(({ context, event, enqueue }) => {
+      const { deliveryId, workerId } = event as WorkerEventOf<'task.cancel'>;
+      if (context.backlog.includes(deliveryId)) {
+        enqueue.assign({ backlog: without(context.backlog, deliveryId) });
+        enqueue({ type: 'settle', params: { deliveryId, outcome: CANCELLED_QUEUED } satisfies SettleParams });
+      } else if (workerId !== null) {
+        enqueue({ type: 'tellWorker', params: { workerId, command: { type: 'task.cancel', deliveryId } } satisfies TellParams });
+      }
+    }),
+    markSourceDrained: assign({ sourceDrained: true }),
+    requestDrain: assign({ drainRequested: true }),
+    /** Draining keeps no spares. */
+    noSpares: assign({ spares: 0 }),
+    startFailed: assign({ sourceDrained: true, backlog: [], startError: ({ event }) => (event as { error?: unknown }).error }),
     /** Keep no spares from now on (the worker exits as soon as it starts: nothing stays warm). */
     stopSpares: enqueueActions(({ event, enqueue }) => {
       enqueue.assign({ spares: 0 });
@@ -281,6 +398,8 @@ export const poolMachine = setup({
       return {
         assigned: context.assigned.filter((a) => !(a.workerId === workerId && a.deliveryId === deliveryId)),
         backlog: [deliveryId, ...context.backlog],
+        // A probe that never ran is let through again.
+        probe: context.probe === deliveryId ? null : context.probe,
       };
     }),
     crashExpired: assign({ crashes: ({ context }) => Math.max(0, context.crashes - 1) }),
@@ -308,9 +427,11 @@ export const poolMachine = setup({
       const { workerId, held } = event as WorkerEndEvent;
       const unseen = context.assigned.filter((a) => a.workerId === workerId).map((a) => a.deliveryId);
       if (held === null && unseen.length === 0) return;
+      const back = [...(held === null || unseen.includes(held) ? [] : [held]), ...unseen];
       enqueue.assign({
         assigned: unseen.length === 0 ? context.assigned : context.assigned.filter((a) => a.workerId !== workerId),
-        backlog: [...(held === null || unseen.includes(held) ? [] : [held]), ...unseen, ...context.backlog],
+        backlog: [...back, ...context.backlog],
+        probe: context.probe !== null && back.includes(context.probe) ? null : context.probe,
       });
     }),
     /**
@@ -321,10 +442,14 @@ export const poolMachine = setup({
     dispatch: enqueueActions(({ context, enqueue }) => {
       const idle = context.ready.length + context.warming.length;
       const full = context.live >= context.maxWorkers || context.phases.spawning >= context.maxSpawning;
+      // Half-open: one delivery, the probe, and no spares until it is judged.
+      const probing = context.breaker === 'half-open';
+      const limit = probing ? (context.probe === null ? 1 : 0) : Infinity;
+      const spares = probing ? 0 : context.spares;
       // Nothing can start (the common case while a burst waits for its wave), or nothing is
       // wanted: leave the context as it is, copying nothing.
       if (full && idle === 0) return;
-      if (context.backlog.length === 0 && (full || idle >= context.spares)) return;
+      if ((context.backlog.length === 0 || limit === 0) && (full || idle >= spares)) return;
       const ready = [...context.ready];
       const warming = [...context.warming];
       const backlog = [...context.backlog];
@@ -340,7 +465,7 @@ export const poolMachine = setup({
         enqueue({ type: 'spawnWorker', params: { workerId: id, deliveryId, maxTasks: context.maxTasksPerWorker } satisfies SpawnParams });
       };
       let taken = 0;
-      while (taken < backlog.length) {
+      while (taken < backlog.length && taken < limit) {
         const deliveryId = backlog[taken];
         const workerId = ready.shift() ?? warming.shift();
         if (workerId !== undefined) {
@@ -353,7 +478,7 @@ export const poolMachine = setup({
         }
         taken++;
       }
-      while (ready.length + warming.length < context.spares && canSpawn()) spawn(null);
+      while (ready.length + warming.length < spares && canSpawn()) spawn(null);
       enqueue.assign({
         ready,
         warming,
@@ -362,6 +487,7 @@ export const poolMachine = setup({
         seq,
         live,
         phases: { ...context.phases, spawning },
+        ...(probing && taken > 0 ? { probe: backlog[0] } : {}),
       });
     }),
     /** Retire idle workers: draining keeps no spares. */
@@ -391,6 +517,8 @@ export const poolMachine = setup({
   id: 'pool',
   context: ({ input }) => ({
     ...input,
+    breakerCooldown: input.breakerCooldown ?? DELAY_DEFAULTS.breakerCooldown,
+    breakerMaxCooldown: input.breakerMaxCooldown ?? DELAY_DEFAULTS.breakerMaxCooldown,
     seq: 0,
     live: 0,
     phases: NO_PHASES,
@@ -399,6 +527,10 @@ export const poolMachine = setup({
     assigned: [],
     backlog: [],
     crashes: 0,
+    breaker: 'closed',
+    trips: 0,
+    cooldown: input.breakerCooldown ?? DELAY_DEFAULTS.breakerCooldown,
+    probe: null,
     pausedBy: null,
     sourceDrained: false,
     drainRequested: false,
@@ -411,9 +543,11 @@ export const poolMachine = setup({
     'worker.leaving': { actions: 'track' },
     'worker.declined': { actions: 'takeBack' },
     'crash.expired': { actions: 'crashExpired' },
+    'breaker.quiet': { actions: 'resetCooldown' },
+    'task.cancel': { actions: 'cancelTask' },
     'worker.done': { actions: ['emitReaped', 'reclaim', 'reap'] },
     'worker.error': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash'] },
-    'source.drained': { actions: assign({ sourceDrained: true }) },
+    'source.drained': { actions: 'markSourceDrained' },
     'source.lost': { actions: 'dropVoided' },
   },
   initial: 'starting',
@@ -430,18 +564,15 @@ export const poolMachine = setup({
         // What was delivered while starting goes back to the source: it never ran.
         onError: {
           target: 'stopped',
-          actions: [
-            { type: 'release', params: { deliveryIds: 'all' } satisfies ReleaseParams },
-            assign({ sourceDrained: true, backlog: [], startError: ({ event }) => event.error }),
-          ],
+          actions: [{ type: 'release', params: { deliveryIds: 'all' } satisfies ReleaseParams }, 'startFailed'],
         },
       },
       on: {
         delivery: { actions: 'enqueueDelivery' },
         // Carried out once started (a SIGTERM during a slow connect still drains).
-        drain: { actions: assign({ drainRequested: true }) },
-        pause: { actions: assign({ pausedBy: 'user' }) },
-        resume: { actions: assign({ pausedBy: null }) },
+        drain: { actions: 'requestDrain' },
+        pause: { actions: 'pauseByUser' },
+        resume: { actions: 'clearPause' },
         stop: 'stopping',
       },
     },
@@ -455,12 +586,8 @@ export const poolMachine = setup({
         'worker.leaving': { actions: ['track', 'dispatch'] },
         'worker.declined': { actions: ['takeBack', 'dispatch'] },
         'worker.outcome': [
-          {
-            guard: 'breakerTrips',
-            target: 'paused',
-            actions: ['track', 'workerReported', assign({ pausedBy: 'breaker' }), 'emitBreaker'],
-          },
-          { actions: ['track', 'workerReported', 'dispatch'] },
+          { guard: 'breakerTrips', target: 'paused', actions: ['track', 'workerReported', 'tripBreaker'] },
+          { actions: ['track', 'workerReported', 'judgeProbe', 'dispatch'] },
         ],
         'worker.done': [
           { guard: 'spareLeftClean', actions: ['emitReaped', 'reclaim', 'reap', 'stopSpares', 'dispatch'] },
@@ -468,14 +595,10 @@ export const poolMachine = setup({
         ],
         // Counted like a crash, or a slot that fails at every start would respawn forever.
         'worker.error': [
-          {
-            guard: 'errorTrips',
-            target: 'paused',
-            actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', assign({ pausedBy: 'breaker' }), 'emitBreaker'],
-          },
+          { guard: 'errorTrips', target: 'paused', actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'tripBreaker'] },
           { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         ],
-        pause: { target: 'paused', actions: assign({ pausedBy: 'user' }) },
+        pause: { target: 'paused', actions: 'pauseByUser' },
         drain: 'draining',
         stop: 'stopping',
       },
@@ -483,25 +606,27 @@ export const poolMachine = setup({
     paused: {
       entry: 'pauseIntake',
       after: {
-        breakerCooldown: {
-          guard: 'pausedByBreaker',
-          target: 'running',
-          actions: ['resumeIntake', assign({ pausedBy: null })],
-        },
+        breakerCooldown: [
+          { guard: 'pausedByBreaker', target: 'running', actions: ['resumeIntake', 'clearPause', 'halfOpen'] },
+          // Under a user pause the breaker still goes half-open; its probe waits for `resume`.
+          { guard: 'breakerOpen', actions: 'halfOpen' },
+        ],
       },
       on: {
         // Deliveries already in flight wait in the backlog; none are dispatched while paused.
         delivery: { actions: 'enqueueDelivery' },
         // A user pause outlasts a breaker pause: only `resume` ends it.
-        pause: { actions: assign({ pausedBy: 'user' }) },
-        resume: { target: 'running', actions: ['resumeIntake', assign({ pausedBy: null })] },
+        pause: { actions: 'pauseByUser' },
+        // `resume` cuts an open breaker's cooldown short: the next attempt is its probe.
+        resume: { target: 'running', actions: ['resumeIntake', 'clearPause', 'halfOpen'] },
         // Draining delivers what the source still holds, so intake reopens (then closes).
-        drain: { target: 'draining', actions: ['resumeIntake', assign({ pausedBy: null })] },
+        drain: { target: 'draining', actions: ['resumeIntake', 'clearPause'] },
         stop: 'stopping',
       },
     },
     draining: {
-      entry: [assign({ spares: 0 }), 'closeIntake', 'dispatch', 'retireIdle'],
+      // Draining finishes what is queued: the breaker no longer holds anything back.
+      entry: ['noSpares', 'closeBreaker', 'closeIntake', 'dispatch', 'retireIdle'],
       always: { guard: 'finished', target: 'stopped' },
       on: {
         delivery: { actions: ['enqueueDelivery', 'dispatch'] },
@@ -524,6 +649,8 @@ export const poolMachine = setup({
         // settled twice (its worker is still counted until it is reaped).
         'worker.outcome': { actions: 'track' },
         'worker.declined': {},
+        // Everything held was released: there is nothing left to cancel.
+        'task.cancel': {},
         // Everything held was released: nothing comes back to the backlog.
         'worker.done': { actions: ['emitReaped', 'reap'] },
         'worker.error': { actions: ['emitReaped', 'reap', 'countCrash'] },

@@ -3,8 +3,11 @@
  * Pure types: nothing here may import anything but other types.
  */
 
-/** Why an attempt failed. `malformed` is decided before any worker is involved. */
-export type FailureKind = 'error' | 'timeout' | 'crash' | 'memory' | 'spawn' | 'malformed';
+/**
+ * Why an attempt failed. `malformed` is decided before any worker is involved; `cancelled` is
+ * the user's decision (`pool.cancel`), not a fault: never retried, settled as an ack.
+ */
+export type FailureKind = 'error' | 'timeout' | 'crash' | 'memory' | 'spawn' | 'malformed' | 'cancelled';
 
 /** Failure kinds that count toward the crash breaker: the process itself could not do its job. */
 export const CRASH_KINDS: readonly FailureKind[] = ['crash', 'memory', 'spawn'];
@@ -61,8 +64,11 @@ export interface WorkerReport {
   last: Outcome['status'] | FailureKind | null;
 }
 
-/** Kinds never retried whatever the worker says: the task itself is at fault. */
-export const FINAL_KINDS: readonly FailureKind[] = ['malformed'];
+/**
+ * Kinds never retried whatever the worker says: the task itself is at fault (`malformed`), or
+ * the user ended it (`cancelled`).
+ */
+export const FINAL_KINDS: readonly FailureKind[] = ['malformed', 'cancelled'];
 
 /**
  * The one retry rule: a failure is retried unless its kind is never retried, or the worker

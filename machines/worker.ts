@@ -44,6 +44,12 @@ export type ProcessCommand =
 /** Events the pool sends to a worker. */
 export type WorkerCommand =
   | { type: 'task.assign'; deliveryId: string }
+  /**
+   * End the attempt on `deliveryId` (`pool.cancel`): the process group gets SIGTERM, then
+   * SIGKILL after `killGrace`, and once it is reaped the attempt's outcome is `cancelled`,
+   * whatever the process did on its way out. Ignored unless the worker holds that delivery.
+   */
+  | { type: 'task.cancel'; deliveryId: string }
   | { type: 'worker.retire' }
   | { type: 'worker.kill' };
 
@@ -63,8 +69,11 @@ export type WorkerPhase = 'spawning' | 'ready' | 'running' | 'leaving';
 export type WorkerToPoolEvent =
   /** → `ready`: idle and assignable (a warm spare, or a reused worker between tasks). */
   | { type: 'worker.ready'; workerId: string; from: WorkerPhase }
-  /** → `running`: it took `deliveryId` (its acknowledgement of a `task.assign`, or of its input). */
-  | { type: 'worker.running'; workerId: string; from: WorkerPhase; deliveryId: string }
+  /**
+   * → `running`: it took `deliveryId` (its acknowledgement of a `task.assign`, or of its
+   * input) and began the attempt, in process `pid` (null if the driver has not said it).
+   */
+  | { type: 'worker.running'; workerId: string; from: WorkerPhase; deliveryId: string; pid: number | null }
   /**
    * → `leaving`: the attempt ended. `deliveryId` is null for a spare that failed to start or
    * died while idle: no task, but a crash all the same. A reused worker reports `ready` next.
@@ -104,6 +113,8 @@ export interface WorkerContext {
   expectExit: boolean;
   /** The phase last reported to the pool. */
   reported: WorkerPhase;
+  /** Its attempt was cancelled: it reports `cancelled` once its process is reaped. */
+  cancelled: boolean;
 }
 
 /** A failed outcome; `markedFinal`: the worker said not to retry it. */
@@ -114,6 +125,9 @@ const failure = (kind: FailureKind, message: string, extra: Partial<FailedOutcom
   ...extra,
   retryable: isRetryable(kind, markedFinal),
 });
+
+/** The outcome of an attempt cancelled while a worker held it. */
+const CANCELLED: FailedOutcome = failure('cancelled', 'cancelled while it ran; the worker was stopped');
 
 /** An error's message for an outcome: never empty, so that an error thrown bare still says what it was. */
 const describeError = (error: ErrorInfo): string => error.message || `${error.name ?? 'Error'} (thrown without a message)`;
@@ -161,6 +175,10 @@ export const workerMachine = setup({
       context.served === 0 && event.type === 'proc.exit' && event.code === 0 && event.signal === null && !event.memory,
     answeredResolved: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'resolved',
     answeredFailed: ({ event }) => event.type === 'proc.exit' && event.answer?.status === 'failed',
+    /** A cancel of the delivery this worker holds (a late one, for another, is ignored). */
+    cancelsTask: ({ context, event }) =>
+      event.type === 'task.cancel' && context.deliveryId !== null && event.deliveryId === context.deliveryId,
+    wasCancelled: ({ context }) => context.cancelled && context.deliveryId !== null,
   },
   actions: {
     /** Report the attempt's outcome to the pool and detach the delivery. */
@@ -200,6 +218,11 @@ export const workerMachine = setup({
     recordPid: assign({ pid: ({ context, event }) => (event as { pid?: number }).pid ?? context.pid }),
     /** The process will not exit by itself any more: it has to be signalled. */
     unexpectExit: assign({ expectExit: false }),
+    /**
+     * Cancelled: the process is signalled at once (not awaited, even on its last task), and
+     * the outcome waits for its exit.
+     */
+    markCancelled: assign({ cancelled: true, expectExit: false }),
     /** Hard stop: the delivery is released by the pool, not settled. */
     dropTask: assign({ deliveryId: null, expectExit: false }),
     announceReady: enqueueActions(({ context, enqueue }) => {
@@ -212,6 +235,7 @@ export const workerMachine = setup({
         workerId: context.workerId,
         from: context.reported,
         deliveryId: context.deliveryId!,
+        pid: context.pid,
       } satisfies WorkerToPoolEvent);
       enqueue.assign({ reported: 'running' });
     }),
@@ -242,6 +266,7 @@ export const workerMachine = setup({
     exit: null,
     expectExit: false,
     reported: 'spawning',
+    cancelled: false,
   }),
   invoke: {
     id: 'process',
@@ -301,6 +326,7 @@ export const workerMachine = setup({
         },
         'worker.retire': { target: 'terminating' },
         'worker.kill': { target: 'terminating', actions: 'dropTask' },
+        'task.cancel': { guard: 'cancelsTask', target: 'terminating', actions: 'markCancelled' },
       },
     },
     ready: {
@@ -383,6 +409,8 @@ export const workerMachine = setup({
           },
         ],
         'worker.kill': { target: 'terminating', actions: 'dropTask' },
+        // Never reused: a cancelled attempt leaves its process in an unknown state.
+        'task.cancel': { guard: 'cancelsTask', target: 'terminating', actions: 'markCancelled' },
       },
     },
     resolved: {
@@ -397,7 +425,11 @@ export const workerMachine = setup({
       entry: 'announceLeaving',
       initial: 'choosing',
       on: {
-        'proc.exit': { target: 'reaped', actions: 'recordExit' },
+        'proc.exit': [
+          // A cancelled attempt ends once its process is reaped, whatever the process did.
+          { guard: 'wasCancelled', target: 'reaped', actions: ['recordExit', { type: 'report', params: { outcome: CANCELLED } }] },
+          { target: 'reaped', actions: 'recordExit' },
+        ],
       },
       states: {
         choosing: {

@@ -6,6 +6,7 @@ export const ERROR_CODES = {
   TIDEPOOL_ERR_OPTION_INVALID: 'an option has an invalid value; the message names it',
   TIDEPOOL_ERR_USAGE: 'the command line is wrong (unknown flag, missing argument)',
   TIDEPOOL_ERR_INPUT: 'the task input could not be read',
+  TIDEPOOL_ERR_ARGUMENT: 'a method was called with an argument of the wrong type (cancel(taskId) with a taskId that is not a string); the message names it',
   TIDEPOOL_ERR_POOL_STATE: 'the pool is not in a state that allows the call (run before start, after drain)',
   TIDEPOOL_ERR_POOL_STOPPED: 'the pool was stopped before the task reached a final outcome',
   TIDEPOOL_ERR_START_FAILED: 'the pool could not start (its source could not open)',

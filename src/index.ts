@@ -1,6 +1,20 @@
 export { createPool } from './create-pool.js';
 export { Pool } from './pool.js';
-export type { AttemptEvent, DrainOptions, PoolEvents, PoolInternals, PublicError, TaskResult, WorkerCounts } from './pool.js';
+export type {
+  AttemptEvent,
+  AttemptStart,
+  BreakerStatus,
+  BreakerTripped,
+  CancelAnswer,
+  DrainOptions,
+  PoolEvents,
+  PoolInternals,
+  PoolState,
+  ProgressEvent,
+  PublicError,
+  TaskResult,
+  WorkerCounts,
+} from './pool.js';
 export { parseTask, taskIdOf } from './sources/parse.js';
 export type { Parsed } from './sources/parse.js';
 export { DEFAULTS, resolveOptions } from './options.js';
@@ -15,4 +29,6 @@ export { DEAD_LETTER_LIMIT, MemorySource } from './sources/memory.js';
 export type { Clock, DeadLetter, MemorySourceOptions } from './sources/memory.js';
 export type { Delivery, Malformed, Source, SourceConsumer, Task } from './sources/source.js';
 export { EXIT_NON_RETRYABLE, MAX_OUTPUT } from './process/driver.js';
+export { MAX_PROGRESS, PROGRESS_PREFIX } from './child/protocol.js';
 export type { FailureKind, Outcome, WorkerReport } from '../machines/types.js';
+export type { BreakerState } from '../machines/pool.js';

@@ -62,6 +62,7 @@ const schema = v.strictObject({
   maxSpawning: v.optional(positiveInt),
   crashWindow: v.optional(positiveInt),
   breakerCooldown: v.optional(positiveInt),
+  breakerMaxCooldown: v.optional(positiveInt),
   memoryLimit: v.optional(positiveInt),
   env: v.optional(v.array(envEntry, 'must be an array of NAME or NAME=VALUE strings')),
   cwd: v.optional(path),
@@ -124,8 +125,17 @@ export interface PoolOptions {
   maxCrashes?: number;
   /** The breaker's sliding window, in ms. Default 60000. */
   crashWindow?: number;
-  /** How long intake stays paused once the breaker trips, in ms. Default 5000. */
+  /**
+   * How long intake stays paused once the breaker trips, in ms; then one attempt is let
+   * through as a probe (half-open). Default 5000.
+   */
   breakerCooldown?: number;
+  /**
+   * Each probe that crashes re-opens the breaker with the cooldown doubled, up to this, in ms;
+   * the cooldown returns to `breakerCooldown` after `crashWindow` without a trip. Default
+   * 300000 (5 min). At least `breakerCooldown`.
+   */
+  breakerMaxCooldown?: number;
   /** Memory cap on each worker's whole process tree (resident set summed), in MiB. Default none. */
   memoryLimit?: number;
   /**
@@ -167,6 +177,7 @@ export interface ResolvedOptions {
   maxSpawning: number;
   crashWindow: number;
   breakerCooldown: number;
+  breakerMaxCooldown: number;
   memoryLimit: number | null;
   env: Record<string, string>;
   cwd: string | undefined;
@@ -201,6 +212,7 @@ export const DEFAULTS = {
   maxSpawning: 32,
   crashWindow: DELAY_DEFAULTS.crashWindow,
   breakerCooldown: DELAY_DEFAULTS.breakerCooldown,
+  breakerMaxCooldown: DELAY_DEFAULTS.breakerMaxCooldown,
   logLevel: 'info',
 } as const;
 
@@ -236,6 +248,11 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
   if (worker.kind === 'command' && maxTasksPerWorker > 1) {
     throw new OptionError('maxTasksPerWorker', 'must be 1 for a command worker (a command serves one task per process)');
   }
+  const breakerCooldown = o.breakerCooldown ?? DEFAULTS.breakerCooldown;
+  const breakerMaxCooldown = o.breakerMaxCooldown ?? Math.max(DEFAULTS.breakerMaxCooldown, breakerCooldown);
+  if (breakerMaxCooldown < breakerCooldown) {
+    throw new OptionError('breakerMaxCooldown', `must be at least breakerCooldown (${breakerCooldown})`);
+  }
   const retryDelay = o.retryDelay ?? DEFAULTS.retryDelay;
   const retryMaxDelay = o.retryMaxDelay ?? Math.max(DEFAULTS.retryMaxDelay, retryDelay);
   if (retryMaxDelay < retryDelay) throw new OptionError('retryMaxDelay', `must be at least retryDelay (${retryDelay})`);
@@ -255,7 +272,8 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
     maxCrashes: o.maxCrashes ?? DEFAULTS.maxCrashes,
     maxSpawning: o.maxSpawning ?? DEFAULTS.maxSpawning,
     crashWindow: o.crashWindow ?? DEFAULTS.crashWindow,
-    breakerCooldown: o.breakerCooldown ?? DEFAULTS.breakerCooldown,
+    breakerCooldown,
+    breakerMaxCooldown,
     memoryLimit: o.memoryLimit ?? null,
     // The child's own logger (ctx.log) follows the manager's level; a module worker started
     // for one task gives up loading its handler at the spawn timeout.

@@ -4,7 +4,17 @@ import type { Logger } from 'pino';
 import { createActor, fromPromise, toPromise } from 'xstate';
 import type { Actor, ActorOptions, InspectionEvent, Observer } from 'xstate';
 import { poolMachine } from '../machines/pool.js';
-import type { ForgetParams, PhaseCounts, PoolEmitted, ReleaseParams, SettleParams, SpawnParams, TellParams } from '../machines/pool.js';
+import type {
+  BreakerState,
+  ForgetParams,
+  PhaseCounts,
+  PoolEmitted,
+  PoolEvent,
+  ReleaseParams,
+  SettleParams,
+  SpawnParams,
+  TellParams,
+} from '../machines/pool.js';
 import type { ErrorInfo, FailedOutcome, FailureKind, Outcome, WorkerReport } from '../machines/types.js';
 import { workerMachine } from '../machines/worker.js';
 import { OptionError, TidepoolError } from './errors.js';
@@ -48,6 +58,65 @@ export interface AttemptEvent {
   settlement: Settlement;
 }
 
+/** An attempt that began: a worker took its delivery (`attempt:start`). */
+export interface AttemptStart {
+  taskId: string;
+  /** 1-based. */
+  attempt: number;
+  workerId: string;
+  /** The worker's process (its group leader), or null if the driver has not said it yet. */
+  pid: number | null;
+}
+
+/** A progress value a running attempt reported (`ctx.progress`, or a command's progress line). */
+export interface ProgressEvent {
+  taskId: string;
+  attempt: number;
+  workerId: string;
+  /** Any JSON value, as the worker sent it (at most `MAX_PROGRESS` bytes of JSON). */
+  value: unknown;
+}
+
+/**
+ * The crash breaker as it stands (see README, "Retries and dead letters"): `closed`; `open`
+ * (intake paused until `retryAt`); `half-open` (one attempt let through as the probe).
+ */
+export interface BreakerStatus {
+  state: BreakerState;
+  /** Times it tripped since the pool started. */
+  trips: number;
+  /** Crashes within the current `crashWindow`. */
+  crashes: number;
+  /** The cooldown in force while open, else the one the next trip will use, in ms. */
+  cooldownMs: number;
+  /**
+   * When an open breaker lets its probe through, in epoch ms (the pool's clock); null unless
+   * open (and while a user pause is in force, as the probe then waits for `resume()`).
+   */
+  retryAt: number | null;
+}
+
+/** The breaker's `breaker:tripped` event. */
+export interface BreakerTripped {
+  /** Crashes within the window when it tripped. */
+  crashes: number;
+  /** Trips since the pool started, this one included. */
+  trips: number;
+  /** How long intake stays paused, in ms. */
+  cooldownMs: number;
+  /** When the probe is let through, in epoch ms (the pool's clock). */
+  retryAt: number;
+}
+
+/**
+ * Where the pool's machine stands. `stopped` also before `start()` is called; `starting` from
+ * the call of `start()` (its handler check) until the source has opened.
+ */
+export type PoolState = 'starting' | 'running' | 'paused' | 'draining' | 'stopping' | 'stopped';
+
+/** What `pool.cancel(taskId)` found (the effect follows; see `Pool.cancel`). */
+export type CancelAnswer = 'queued' | 'running' | 'unknown';
+
 /** Live workers by phase (as their machines report it), and their total. */
 export interface WorkerCounts extends PhaseCounts {
   live: number;
@@ -61,12 +130,26 @@ export interface WorkerCounts extends PhaseCounts {
 export interface PoolEvents {
   /** A task reached its final outcome. */
   outcome: [TaskResult];
-  /** An attempt ended (every attempt, retried or not). */
+  /**
+   * An attempt ended (every attempt, retried or not; not a task cancelled before any attempt
+   * of it began).
+   */
   attempt: [AttemptEvent];
+  /** A worker took a delivery and began the attempt, in process `pid`. */
+  'attempt:start': [AttemptStart];
+  /** A running attempt reported progress; the latest is kept (`pool.progressOf`). */
+  progress: [ProgressEvent];
   'worker:spawned': [{ workerId: string; pid: number }];
   'worker:reaped': [WorkerReport];
-  /** Too many crashes within the window: intake paused for the cooldown. */
-  'breaker:tripped': [{ crashes: number }];
+  /**
+   * Too many crashes within the window, or the half-open probe crashed: intake paused for
+   * `cooldownMs` (doubled for each probe that crashed, up to `breakerMaxCooldown`).
+   */
+  'breaker:tripped': [BreakerTripped];
+  /** The cooldown passed: the next attempt is the probe. */
+  'breaker:half-open': [];
+  /** The probe did not crash (or a drain began): intake is open again. */
+  'breaker:closed': [];
   /** The source lost its connection: deliveries it made before are dropped, never settled. */
   'source:lost': [{ reason: Error }];
   'source:restored': [];
@@ -87,6 +170,27 @@ interface Pending {
 interface Held {
   delivery: Delivery;
   void: boolean;
+}
+
+/** An attempt under way: its delivery's task, and the latest progress it reported. */
+interface Running {
+  taskId: string;
+  attempt: number;
+  workerId: string;
+  progress: unknown;
+}
+
+/**
+ * Most task ids remembered per kind (cancelled while in a broker's queue; waiting for a retry):
+ * the oldest are forgotten past it, so a long-running pool's memory stays flat.
+ */
+const REMEMBERED = 10_000;
+
+/** Remember `key` in an insertion-ordered map bounded to REMEMBERED entries. */
+function remember<V>(map: Map<string, V>, key: string, value: V): void {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > REMEMBERED) map.delete(map.keys().next().value!);
 }
 
 type PoolActorRef = Actor<typeof poolMachine>;
@@ -128,6 +232,16 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   readonly #pending = new Map<string, Pending>();
   /** Settlements under way: drain and stop wait for them. */
   readonly #settling = new Set<Promise<void>>();
+  /** Attempts under way (a worker reported `running`), by delivery id. */
+  readonly #running = new Map<string, Running>();
+  /** Tasks waiting for a retry: the attempts they have made, by task id (bounded). */
+  readonly #retrying = new Map<string, number>();
+  /** Tasks cancelled while in a source that cannot drop them: acked when delivered (bounded). */
+  readonly #cancelled = new Map<string, true>();
+  /** When an open breaker lets its probe through (the pool's clock, ms). */
+  #retryAt: number | null = null;
+  /** start() was called. */
+  #started = false;
   #actor: PoolActorRef | null = null;
   /** The worker actors (set by start()). */
   #workers: WorkerActors | null = null;
@@ -196,6 +310,100 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   }
 
   /**
+   * Where the pool stands, from its machine's snapshot: `starting` from the call of `start()`
+   * (the handler check included) until the source opened; `running` (with the breaker closed
+   * or half-open); `paused` (by `pause()` or an open breaker: see `pausedBy`); `draining`;
+   * `stopping`; `stopped`, which is also what a pool reports before `start()` is called.
+   */
+  get state(): PoolState {
+    if (this.#finished) return 'stopped';
+    if (!this.#actor) return this.#started ? 'starting' : 'stopped';
+    const snapshot = this.#actor.getSnapshot();
+    return snapshot.status === 'active' ? (snapshot.value as PoolState) : 'stopped';
+  }
+
+  /** Who paused intake: `user` (`pause()`), `breaker` (open), or null when not paused. */
+  get pausedBy(): 'user' | 'breaker' | null {
+    if (!this.#actor || this.state !== 'paused') return null;
+    return this.#actor.getSnapshot().context.pausedBy;
+  }
+
+  /**
+   * Tasks waiting and not running: the pool's backlog (delivered, not yet handed to a worker)
+   * plus what the source holds undelivered (`source.depth()`: ready, and in a retry delay; a
+   * source without `depth` adds nothing).
+   */
+  get queued(): number {
+    const backlog = this.#actor?.getSnapshot().context.backlog.length ?? 0;
+    return backlog + (this.source.depth?.() ?? 0);
+  }
+
+  /** The crash breaker: its state, trips since the start, crashes in the window, cooldown and next retry. */
+  get breaker(): BreakerStatus {
+    if (!this.#actor) {
+      return { state: 'closed', trips: 0, crashes: 0, cooldownMs: this.options.breakerCooldown, retryAt: null };
+    }
+    const { breaker, trips, crashes, cooldown, pausedBy } = this.#actor.getSnapshot().context;
+    const retryAt = breaker === 'open' && pausedBy === 'breaker' ? this.#retryAt : null;
+    return { state: breaker, trips, crashes, cooldownMs: cooldown, retryAt };
+  }
+
+  /**
+   * The latest progress value the running attempt of `taskId` reported, or undefined (none
+   * reported, or no attempt of it running). Kept per running attempt: a retry starts afresh.
+   */
+  progressOf(taskId: string): unknown {
+    for (const attempt of this.#running.values()) if (attempt.taskId === taskId) return attempt.progress;
+    return undefined;
+  }
+
+  /**
+   * Cancel a task: the answer says where it was; the effect follows.
+   * - `queued`: no attempt of it had begun (waiting in the source, in the pool's backlog, or
+   *   for a retry delay): it is removed and never runs. Its `run()` promise resolves `failed`
+   *   with kind `cancelled` and the attempts already made, an `outcome` event fires, and a
+   *   delivery the pool held is acked. A source without `cancel` (a broker's queue) keeps the
+   *   message: the pool remembers the id and acks its delivery at once when it comes.
+   * - `running`: an attempt is running: its worker's whole process group gets SIGTERM, then
+   *   SIGKILL after `killGrace` (a module handler's `ctx.signal` aborts first, its reason
+   *   saying it was cancelled); once the worker is reaped the attempt's outcome is `cancelled`
+   *   (never retried, acked), whatever the process did on its way out, and `run()` resolves
+   *   with it. A worker cancelled is never reused.
+   * - `unknown`: not in flight in this pool (never seen, already final, or the pool is not
+   *   running).
+   *
+   * Throws `TidepoolError` `TIDEPOOL_ERR_ARGUMENT` when `taskId` is not a string.
+   */
+  cancel(taskId: string): CancelAnswer {
+    if (typeof taskId !== 'string') {
+      throw new TidepoolError('TIDEPOOL_ERR_ARGUMENT', `cancel(taskId): taskId must be a string, got ${describeValue(taskId)}`);
+    }
+    const actor = this.#actor;
+    if (!actor || this.#finished) return 'unknown';
+    const snapshot = actor.getSnapshot();
+    if (snapshot.status !== 'active' || snapshot.matches('stopping')) return 'unknown';
+    for (const [deliveryId, held] of this.#deliveries) {
+      if (held.void || held.delivery.task.id !== taskId) continue;
+      const workerId = this.#workers?.holding(deliveryId) ?? null;
+      if (workerId === null && !snapshot.context.backlog.includes(deliveryId)) continue;
+      this.logger.info({ taskId, attempt: held.delivery.attempt, workerId }, 'task cancelled');
+      const answer = this.#running.has(deliveryId) ? 'running' : 'queued';
+      actor.send({ type: 'task.cancel', deliveryId, workerId });
+      return answer;
+    }
+    if (this.source.cancel) {
+      if (!this.source.cancel(taskId)) return 'unknown';
+    } else {
+      // A broker cannot take the message out of its queue: its delivery is acked when it comes.
+      if (!this.#pending.has(taskId) && !this.#retrying.has(taskId)) return 'unknown';
+      remember(this.#cancelled, taskId, true);
+    }
+    this.logger.info({ taskId }, 'task cancelled before it started');
+    this.#final({ id: taskId, status: 'failed', error: { kind: 'cancelled', message: 'cancelled before it started' }, attempts: this.#retrying.get(taskId) ?? 0 });
+    return 'queued';
+  }
+
+  /**
    * Check that a module worker's handler loads, open the source and begin taking work.
    * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
    * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
@@ -206,6 +414,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
     }
+    this.#started = true;
     this.#checking = checkHandler(this.options, this.#stopCheck.signal);
     try {
       await this.#checking;
@@ -220,6 +429,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         maxTasksPerWorker: this.options.maxTasksPerWorker,
         maxCrashes: this.options.maxCrashes,
         maxSpawning: this.options.maxSpawning,
+        breakerCooldown: this.options.breakerCooldown,
+        breakerMaxCooldown: this.options.breakerMaxCooldown,
       },
       inspect: this.options.inspect as Observer<InspectionEvent> | undefined,
       ...(this.#internals.clock ? { clock: this.#internals.clock } : {}),
@@ -361,6 +572,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     }
     this.#pending.clear();
     this.#deliveries.clear();
+    this.#running.clear();
   }
 
   /**
@@ -387,13 +599,22 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         if (this.logger.isLevelEnabled('debug')) this.logger.debug(emitted.report, 'worker reaped');
         return this.#notify('worker:reaped', emitted.report);
       case 'breaker.tripped': {
-        const o = this.options;
+        const { crashes, trips, cooldownMs } = emitted;
+        const retryAt = this.#now() + cooldownMs;
+        this.#retryAt = retryAt;
         this.logger.error(
-          { crashes: emitted.crashes, crashWindow: o.crashWindow, cooldown: o.breakerCooldown },
-          `crash breaker tripped: ${emitted.crashes} crashes within ${o.crashWindow} ms; intake paused for ${o.breakerCooldown} ms`,
+          { crashes, trips, crashWindow: this.options.crashWindow, cooldown: cooldownMs },
+          `crash breaker tripped (${trips} so far): ${crashes} crashes within ${this.options.crashWindow} ms; intake paused for ${cooldownMs} ms, then one attempt is let through as a probe`,
         );
-        return this.#notify('breaker:tripped', { crashes: emitted.crashes });
+        return this.#notify('breaker:tripped', { crashes, trips, cooldownMs, retryAt });
       }
+      case 'breaker.half-open':
+        this.#retryAt = null;
+        this.logger.warn('crash breaker half-open: the next attempt is its probe');
+        return this.#notify('breaker:half-open');
+      case 'breaker.closed':
+        this.logger.info('crash breaker closed');
+        return this.#notify('breaker:closed');
       case 'prefetch':
         return this.source.prefetch(emitted.prefetch);
       case 'spares.unkept':
@@ -429,6 +650,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
           taskFor: (deliveryId) => this.#deliveries.get(deliveryId)?.delivery,
           host: this.#host,
           onSpawned: (workerId, pid) => this.#notify('worker:spawned', { workerId, pid }),
+          onProgress: (workerId, deliveryId, value) => this.#progress(workerId, deliveryId, value),
         }),
       },
       delays: {
@@ -438,7 +660,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         idleTimeout: o.idleTimeout,
       },
     });
-    const workers = new WorkerActors(worker, (event) => this.#actor?.send(event), {
+    const workers = new WorkerActors(worker, (event) => this.#fromWorker(event), {
       inspect: o.inspect ? asChildrenOf(() => this.#actor, o.inspect as InspectObserver) : undefined,
       clock: this.#internals.clock,
     });
@@ -449,6 +671,13 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
           await source.open(
             {
               deliver: (delivery) => {
+                const taskId = delivery.task.id;
+                this.#retrying.delete(taskId);
+                if (this.#cancelled.delete(taskId)) {
+                  log.info({ taskId, attempt: delivery.attempt }, 'delivery of a cancelled task acked without running it');
+                  this.#track(source.settle(delivery, { action: 'ack' }), 'settle');
+                  return;
+                }
                 this.#deliveries.set(delivery.id, { delivery, void: false });
                 this.#actor?.send({ type: 'delivery', deliveryId: delivery.id });
               },
@@ -477,11 +706,15 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
             const held = this.#deliveries.get(id);
             if (!held) continue;
             this.#deliveries.delete(id);
+            this.#running.delete(id);
             if (!held.void) this.#track(source.release(held.delivery), 'release');
           }
         }),
         forget: safe('forget', (_: unknown, params: unknown) => {
-          for (const id of (params as ForgetParams).deliveryIds) this.#deliveries.delete(id);
+          for (const id of (params as ForgetParams).deliveryIds) {
+            this.#deliveries.delete(id);
+            this.#running.delete(id);
+          }
           for (const held of this.#deliveries.values()) held.void = true;
         }),
         spawnWorker: safe('spawnWorker', (_: unknown, params: unknown) => workers.spawn(params as SpawnParams)),
@@ -494,11 +727,50 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
         resumeIntake: safe('resumeIntake', () => source.resume()),
         closeIntake: safe('closeIntake', () => source.close()),
       },
+      // The breaker's cooldown is the machine's own (it grows): given through its input.
       delays: {
         crashWindow: o.crashWindow,
-        breakerCooldown: o.breakerCooldown,
       },
     });
+  }
+
+  /** A worker's report on its way to the pool machine; an attempt's start is told here. */
+  #fromWorker(event: PoolEvent): void {
+    if (event.type === 'worker.running') {
+      const held = this.#deliveries.get(event.deliveryId);
+      if (held) {
+        const { task, attempt } = held.delivery;
+        this.#running.set(event.deliveryId, { taskId: task.id, attempt, workerId: event.workerId, progress: undefined });
+        this.#notify('attempt:start', { taskId: task.id, attempt, workerId: event.workerId, pid: event.pid });
+      }
+    } else if ((event.type === 'worker.done' || event.type === 'worker.error') && event.held !== null) {
+      // It ended without reporting on its attempt: the delivery goes back to the backlog.
+      this.#running.delete(event.held);
+    }
+    this.#actor?.send(event);
+  }
+
+  /** A progress value from a worker: kept and told while its attempt is the one running. */
+  #progress(workerId: string, deliveryId: string, value: unknown): void {
+    const attempt = this.#running.get(deliveryId);
+    if (!attempt || attempt.workerId !== workerId) return;
+    attempt.progress = value;
+    this.#notify('progress', { taskId: attempt.taskId, attempt: attempt.attempt, workerId, value });
+  }
+
+  /** Now on the pool's clock (a simulated one in tests), in ms. */
+  #now(): number {
+    return (this.#internals.clock as { now?: () => number } | undefined)?.now?.() ?? Date.now();
+  }
+
+  /** A task's final outcome decided without a settlement of an attempt: told to its caller. */
+  #final(result: TaskResult extends infer R ? (R extends unknown ? Omit<R, 'durationMs'> : never) : never): void {
+    const pending = this.#pending.get(result.id);
+    this.#pending.delete(result.id);
+    this.#retrying.delete(result.id);
+    const final = { ...result, durationMs: pending ? Math.round(performance.now() - pending.startedAt) : 0 } as TaskResult;
+    pending?.resolve(final);
+    this.#notify('outcome', final);
   }
 
   /** Keep a source call's promise until it settles, so drain and stop can wait for it. */
@@ -516,6 +788,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     this.#deliveries.delete(deliveryId);
     const { delivery } = held;
     const taskId = delivery.task.id;
+    const started = this.#running.delete(deliveryId);
     if (held.void) {
       this.logger.info({ taskId, attempt: delivery.attempt }, 'outcome dropped: its delivery was lost with the connection');
       return;
@@ -527,18 +800,20 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       this.logger.debug({ taskId, attempt: delivery.attempt }, 'task resolved');
     }
     // The outcome is told once the settlement is safe: a task whose ack failed comes again.
+    // A task cancelled before its attempt began made one attempt fewer than its delivery says.
+    const cancelledEarly = outcome.status === 'failed' && outcome.kind === 'cancelled' && !started;
+    const attempts = cancelledEarly ? delivery.attempt - 1 : delivery.attempt;
     this.#track(this.source.settle(delivery, settlement), 'settle', () => {
-      this.#notify('attempt', { taskId, attempt: delivery.attempt, outcome, settlement });
-      if (settlement.action === 'retry') return;
-      const pending = this.#pending.get(taskId);
-      this.#pending.delete(taskId);
-      const durationMs = pending ? Math.round(performance.now() - pending.startedAt) : 0;
-      const result: TaskResult =
+      if (!cancelledEarly) this.#notify('attempt', { taskId, attempt: delivery.attempt, outcome, settlement });
+      if (settlement.action === 'retry') {
+        remember(this.#retrying, taskId, delivery.attempt);
+        return;
+      }
+      this.#final(
         outcome.status === 'resolved'
-          ? { id: taskId, status: 'resolved', result: outcome.result ?? null, attempts: delivery.attempt, durationMs }
-          : { id: taskId, status: 'failed', error: publicError(outcome), attempts: delivery.attempt, durationMs };
-      pending?.resolve(result);
-      this.#notify('outcome', result);
+          ? { id: taskId, status: 'resolved', result: outcome.result ?? null, attempts }
+          : { id: taskId, status: 'failed', error: publicError(outcome), attempts },
+      );
     });
   }
 
@@ -594,6 +869,13 @@ function publicError(outcome: FailedOutcome): PublicError {
   if (outcome.exitCode !== undefined) error.exitCode = outcome.exitCode;
   if (outcome.signal !== undefined) error.signal = outcome.signal;
   return error;
+}
+
+/** A value as an error message names it. */
+function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'object' ? 'an object' : `${typeof value} ${String(value)}`;
 }
 
 function malformedResult({ id, message }: Malformed, startedAt: number): TaskResult {

@@ -27,7 +27,10 @@ export function backoff(policy: RetryPolicy, attempt: number, random: () => numb
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
-/** The one settlement policy every source executes: which outcome is acked, retried or dead-lettered. */
+/**
+ * The one settlement policy every source executes: which outcome is acked (resolved, or
+ * `cancelled`), retried or dead-lettered.
+ */
 export function decideSettlement(
   outcome: Outcome,
   attempt: number,
@@ -36,6 +39,9 @@ export function decideSettlement(
 ): Settlement {
   if (outcome.status === 'resolved') return { action: 'ack' };
   const { kind, message } = outcome;
+  // A cancel is the user's decision, not a fault: the delivery is removed, not dead-lettered
+  // (Celery's `revoke`, BullMQ's job cancel).
+  if (kind === 'cancelled') return { action: 'ack' };
   if (!outcome.retryable) return { action: 'dead-letter', reason: `${kind} (not retryable)`, kind, message };
   if (attempt >= policy.attempts) return { action: 'dead-letter', reason: `${kind} (attempts exhausted)`, kind, message };
   return { action: 'retry', delay: backoff(policy, attempt, random), attempt: attempt + 1 };

@@ -59,6 +59,18 @@ export class WorkerActors {
     if (actor?.getSnapshot().status === 'active') actor.send(command);
   }
 
+  /**
+   * The live worker holding `deliveryId` (assigned, starting with it, or running it), or null.
+   * A scan of the live workers: for a cancel, which is rare, rather than an index kept up on
+   * every task.
+   */
+  holding(deliveryId: string): string | null {
+    for (const [workerId, actor] of this.#live) {
+      if ((actor.getSnapshot().context as WorkerContext).deliveryId === deliveryId) return workerId;
+    }
+    return null;
+  }
+
   killAll(): void {
     for (const actor of this.#live.values()) actor.send({ type: 'worker.kill' });
   }

@@ -20,7 +20,14 @@ const wrong: Handler<{ id: string }, number> = async () => 'text';
 
 describe('public types', () => {
   it('a typed handler runs as a plain function', async () => {
-    const ctx = { attempt: 1, workerId: 'w', taskId: 't', signal: new AbortController().signal, log: { debug() {}, info() {}, warn() {}, error() {} } };
+    const ctx = {
+      attempt: 1,
+      workerId: 'w',
+      taskId: 't',
+      signal: new AbortController().signal,
+      log: { debug() {}, info() {}, warn() {}, error() {} },
+      progress() {},
+    };
     await expect(typed({ id: 't', n: 2 }, ctx)).resolves.toEqual({ twice: 4 });
     expect([both, wrong]).toHaveLength(2);
   });

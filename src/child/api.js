@@ -12,6 +12,12 @@
  *   cancels the task; its `reason` (an Error) says which
  * @property {{ debug: LogFn, info: LogFn, warn: LogFn, error: LogFn }} log a pino-compatible
  *   logger writing JSON lines (with pid, workerId, taskId) to stderr at the pool's level
+ * @property {(value: unknown) => void} progress report progress: any JSON value, at most
+ *   4096 bytes (4 KiB) serialised. The pool emits it (`'progress'`) and keeps the latest per
+ *   running attempt (`pool.progressOf(taskId)`). Throws a TypeError for a value JSON cannot
+ *   carry (undefined, a function, a BigInt, a cycle) and a RangeError past 4 KiB; nothing is
+ *   sent then. Each call is one message to the manager: report at a human pace (a few per
+ *   second), not per item of a tight loop.
  */
 
 /**

@@ -34,6 +34,9 @@
 //                            `proc` (descendants seen by polling /proc, and the group), `group`
 //                            (the process group only)
 //   P <id> <pid>\n           worker <id> started (its exec succeeded) as <pid>, in its own group
+//   G <id> <len>\n<json>     worker <id> wrote a progress line on stderr (PROGRESS_PREFIX, then
+//                            at most MAX_PROGRESS bytes of JSON, then a newline): the JSON. The
+//                            line is not forwarded with the worker's stderr, nor kept in its tail
 //   F <id> <len>\n<payload>  worker <id> never started (no X follows): NUL-separated
 //                            errno code (ENOENT), step (exec, chdir, spawn, ...), description
 //   X <id> <code> <signal> <overflow> <outlen> <errlen> <memory>\n<answer><stderr tail>
@@ -46,6 +49,8 @@
 //
 // The host is started with the limits as arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS.
 
+import { MAX_PROGRESS, PROGRESS_PREFIX } from './protocol.js';
+
 /** Frame kinds. */
 export const HOST = /** @type {const} */ ({
   CONFIGURE: 'C',
@@ -54,6 +59,7 @@ export const HOST = /** @type {const} */ ({
   SIGNAL: 'K',
   UP: 'R',
   SPAWNED: 'P',
+  PROGRESS: 'G',
   FAILED: 'F',
   EXITED: 'X',
 });
@@ -75,6 +81,7 @@ function payloadLength(kind, fields) {
     case HOST.SPAWN:
     case HOST.INPUT:
     case HOST.FAILED:
+    case HOST.PROGRESS:
       return fields[1] === '-' ? 0 : Number(fields[1]);
     case HOST.EXITED:
       return Number(fields[4]) + Number(fields[5]);
@@ -108,6 +115,74 @@ export class FrameReader {
     }
     this.#buffer = buffer;
     return frames;
+  }
+}
+
+const PREFIX = Buffer.from(PROGRESS_PREFIX, 'latin1');
+
+/**
+ * Splits a worker's stderr into what is forwarded and its progress lines (PROGRESS_PREFIX,
+ * at most MAX_PROGRESS bytes of JSON, a newline). Ordinary text passes at once, whole lines or
+ * not; only the start of a line that may still become a progress line is held back, until it
+ * is one (taken out) or is not (passed on). The Perl host does the same in its keeper.
+ */
+export class ProgressLines {
+  /** The start of a line, undecided. */
+  /** @type {Buffer} */
+  #held = Buffer.alloc(0);
+  /** Inside an ordinary line: everything up to its newline passes. */
+  #inLine = false;
+
+  /**
+   * @param {Buffer} chunk
+   * @returns {{ text: Buffer[], values: Buffer[] }} what to forward, and the progress JSON
+   */
+  push(chunk) {
+    let buf = this.#held.length === 0 ? chunk : Buffer.concat([this.#held, chunk]);
+    this.#held = Buffer.alloc(0);
+    /** @type {Buffer[]} */
+    const text = [];
+    /** @type {Buffer[]} */
+    const values = [];
+    while (buf.length > 0) {
+      if (this.#inLine) {
+        const nl = buf.indexOf(10);
+        if (nl < 0) {
+          text.push(buf);
+          break;
+        }
+        text.push(buf.subarray(0, nl + 1));
+        buf = buf.subarray(nl + 1);
+        this.#inLine = false;
+        continue;
+      }
+      const n = Math.min(buf.length, PREFIX.length);
+      if (buf.compare(PREFIX, 0, n, 0, n) !== 0) {
+        this.#inLine = true;
+        continue;
+      }
+      const nl = buf.indexOf(10, n);
+      if (nl < 0 && (buf.length < PREFIX.length || buf.length - PREFIX.length <= MAX_PROGRESS)) {
+        this.#held = buf;
+        break;
+      }
+      if (nl < 0 || nl - PREFIX.length > MAX_PROGRESS) {
+        // Too long for a progress value: an ordinary line.
+        this.#inLine = true;
+        continue;
+      }
+      values.push(buf.subarray(PREFIX.length, nl));
+      buf = buf.subarray(nl + 1);
+    }
+    return { text, values };
+  }
+
+  /** The stream ended: what was held back is ordinary text. */
+  end() {
+    const held = this.#held;
+    this.#held = Buffer.alloc(0);
+    this.#inLine = false;
+    return held;
   }
 }
 

@@ -10,7 +10,7 @@
 //   start.
 import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { EXIT, MAX_OUTPUT, MSG, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
+import { EXIT, MAX_OUTPUT, MAX_PROGRESS, MSG, PROGRESS_PREFIX, handlerOf, isNonRetryable, killGroup, serializeError } from './protocol.js';
 
 /** @typedef {import('./protocol.js').RunMessage} RunMessage */
 /** @typedef {import('./protocol.js').ChildMessage} ChildMessage */
@@ -116,6 +116,29 @@ const loadTimer =
       }, loadLimit)
     : null;
 
+/**
+ * `ctx.progress(value)`: one JSON value, at most MAX_PROGRESS bytes. A reused worker sends it
+ * over its channel (in order with its reply); a single-use one writes a progress line on
+ * stderr, which the spawn host takes out and passes on, as for a command.
+ * @param {unknown} value
+ */
+function progress(value) {
+  /** @type {string | undefined} */
+  let json;
+  try {
+    json = JSON.stringify(value);
+  } catch (err) {
+    throw new TypeError(`ctx.progress: the value cannot be sent as JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (json === undefined) throw new TypeError(`ctx.progress: the value cannot be sent as JSON (got ${typeof value})`);
+  const bytes = Buffer.byteLength(json);
+  if (bytes > MAX_PROGRESS) {
+    throw new RangeError(`ctx.progress: the value is ${bytes} bytes of JSON, more than the ${MAX_PROGRESS} a progress value may carry`);
+  }
+  if (piped) process.stderr.write(`${PROGRESS_PREFIX}${json}\n`);
+  else if (process.connected) process.send?.({ k: MSG.PROGRESS, value: JSON.parse(json) });
+}
+
 /** @type {(task: unknown, ctx: object) => unknown} */
 let handler;
 try {
@@ -155,6 +178,7 @@ async function run(message) {
       return controller.signal;
     },
     log: createLogger({ pid: process.pid, workerId: message.workerId, taskId: message.taskId }),
+    progress,
   };
   /** @type {ChildMessage} */
   let reply;

@@ -6,7 +6,8 @@
 
 /**
  * Message kinds. Parent → child: `run`. Child → parent: `ready`, `result`, `error`,
- * `load-error`.
+ * `load-error`, and `progress` (a reused worker's `ctx.progress`, over its channel; a
+ * single-use worker writes a progress line on stderr instead, as commands do).
  */
 export const MSG = /** @type {const} */ ({
   RUN: 'run',
@@ -14,6 +15,7 @@ export const MSG = /** @type {const} */ ({
   RESULT: 'result',
   ERROR: 'error',
   LOAD_ERROR: 'load-error',
+  PROGRESS: 'progress',
 });
 
 /**
@@ -43,6 +45,16 @@ export function killGroup(pid, signal) {
   }
 }
 
+/**
+ * A progress report is one line on a worker's stderr: this prefix, then the value as JSON (at
+ * most MAX_PROGRESS bytes), then a newline. The spawn host takes such lines out of the stderr
+ * it forwards and sends the value to the manager. A line that starts so but whose JSON is
+ * longer is no progress: it is forwarded as ordinary stderr.
+ */
+export const PROGRESS_PREFIX = 'TIDEPOOL_PROGRESS ';
+/** Most bytes of JSON one progress value may take (4 KiB). */
+export const MAX_PROGRESS = 4096;
+
 /** Bytes of a worker's stderr kept for its failure message. */
 export const STDERR_TAIL = 2048;
 /** A command's stdout beyond this fails the attempt (the result would not fit a message anyway). */
@@ -56,7 +68,8 @@ export const MAX_OUTPUT = 16 * 1024 * 1024;
  * @typedef {{ k: 'ready' }
  *   | { k: 'result', value: unknown }
  *   | { k: 'error', error: ErrorInfo, retryable: boolean }
- *   | { k: 'load-error', error: ErrorInfo }} ChildMessage
+ *   | { k: 'load-error', error: ErrorInfo }
+ *   | { k: 'progress', value: unknown }} ChildMessage
  */
 
 /** How deep a chain of `cause`s is followed, and how large one own field may be (JSON bytes). */

@@ -18,7 +18,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { getSystemErrorMap } from 'node:util';
-import { FrameReader, HOST, frame, parseConfigure } from './host-protocol.js';
+import { FrameReader, HOST, ProgressLines, frame, parseConfigure } from './host-protocol.js';
 
 const [MAX_OUTPUT, STDERR_TAIL, FLUSH_LIMIT_MS] = process.argv.slice(2).map(Number);
 const CONTAINMENT = 'proc';
@@ -257,11 +257,20 @@ function launch(id, stdin, socket) {
     }
     out.push(chunk);
   });
-  child.stderr?.on('data', (/** @type {Buffer} */ chunk) => {
-    process.stderr.write(chunk);
-    tail = Buffer.concat([tail, chunk]);
+  // Progress lines are taken out of the stderr forwarded (and of its tail) and sent on.
+  const lines = new ProgressLines();
+  const forward = (/** @type {Buffer} */ text) => {
+    if (text.length === 0) return;
+    process.stderr.write(text);
+    tail = Buffer.concat([tail, text]);
     if (tail.length > STDERR_TAIL) tail = tail.subarray(tail.length - STDERR_TAIL);
+  };
+  child.stderr?.on('data', (/** @type {Buffer} */ chunk) => {
+    const { text, values } = lines.push(chunk);
+    for (const part of text) forward(part);
+    for (const value of values) send(frame(`${HOST.PROGRESS} ${id}`, value));
   });
+  child.stderr?.on('end', () => forward(lines.end()));
   child.once('exit', (code, signal) => {
     // Whatever the worker left goes with it; that also closes pipes a descendant inherited,
     // so 'close' cannot wait forever.
@@ -272,6 +281,7 @@ function launch(id, stdin, socket) {
       if (done) return;
       done = true;
       clearTimeout(timer);
+      forward(lines.end());
       const stdout = Buffer.concat(out);
       const header = `${HOST.EXITED} ${id} ${code ?? '-'} ${signal ?? '-'} ${overflow ? 1 : 0} ${stdout.length} ${tail.length} ${job.memory ? 1 : 0}\n`;
       send(Buffer.concat([Buffer.from(header, 'latin1'), stdout, tail]));

@@ -21,7 +21,8 @@
 # queued workers a few at a time between events, so an exit is never stuck behind a burst of
 # spawns, and a worker the manager gave up on before it started is never started.
 #
-# Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS (the limits, from protocol.js).
+# Arguments: MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS MAX_PROGRESS PROGRESS_PREFIX (the limits and
+# the progress line's prefix, from protocol.js).
 # Uses only modules of perl-base (Debian's essential Perl).
 use strict;
 use warnings;
@@ -31,8 +32,9 @@ use Fcntl qw(F_GETFL F_SETFL F_SETFD O_NONBLOCK O_RDWR);
 use POSIX ();
 use Socket qw(AF_UNIX SOCK_STREAM PF_UNSPEC pack_sockaddr_un);
 
-my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS) = @ARGV;
-die "usage: spawn-host.pl MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS\n" unless defined $FLUSH_LIMIT_MS;
+my ($MAX_OUTPUT, $STDERR_TAIL, $FLUSH_LIMIT_MS, $MAX_PROGRESS, $PROGRESS_PREFIX) = @ARGV;
+die "usage: spawn-host.pl MAX_OUTPUT STDERR_TAIL FLUSH_LIMIT_MS MAX_PROGRESS PROGRESS_PREFIX\n" unless defined $PROGRESS_PREFIX;
+my $PREFIX_LENGTH = length $PROGRESS_PREFIX;
 
 my $TICKS = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
 my @SIGNAME = split ' ', $Config{sig_name};
@@ -315,6 +317,38 @@ sub keeper {
   my ($ctl, $pending, $close_stdin) = ('', '', 0);
   my ($stdout, $out_bytes, $overflow, $tail, $memory) = ('', 0, 0, '', 0);
   my ($exited, $status, $flush_by);
+  # The worker's stderr, forwarded (and its tail kept), less its progress lines, which go to
+  # the host as G frames: the line splitting of ProgressLines in host-protocol.js. Only the
+  # start of a line that may still become a progress line is held back.
+  my ($held_line, $in_line) = ('', 0);
+  my $forward = sub {
+    my ($text) = @_;
+    return unless length $text;
+    write_all(\*STDERR, $text);   # the worker's own diagnostics, forwarded
+    $tail = substr($tail . $text, -$STDERR_TAIL);
+  };
+  my $stderr_in = sub {
+    my $buf = $held_line . $_[0];
+    $held_line = '';
+    while (length $buf) {
+      if ($in_line) {
+        my $nl = index $buf, "\n";
+        if ($nl < 0) { $forward->($buf); last }
+        $forward->(substr($buf, 0, $nl + 1, ''));
+        $in_line = 0;
+        next;
+      }
+      my $n = length($buf) < $PREFIX_LENGTH ? length($buf) : $PREFIX_LENGTH;
+      if (substr($buf, 0, $n) ne substr($PROGRESS_PREFIX, 0, $n)) { $in_line = 1; next }
+      my $nl = index $buf, "\n", $n;
+      if ($nl < 0 && (length($buf) < $PREFIX_LENGTH || length($buf) - $PREFIX_LENGTH <= $MAX_PROGRESS)) { $held_line = $buf; last }
+      if ($nl < 0 || $nl - $PREFIX_LENGTH > $MAX_PROGRESS) { $in_line = 1; next }   # too long: ordinary text
+      my $value = substr($buf, $PREFIX_LENGTH, $nl - $PREFIX_LENGTH);
+      substr($buf, 0, $nl + 1) = '';
+      $tell->('G ' . length($value) . "\n$value") unless $host_gone;
+    }
+  };
+  my $stderr_end = sub { $forward->($held_line); $held_line = ''; $in_line = 0 };
   my $next_memory = $memory_limit ? now_ms() + $MEMORY_POLL_MS : undef;
   my $request = sub {   # signal the worker's group; only while the worker is not reaped
     my ($signal) = @_;
@@ -377,6 +411,7 @@ sub keeper {
     }
     if ($exited && !$status_r && !$out_r && !$err_r || $exited && now_ms() >= $flush_by) {
       last if !$started;   # reported with F
+      $stderr_end->();
       my $code = POSIX::WIFEXITED($status) ? POSIX::WEXITSTATUS($status) : '-';
       my $signal = POSIX::WIFSIGNALED($status) ? 'SIG' . $SIGNAME[POSIX::WTERMSIG($status)] : '-';
       $tell->("X $code $signal $overflow " . length($stdout) . ' ' . length($tail) . " $memory\n$stdout$tail") unless $host_gone;
@@ -419,9 +454,8 @@ sub keeper {
       } elsif ($err_r && $fd == fileno $err_r) {
         my $n = sysread($err_r, my $chunk, 65536);
         next if !defined $n && ($!{EAGAIN} || $!{EINTR});
-        if (!$n) { shut($err_r); undef $err_r; next }
-        write_all(\*STDERR, $chunk);   # the worker's own diagnostics, forwarded
-        $tail = substr($tail . $chunk, -$STDERR_TAIL);
+        if (!$n) { shut($err_r); undef $err_r; $stderr_end->(); next }
+        $stderr_in->($chunk);
       } elsif ($in_w && $fd == fileno $in_w) {
         $flush_in->();
         $close_in->() if $ev & ($POLLERR | $POLLHUP);
@@ -511,20 +545,21 @@ sub flush_keeper {
   }
 }
 
-# What a keeper says: P <pid> (exec done), F <len>\n<why> (never started), X <code> <signal>
-# <overflow> <outlen> <errlen> <memory>\n<answer><tail> (the worker exited and its tree is
-# gone): passed on to the manager with the job's id.
+# What a keeper says: P <pid> (exec done), G <len>\n<json> (a progress line), F <len>\n<why>
+# (never started), X <code> <signal> <overflow> <outlen> <errlen> <memory>\n<answer><tail> (the
+# worker exited and its tree is gone): passed on to the manager with the job's id.
 sub keeper_said {
   my ($job) = @_;
   for (;;) {
     my $nl = index $job->{buf}, "\n";
     return if $nl < 0;
     my ($kind, @fields) = split / /, substr($job->{buf}, 0, $nl);
-    my $len = $kind eq 'F' ? $fields[0] : $kind eq 'X' ? $fields[3] + $fields[4] : 0;
+    my $len = $kind eq 'F' || $kind eq 'G' ? $fields[0] : $kind eq 'X' ? $fields[3] + $fields[4] : 0;
     return if length($job->{buf}) < $nl + 1 + $len;
     my $payload = substr($job->{buf}, $nl + 1, $len);
     substr($job->{buf}, 0, $nl + 1 + $len) = '';
     if ($kind eq 'P') { $job->{pid} = $fields[0]; to_manager("P $job->{id} $fields[0]\n") }
+    elsif ($kind eq 'G') { to_manager("G $job->{id} $fields[0]\n$payload") }
     elsif ($kind eq 'F') { $job->{done} = 1; to_manager("F $job->{id} $fields[0]\n$payload") }
     elsif ($kind eq 'X') { $job->{done} = 1; to_manager("X $job->{id} @fields\n$payload") }
   }

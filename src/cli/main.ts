@@ -34,6 +34,7 @@ const FLAGS = {
   'max-crashes': { option: 'maxCrashes', arg: 'N', help: 'crash breaker threshold' },
   'crash-window': { option: 'crashWindow', arg: 'MS', help: 'crash breaker window' },
   'breaker-cooldown': { option: 'breakerCooldown', arg: 'MS', help: 'intake pause once the breaker trips' },
+  'breaker-max-cooldown': { option: 'breakerMaxCooldown', arg: 'MS', help: 'ceiling of the cooldown, doubled by each probe that crashes' },
   'memory-limit': { option: 'memoryLimit', arg: 'MIB', help: "memory cap on each worker's whole process tree", fallback: 'none' },
   env: { option: 'env', arg: 'NAME[=VALUE]', help: "pass (or set) a variable in the workers' environment; repeatable" },
   cwd: { option: 'cwd', arg: 'DIR', help: 'working directory of the workers' },
@@ -76,6 +77,7 @@ const INTEGER_FLAGS = {
   'max-crashes': 'maxCrashes',
   'crash-window': 'crashWindow',
   'breaker-cooldown': 'breakerCooldown',
+  'breaker-max-cooldown': 'breakerMaxCooldown',
   'memory-limit': 'memoryLimit',
 } as const satisfies Record<string, keyof PoolOptions>;
 

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { fromCallback } from 'xstate';
 import type { ErrorInfo } from '../../machines/types.js';
 import type { ProcessAnswer, ProcessCommand, ProcessEvent, ProcessInput } from '../../machines/worker.js';
-import { MAX_OUTPUT, MSG } from '../child/protocol.js';
+import { MAX_OUTPUT, MSG, PROGRESS_PREFIX } from '../child/protocol.js';
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
@@ -37,6 +37,8 @@ export interface DriverRuntime {
   /** The task behind a delivery id, if the pool still holds it. */
   taskFor(deliveryId: string): Held | undefined;
   onSpawned?(workerId: string, pid: number): void;
+  /** A progress value from the worker running `deliveryId` (already parsed JSON). */
+  onProgress?(workerId: string, deliveryId: string, value: unknown): void;
   /** Starts every worker (required); the owner closes it when done. */
   host?: SpawnHost;
 }
@@ -63,6 +65,8 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
     let pid: number | null = null;
     let exited = false;
     let ran = false;
+    /** The delivery it runs: progress lines are its. */
+    let current = input.deliveryId;
     // Spawned for a task (just in time): its input goes with the spawn, one frame fewer.
     const held = input.deliveryId === null ? undefined : rt.taskFor(input.deliveryId);
     const prewritten = held === undefined ? undefined : kind.input(held, input.workerId);
@@ -94,6 +98,9 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
             answer: ran && !memory ? kind.answer(exit) : undefined,
           });
         },
+        progress: (json) => {
+          if (current !== null) progressOf(rt, input.workerId, current, json);
+        },
       },
       prewritten,
     );
@@ -103,6 +110,7 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
     receive((command) => {
       if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
       ran = true;
+      current = command.deliveryId;
       if (command.deliveryId === input.deliveryId && prewritten !== undefined) return;
       const task = rt.taskFor(command.deliveryId);
       if (task && !exited) host.stdin(id, kind.input(task, input.workerId));
@@ -122,6 +130,8 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
   return fromCallback<ProcessCommand, ProcessInput>(({ input, sendBack, receive }) => {
     let pid: number | null = null;
     let exited = false;
+    /** The delivery of the task it runs now: its progress messages are that attempt's. */
+    let current: string | null = null;
     const id = host.spawn(
       {
         spawned: (spawnedPid) => {
@@ -144,6 +154,9 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
               return sendBack({ type: 'proc.result', result: m.value });
             case MSG.ERROR:
               return sendBack({ type: 'proc.failed', error: m.error, retryable: m.retryable });
+            case MSG.PROGRESS:
+              if (current !== null) rt.onProgress?.(input.workerId, current, m.value);
+              return;
             case MSG.LOAD_ERROR:
               return sendBack({
                 type: 'proc.spawnError',
@@ -166,6 +179,7 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
     };
     receive((command) => {
       if (command.type !== 'proc.run') return signal(SIGNAL_OF[command.type]);
+      current = command.deliveryId;
       const held = rt.taskFor(command.deliveryId);
       if (!held || exited) return;
       // The channel is gone (the worker is dying): its exit will fail the attempt.
@@ -175,6 +189,18 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
     });
     return () => signal('SIGKILL');
   });
+}
+
+/** A progress line's JSON, parsed and passed on; one that is not JSON is logged and dropped. */
+function progressOf(rt: DriverRuntime, workerId: string, deliveryId: string, json: string): void {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    rt.logger.warn({ workerId, line: json.slice(0, 200) }, `a progress line is not JSON; dropped (expected ${PROGRESS_PREFIX.trim()} <JSON>)`);
+    return;
+  }
+  rt.onProgress?.(workerId, deliveryId, value);
 }
 
 function needHost(rt: DriverRuntime): SpawnHost {

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { FrameReader, HOST, configurePayload, frame } from '../child/host-protocol.js';
 import type { Frame, SpawnSpec } from '../child/host-protocol.js';
-import { FLUSH_LIMIT_MS, MAX_OUTPUT, STDERR_TAIL } from '../child/protocol.js';
+import { FLUSH_LIMIT_MS, MAX_OUTPUT, MAX_PROGRESS, PROGRESS_PREFIX, STDERR_TAIL } from '../child/protocol.js';
 import type { ErrorInfo } from '../child/protocol.js';
 
 const PERL_HOST = fileURLToPath(new URL('../child/spawn-host.pl', import.meta.url));
@@ -55,6 +55,8 @@ export interface SpawnHandlers {
   exit(exit: HostExit): void;
   /** A message from the worker on its channel (only with `channel: true`). */
   message?(message: unknown): void;
+  /** A progress line the worker wrote on stderr: its JSON, not yet parsed. */
+  progress?(json: string): void;
 }
 
 /** A worker's channel: its socket once it connected, and what it sent so far. */
@@ -212,7 +214,7 @@ export class SpawnHost {
 
   #start(): ChildProcess {
     const edition = this.#edition;
-    const limits = [String(MAX_OUTPUT), String(STDERR_TAIL), String(FLUSH_LIMIT_MS)];
+    const limits = [String(MAX_OUTPUT), String(STDERR_TAIL), String(FLUSH_LIMIT_MS), String(MAX_PROGRESS), PROGRESS_PREFIX];
     const child = spawn(edition === 'perl' ? 'perl' : process.execPath, [edition === 'perl' ? PERL_HOST : NODE_HOST, ...limits], {
       // The host only forks; the workers get their own environment, from the configure frame.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
@@ -266,6 +268,7 @@ export class SpawnHost {
       handlers.pid = Number(fields[1]);
       return handlers.spawned(handlers.pid);
     }
+    if (kind === HOST.PROGRESS) return handlers.progress?.(payload.toString('utf8'));
     this.#pending.delete(fields[0]);
     if (this.#pending.size === 0 && this.#child) hold(this.#child, false);
     if (kind === HOST.FAILED) {

@@ -52,7 +52,8 @@ export class MemorySource implements Source {
   readonly #deadLetterLimit: number;
   readonly #ready = new Fifo<Delivery>();
   #unsettled = new Map<string, Delivery>();
-  #timers = new Set<unknown>();
+  /** Retries in their delay: each timer, and the task and attempt it will deliver. */
+  #timers = new Map<unknown, { task: Task; attempt: number }>();
   readonly #clock: Clock;
   #consumer: SourceConsumer | null = null;
   #prefetch = 0;
@@ -125,7 +126,7 @@ export class MemorySource implements Source {
         this.#ready.push(this.#delivery(delivery.task, settlement.attempt, delivery.text));
         this.#pump();
       }, settlement.delay);
-      this.#timers.add(timer);
+      this.#timers.set(timer, { task: delivery.task, attempt: settlement.attempt });
     } else if (settlement.action === 'dead-letter') {
       this.#deadLetter({ task: delivery.task, attempts: delivery.attempt, reason: settlement.reason });
     }
@@ -138,6 +139,30 @@ export class MemorySource implements Source {
     // Interrupted through no fault of its own: same attempt, front of the queue.
     this.#ready.unshift(this.#delivery(delivery.task, delivery.attempt, delivery.text));
     this.#pump();
+  }
+
+  /**
+   * Drop the undelivered task `taskId`, ready or in its retry delay: it is never delivered.
+   * Returns whether one was dropped (a delivered task is the pool's to cancel). A linear scan
+   * of the waiting tasks: cancels are rare, and the queue keeps no index it would pay for on
+   * every task.
+   */
+  cancel(taskId: string): boolean {
+    let dropped = this.#ready.remove((d) => d.task.id === taskId);
+    for (const [timer, waiting] of this.#timers) {
+      if (waiting.task.id !== taskId) continue;
+      this.#clock.clearTimeout(timer);
+      this.#timers.delete(timer);
+      dropped = true;
+    }
+    // A closed queue may now hold nothing more.
+    if (dropped) this.#pump();
+    return dropped;
+  }
+
+  /** Tasks waiting to be delivered: ready, and in a retry delay. */
+  depth(): number {
+    return this.#ready.length + this.#timers.size;
   }
 
   /**
@@ -163,7 +188,7 @@ export class MemorySource implements Source {
   async dispose(): Promise<void> {
     this.#closed = true;
     this.#disposed = true;
-    for (const timer of this.#timers) this.#clock.clearTimeout(timer);
+    for (const timer of this.#timers.keys()) this.#clock.clearTimeout(timer);
     this.#timers.clear();
     this.#consumer = null;
   }
@@ -215,6 +240,15 @@ class Fifo<T> {
   unshift(item: T): void {
     if (this.#head > 0) this.#items[--this.#head] = item;
     else this.#items.unshift(item);
+  }
+
+  /** Remove every item that `match`es; true when any was. */
+  remove(match: (item: T) => boolean): boolean {
+    const kept = this.#items.slice(this.#head).filter((item) => !match(item));
+    if (kept.length === this.length) return false;
+    this.#items = kept;
+    this.#head = 0;
+    return true;
   }
 
   /** The first item; only call when `length > 0`. */

@@ -75,6 +75,20 @@ export interface Source {
    * Throws `TIDEPOOL_ERR_POOL_STATE` once closed.
    */
   publish?(payload: unknown, options: { defaultId: string }): void;
+  /**
+   * Drop a task that has not been delivered yet (waiting its turn, or in a retry delay), so
+   * that it never runs (`pool.cancel`). True when one was dropped; false when the source holds
+   * no undelivered task of that id (it was delivered, is final, or was never seen). Nothing
+   * is dead-lettered: a cancel is the user's decision. Optional: a broker's queue cannot take
+   * a message out of the middle; for such a source the pool remembers the cancelled id and
+   * acks its delivery at once when it comes.
+   */
+  cancel?(taskId: string): boolean;
+  /**
+   * Tasks waiting in the source and not delivered: ready, or in a retry delay (`pool.queued`
+   * adds the pool's own backlog). Optional: a source that cannot count cheaply has none.
+   */
+  depth?(): number;
   /** Take no new work; keep delivering what is held, then call `consumer.drained()`. */
   close(): void;
   /** Release every resource (timers, connections); nothing is delivered afterwards. */
