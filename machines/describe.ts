@@ -37,7 +37,10 @@ export interface StateShape {
 /** A machine's whole definition: its states and its named delays in ms. */
 export interface MachineShape {
   id: string;
+  /** Each delay's value in ms (null: computed at run time, and no value was given). */
   delays: Record<string, number | null>;
+  /** Delays the machine computes at run time (from its context); a value given is their base. */
+  computed?: string[];
   root: StateShape;
 }
 
@@ -104,7 +107,9 @@ function transition(t: TransitionView, extra: Partial<TransitionShape>): Transit
 export function describeMachine(machine: AnyStateMachine, delays: Record<string, number> = {}): MachineShape {
   const defaults = (machine.implementations.delays ?? {}) as Record<string, unknown>;
   const values: Record<string, number | null> = {};
+  const computed: string[] = [];
   for (const [name, value] of Object.entries(defaults)) {
+    if (typeof value !== 'number') computed.push(name);
     values[name] = delays[name] ?? (typeof value === 'number' ? value : null);
   }
   const walk = (node: NodeView): StateShape => {
@@ -136,7 +141,7 @@ export function describeMachine(machine: AnyStateMachine, delays: Record<string,
       states: Object.values(node.states).map(walk),
     };
   };
-  return { id: machine.id, delays: values, root: walk(machine.root as unknown as NodeView) };
+  return { id: machine.id, delays: values, ...(computed.length > 0 ? { computed } : {}), root: walk(machine.root as unknown as NodeView) };
 }
 
 /** Every action and guard name the machine's states use, inline ones included (`inline:...`). */
@@ -252,6 +257,7 @@ function configOf(s: StateShape, machineId: string): Record<string, unknown> {
 export function toXStateCode(shapes: MachineShape[]): string {
   const parts = shapes.map((shape) => {
     const { actions, guards } = namesIn(shape);
+    const computed = new Set(shape.computed ?? []);
     const actors = new Set<string>();
     const visit = (s: StateShape) => {
       s.invoke.forEach((a) => actors.add(a));
@@ -261,7 +267,8 @@ export function toXStateCode(shapes: MachineShape[]): string {
     const stubs = (names: Iterable<string>, body: string) =>
       [...names].sort().map((n) => `    ${JSON.stringify(n)}: ${body},`).join('\n');
     const delays = Object.entries(shape.delays)
-      .map(([n, ms]) => `    ${JSON.stringify(n)}: ${ms ?? 0},`)
+      // A delay computed at run time becomes a stub function: still computed, still named.
+      .map(([n, ms]) => `    ${JSON.stringify(n)}: ${ms === null || computed.has(n) ? '() => 0' : ms},`)
       .join('\n');
     const config = { id: shape.id, ...configOf(shape.root, shape.id) };
     return `export const ${shape.id}Machine = setup({

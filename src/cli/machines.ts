@@ -3,6 +3,7 @@ import { describeMachine, toMermaid, toXStateCode } from '../../machines/describ
 import type { MachineShape } from '../../machines/describe.js';
 import { poolMachine } from '../../machines/pool.js';
 import { workerMachine } from '../../machines/worker.js';
+import { DELAY_DEFAULTS } from '../../machines/defaults.js';
 import { UsageError } from '../errors.js';
 
 const FORMATS = ['mermaid', 'json', 'stately'] as const;
@@ -72,7 +73,8 @@ export function machinesCommand(args: string[], out: { write(text: string): unkn
   if (which !== undefined && !(which in MACHINES)) {
     throw new UsageError(`--machine must be pool or worker, got ${JSON.stringify(which)}`);
   }
-  const delays: Record<string, number> = {};
+  // Every delay with the value a pool would run it with: the defaults, then the flags.
+  const delays: Record<string, number> = { ...DELAY_DEFAULTS };
   for (const [flag, delay] of Object.entries(DELAY_FLAGS)) {
     const raw = values[flag];
     if (typeof raw !== 'string') continue;
@@ -91,9 +93,9 @@ export function machinesCommand(args: string[], out: { write(text: string): unkn
  */
 export function machinesDoc(): string {
   const section = (name: keyof typeof MACHINES, what: string) => {
-    const shape = describeMachine(MACHINES[name]);
+    const shape = describeMachine(MACHINES[name], DELAY_DEFAULTS);
     const delays = Object.entries(shape.delays)
-      .map(([delay, ms]) => `| \`${delay}\` | ${ms === null ? 'computed' : `${ms} ms`} |`)
+      .map(([delay, ms]) => `| \`${delay}\` | ${ms === null ? '' : `${ms} ms`}${shape.computed?.includes(delay) ? ' (the first; computed from the context at run time)' : ''} |`)
       .join('\n');
     return `## The ${name} machine
 
