@@ -11,6 +11,7 @@ export const ERROR_CODES = {
   TIDEPOOL_ERR_POOL_STOPPED: 'the pool was stopped before the task reached a final outcome',
   TIDEPOOL_ERR_START_FAILED: 'the pool could not start (its source could not open)',
   TIDEPOOL_ERR_WORKER_LOAD: 'the handler module could not be loaded (checked once before any work; the message has its error, file and line)',
+  TIDEPOOL_ERR_LISTEN: 'tidepool serve could not listen on its HTTP address (in use, not permitted, unknown host)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

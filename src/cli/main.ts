@@ -4,6 +4,8 @@ import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { SERVE_DEFAULTS } from '../serve/options.js';
+import type { ServeOptions } from '../serve/options.js';
 import { machinesCommand } from './machines.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
@@ -42,23 +44,52 @@ const FLAGS = {
   inspect: { arg: 'URL', help: 'stream the pool and worker machines to a Stately inspector WebSocket (ws://HOST:PORT)' },
 } as const satisfies Record<string, FlagDoc>;
 
-function usage(): string {
-  const rows: [string, string][] = Object.entries(FLAGS).map(([flag, doc]: [string, FlagDoc]) => {
-    const known = doc.option !== undefined && doc.option in DEFAULTS ? DEFAULTS[doc.option as keyof typeof DEFAULTS] : undefined;
-    const shown = known ?? doc.fallback;
-    return [`--${flag} ${doc.arg}`, shown === undefined ? doc.help : `${doc.help} (default: ${shown})`];
-  });
-  rows.push(['--version', "tidepool's version"], ['-h, --help', 'this text']);
-  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
-  return `Usage: tidepool run [FILE|-] (--worker PATH | --command "CMD ARGS") [options]
+/** The flags `tidepool serve` takes besides those of `run`; defaults from `SERVE_DEFAULTS`. */
+const SERVE_FLAGS = {
+  'http-port': { option: 'httpPort', arg: 'PORT', help: 'HTTP port; 0 picks a free one (its URL is printed on stdout)' },
+  'http-host': { option: 'httpHost', arg: 'HOST', help: 'address to bind; anything but loopback needs a token' },
+  'http-token': { option: 'httpToken', arg: 'TOKEN', help: 'bearer token the task routes require (TIDEPOOL_HTTP_TOKEN keeps it out of ps)', fallback: 'none' },
+  'max-body': { option: 'maxBody', arg: 'BYTES', help: 'largest request body (413 past it)' },
+  'max-queued': { option: 'maxQueued', arg: 'N', help: 'most tasks in flight (429 past it)' },
+  'max-recent': { option: 'maxRecent', arg: 'N', help: 'final outcomes kept for GET /tasks/:id' },
+  'drain-timeout': { option: 'drainTimeout', arg: 'MS', help: 'on SIGTERM/SIGINT, time for running tasks to finish' },
+  'max-loop-delay': { option: 'maxLoopDelay', arg: 'MS', help: '/healthz answers 503 past this event loop delay' },
+} as const satisfies Record<string, { option: keyof ServeOptions; arg: string; help: string; fallback?: string }>;
+
+type Command = 'run' | 'serve';
+
+const HEADINGS: Record<Command, string> = {
+  run: `Usage: tidepool run [FILE|-] (--worker PATH | --command "CMD ARGS") [options]
 
 Runs tasks (JSON Lines, one object per line; FILE or stdin) through a pool of worker
-processes and writes one JSON line per task to stdout, in completion order.
+processes and writes one JSON line per task to stdout, in completion order.`,
+  serve: `Usage: tidepool serve (--worker PATH | --command "CMD ARGS") [options]
+
+Runs a pool of worker processes behind an HTTP task API: POST /tasks, GET /tasks/:id,
+DELETE /tasks/:id, /healthz, /readyz, /metrics. SIGTERM or SIGINT drains and exits 0.`,
+};
+
+const EXIT_TEXT: Record<Command, string> = {
+  run: 'Exit status: 0 every task resolved, 1 some failed, 2 bad usage.',
+  serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
+};
+
+function usage(command: Command = 'run'): string {
+  const row = (flag: string, doc: FlagDoc, defaults: Record<string, unknown>): [string, string] => {
+    const known = doc.option !== undefined && doc.option in defaults ? defaults[doc.option] : undefined;
+    const shown = known ?? doc.fallback;
+    return [`--${flag} ${doc.arg}`, shown === undefined ? doc.help : `${doc.help} (default: ${shown})`];
+  };
+  const rows = Object.entries(FLAGS).map(([flag, doc]: [string, FlagDoc]) => row(flag, doc, DEFAULTS));
+  if (command === 'serve') rows.push(...Object.entries(SERVE_FLAGS).map(([flag, doc]) => row(flag, doc as unknown as FlagDoc, SERVE_DEFAULTS)));
+  rows.push(['--version', "tidepool's version"], ['-h, --help', 'this text']);
+  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
+  return `${HEADINGS[command]}
 
 Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY):
 ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
-Exit status: 0 every task resolved, 1 some failed, 2 bad usage.`;
+${EXIT_TEXT[command]}`;
 }
 
 /** Flags that map one-to-one onto integer pool options. */
@@ -81,14 +112,16 @@ const INTEGER_FLAGS = {
   'memory-limit': 'memoryLimit',
 } as const satisfies Record<string, keyof PoolOptions>;
 
-type Flag = keyof typeof FLAGS | 'help' | 'version';
+type Flag = keyof typeof FLAGS | keyof typeof SERVE_FLAGS | 'help' | 'version';
 
-const flagConfig = {
-  ...Object.fromEntries(Object.keys(FLAGS).map((f) => [f, { type: 'string' }])),
-  env: { type: 'string', multiple: true },
-  help: { type: 'boolean', short: 'h' },
-  version: { type: 'boolean' },
-} as const;
+/** parseArgs' flag table of a command: `serve` takes every flag of `run` and its own. */
+const flagConfig = (command: Command) =>
+  ({
+    ...Object.fromEntries([...Object.keys(FLAGS), ...(command === 'serve' ? Object.keys(SERVE_FLAGS) : [])].map((f) => [f, { type: 'string' }])),
+    env: { type: 'string', multiple: true },
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean' },
+  }) as const;
 
 const kebab = (name: string) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
@@ -158,12 +191,7 @@ export function optionsFromArgs(
   env: NodeJS.ProcessEnv,
 ): { options: PoolOptions; origins: Origins } {
   const origins: Origins = {};
-  const get = (flag: string, useEnv = true): { value: string; origin: string } | undefined => {
-    const v = values[flag as Flag];
-    if (typeof v === 'string') return { value: v, origin: `--${flag}` };
-    const name = envName(flag);
-    return useEnv && env[name] !== undefined ? { value: env[name]!, origin: name } : undefined;
-  };
+  const get = (flag: string, useEnv = true) => given(values, env, flag, useEnv);
   // A worker given by flag wins over both worker variables.
   const flagged = typeof values.worker === 'string' || typeof values.command === 'string';
   const worker = get('worker', !flagged);
@@ -183,19 +211,16 @@ export function optionsFromArgs(
     origins['worker.command'] = command!.origin;
   }
   for (const [flag, option] of Object.entries(INTEGER_FLAGS)) {
-    const given = get(flag);
-    if (given === undefined) continue;
-    const raw = given.value.trim();
-    if (!/^\d+$/.test(raw)) throw new UsageError(`${given.origin} must be a whole number, got ${JSON.stringify(given.value)}`);
-    if (Number(raw) > MAX_WHOLE) throw new UsageError(`${given.origin} must be at most ${MAX_WHOLE}, got ${raw}`);
-    options[option] = Number(raw);
-    origins[option] = given.origin;
+    const found = get(flag);
+    if (found === undefined) continue;
+    options[option] = wholeNumber(found);
+    origins[option] = found.origin;
   }
   for (const [flag, option] of [['cwd', 'cwd'], ['log-level', 'logLevel']] as const) {
-    const given = get(flag);
-    if (given === undefined) continue;
-    options[option] = given.value;
-    origins[option] = given.origin;
+    const found = get(flag);
+    if (found === undefined) continue;
+    options[option] = found.value;
+    origins[option] = found.origin;
   }
   if (Array.isArray(values.env)) {
     options.env = values.env;
@@ -206,6 +231,52 @@ export function optionsFromArgs(
     origins.env = 'TIDEPOOL_ENV';
   }
   return { options: options as unknown as PoolOptions, origins };
+}
+
+/** A flag's value, else its TIDEPOOL_* variable's (unless `useEnv` is false), with where it came from. */
+function given(
+  values: Partial<Record<Flag, string | string[] | boolean>>,
+  env: NodeJS.ProcessEnv,
+  flag: string,
+  useEnv = true,
+): { value: string; origin: string } | undefined {
+  const v = values[flag as Flag];
+  if (typeof v === 'string') return { value: v, origin: `--${flag}` };
+  const name = envName(flag);
+  return useEnv && env[name] !== undefined ? { value: env[name]!, origin: name } : undefined;
+}
+
+/** A whole-number flag's value; throws UsageError naming the flag or variable. */
+function wholeNumber({ value, origin }: { value: string; origin: string }): number {
+  const raw = value.trim();
+  if (!/^\d+$/.test(raw)) throw new UsageError(`${origin} must be a whole number, got ${JSON.stringify(value)}`);
+  if (Number(raw) > MAX_WHOLE) throw new UsageError(`${origin} must be at most ${MAX_WHOLE}, got ${raw}`);
+  return Number(raw);
+}
+
+/**
+ * The serve flags and their TIDEPOOL_* variables (`--http-token` or `TIDEPOOL_HTTP_TOKEN`) to
+ * serve options, with where each came from. Throws UsageError naming the flag or variable.
+ */
+export function serveOptionsFromArgs(
+  values: Partial<Record<Flag, string | string[] | boolean>>,
+  env: NodeJS.ProcessEnv,
+): { options: ServeOptions; origins: Origins } {
+  const options: Record<string, unknown> = {};
+  const origins: Origins = {};
+  for (const [flag, doc] of Object.entries(SERVE_FLAGS)) {
+    const found = given(values, env, flag);
+    if (found === undefined) continue;
+    options[doc.option] = doc.arg === 'HOST' || doc.arg === 'TOKEN' ? found.value : wholeNumber(found);
+    origins[doc.option] = found.origin;
+  }
+  return { options: options as ServeOptions, origins };
+}
+
+/** `--inspect URL` (or TIDEPOOL_INSPECT): the inspector's WebSocket, and where it was given. */
+function inspectUrl(values: Partial<Record<Flag, unknown>>, env: NodeJS.ProcessEnv): { url: string; origin: string } | undefined {
+  if (typeof values.inspect === 'string') return { url: values.inspect, origin: '--inspect' };
+  return env.TIDEPOOL_INSPECT === undefined ? undefined : { url: env.TIDEPOOL_INSPECT, origin: 'TIDEPOOL_INSPECT' };
 }
 
 /** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
@@ -240,32 +311,37 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   let origins: Origins = {};
   try {
     if (command === 'machines') return machinesCommand(rest, process.stdout);
-    if (command !== 'run') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help"`);
+    if (command !== 'run' && command !== 'serve') {
+      throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help", "tidepool serve --help" or "tidepool machines --help"`);
+    }
     let parsed;
     try {
-      parsed = parseArgs({ args: rest, options: flagConfig, allowPositionals: true, strict: true });
+      parsed = parseArgs({ args: rest, options: flagConfig(command), allowPositionals: true, strict: true });
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
     if (parsed.values.help) {
-      process.stdout.write(`${usage()}\n`);
+      process.stdout.write(`${usage(command)}\n`);
       return EXIT_CODES.OK;
     }
     if (parsed.values.version) {
       process.stdout.write(`tidepool ${version()}\n`);
       return EXIT_CODES.OK;
     }
+    const values = parsed.values as Partial<Record<Flag, string | string[] | boolean>>;
+    if (command === 'serve') {
+      if (parsed.positionals.length > 0) throw new UsageError(`serve takes no input file (tasks come over HTTP), got ${JSON.stringify(parsed.positionals[0])}`);
+      const pool = optionsFromArgs(values, env);
+      const serve = serveOptionsFromArgs(values, env);
+      origins = { ...pool.origins, ...serve.origins };
+      // Loaded only here: fastify and prom-client are no part of `tidepool run`'s start-up.
+      const { serveCommand } = await import('./serve.js');
+      return await serveCommand(pool.options, serve.options, { inspect: inspectUrl(values, env) });
+    }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
-    const given = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
-    origins = given.origins;
-    const flagged = (parsed.values as Partial<Record<Flag, unknown>>).inspect;
-    const inspect =
-      typeof flagged === 'string'
-        ? { url: flagged, origin: '--inspect' }
-        : env.TIDEPOOL_INSPECT !== undefined
-          ? { url: env.TIDEPOOL_INSPECT, origin: 'TIDEPOOL_INSPECT' }
-          : undefined;
-    return await runCommand(parsed.positionals[0] ?? '-', given.options, { inspect });
+    const run = optionsFromArgs(values, env);
+    origins = run.origins;
+    return await runCommand(parsed.positionals[0] ?? '-', run.options, { inspect: inspectUrl(values, env) });
   } catch (err) {
     if (err instanceof OptionError) {
       // Name the option the way it was given: a flag, or a variable.
@@ -273,12 +349,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {
-      process.stderr.write(`tidepool: ${err.message}\n${command === 'run' ? 'Try "tidepool run --help".\n' : ''}`);
+      process.stderr.write(`tidepool: ${err.message}\n${command === 'run' || command === 'serve' ? `Try "tidepool ${command} --help".\n` : ''}`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof TidepoolError && (err.code === 'TIDEPOOL_ERR_INPUT' || err.code === 'TIDEPOOL_ERR_WORKER_LOAD')) {
       process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.USAGE;
+    }
+    if (err instanceof TidepoolError && err.code === 'TIDEPOOL_ERR_LISTEN') {
+      process.stderr.write(`tidepool: ${err.message}\n`);
+      return EXIT_CODES.FAILED;
     }
     throw err;
   }

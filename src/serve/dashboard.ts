@@ -1,9 +1,11 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { describeMachine } from '../../machines/describe.js';
 import { poolMachine } from '../../machines/pool.js';
 import { workerMachine } from '../../machines/worker.js';
+import { bearerMatches } from './app.js';
 import { diagramSvg } from './diagram.js';
 import type { LiveMessage, LiveView } from './live.js';
 
@@ -17,14 +19,23 @@ import type { LiveMessage, LiveView } from './live.js';
 
 const asset = (name: string) => readFileSync(new URL(`./dashboard/${name}`, import.meta.url), 'utf8');
 
-/** Delays as the service runs them (ms), for the diagrams. */
-export interface DashboardDelays {
-  pool?: Record<string, number>;
-  worker?: Record<string, number>;
+/** How the service runs the dashboard. */
+export interface DashboardOptions {
+  /** The service's bearer token: when set, the page's data needs it too (the page asks for it). */
+  token: string | null;
+  /** Delays as the service runs them (ms), for the diagrams. */
+  delays?: { pool?: Record<string, number>; worker?: Record<string, number> };
 }
 
-/** Routes: `GET /` (the page), `/dashboard/page.js`, `/dashboard/page.css`, `/dashboard/events` (SSE), `/dashboard/snapshot` (JSON). */
-export function registerDashboard(app: FastifyInstance, live: LiveView, delays: DashboardDelays = {}): void {
+/**
+ * Routes: `GET /` (the page), `/dashboard/page.js`, `/dashboard/page.css` (public: they hold
+ * no data), and the data: `/dashboard/events` (Server-Sent Events) and `/dashboard/snapshot`
+ * (JSON), behind the bearer token when the service has one (the page sends it as a header,
+ * never in a URL).
+ */
+export function registerDashboard(app: FastifyInstance, live: LiveView, options: DashboardOptions): void {
+  const delays = options.delays ?? {};
+  const tokenDigest = options.token === null ? null : createHash('sha256').update(options.token).digest();
   const page = asset('page.html')
     .replace('<!--pool-chart-->', diagramSvg(describeMachine(poolMachine, delays.pool)))
     .replace('<!--worker-chart-->', diagramSvg(describeMachine(workerMachine, delays.worker)));
@@ -35,8 +46,15 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, delays: 
   app.get('/', html('text/html; charset=utf-8', page));
   app.get('/dashboard/page.js', html('text/javascript; charset=utf-8', script));
   app.get('/dashboard/page.css', html('text/css; charset=utf-8', style));
-  app.get('/dashboard/snapshot', async () => live.snapshot());
-  app.get('/dashboard/events', (request, reply) => {
+  void app.register(async (data) => {
+    if (tokenDigest !== null) {
+      data.addHook('onRequest', (request, reply, done) => {
+        if (bearerMatches(request.headers.authorization, tokenDigest)) return done();
+        void reply.code(401).header('WWW-Authenticate', 'Bearer realm="tidepool"').send({ error: 'unauthorized', message: 'the dashboard\'s data needs Authorization: Bearer <token>' });
+      });
+    }
+    data.get('/dashboard/snapshot', async () => live.snapshot());
+    data.get('/dashboard/events', (request, reply) => {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, {
@@ -48,6 +66,7 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, delays: 
     });
     const stream = new EventStream(res, live);
     request.raw.on('close', () => stream.close());
+    });
   });
 }
 

@@ -140,9 +140,9 @@ function render() {
 }
 
 async function cancel(id) {
-  const token = $('token').value || sessionStorage.getItem('tidepool-token') || '';
   if ($('token').value) sessionStorage.setItem('tidepool-token', $('token').value);
-  const headers = token ? { authorization: `Bearer ${token}` } : {};
+  const t = token();
+  const headers = t ? { authorization: `Bearer ${t}` } : {};
   const res = await fetch(`/tasks/${encodeURIComponent(id)}`, { method: 'DELETE', headers });
   let body = '';
   try { body = JSON.stringify(await res.json()); } catch { body = res.statusText; }
@@ -156,33 +156,74 @@ $('cancel-form').addEventListener('submit', (event) => {
 });
 $('token').value = sessionStorage.getItem('tidepool-token') || '';
 
-function connect() {
-  const source = new EventSource('/dashboard/events');
+function token() {
+  return $('token').value || sessionStorage.getItem('tidepool-token') || '';
+}
+
+function setStatus(text, cls) {
   const status = $('connection');
-  source.addEventListener('open', () => {
-    status.textContent = 'live';
-    status.className = 'badge good';
-  });
-  source.addEventListener('error', () => {
-    status.textContent = 'reconnecting';
-    status.className = 'badge bad';
-  });
-  source.addEventListener('snapshot', (event) => {
-    const snap = JSON.parse(event.data);
+  status.textContent = text;
+  status.className = `badge ${cls}`;
+}
+
+function apply(type, data) {
+  const message = JSON.parse(data);
+  if (type === 'snapshot') {
     workers.clear();
-    for (const w of snap.workers) workers.set(w.id, w);
-    recent = snap.recent;
-    pool = snap.pool;
-    render();
-  });
-  source.addEventListener('update', (event) => {
-    const update = JSON.parse(event.data);
-    for (const w of update.workers) workers.set(w.id, w);
-    for (const id of update.gone) workers.delete(id);
-    recent = recent.concat(update.outcomes).slice(-RECENT_SHOWN);
-    pool = update.pool;
-    render();
-  });
+    for (const w of message.workers) workers.set(w.id, w);
+    recent = message.recent;
+  } else if (type === 'update') {
+    for (const w of message.workers) workers.set(w.id, w);
+    for (const id of message.gone) workers.delete(id);
+    recent = recent.concat(message.outcomes).slice(-RECENT_SHOWN);
+  } else {
+    return;
+  }
+  pool = message.pool;
+  render();
+}
+
+// Server-Sent Events read with fetch(), not EventSource: a token goes in a header, never in a
+// URL. Each (re)connection starts from a snapshot.
+async function connect() {
+  for (;;) {
+    try {
+      const t = token();
+      const res = await fetch('/dashboard/events', { headers: t ? { authorization: `Bearer ${t}` } : {}, cache: 'no-store' });
+      if (res.status === 401) {
+        setStatus('token needed', 'bad');
+        $('notice').textContent = 'This service has a token: enter it below to see its workers.';
+        await new Promise((resolve) => $('token').addEventListener('change', resolve, { once: true }));
+        sessionStorage.setItem('tidepool-token', $('token').value);
+        continue;
+      }
+      if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+      setStatus('live', 'good');
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf('\n\n')) !== -1) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let type = 'message';
+          const data = [];
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event: ')) type = line.slice(7);
+            else if (line.startsWith('data: ')) data.push(line.slice(6));
+          }
+          if (data.length > 0) apply(type, data.join('\n'));
+        }
+      }
+    } catch {
+      // the service went away or restarted: try again
+    }
+    setStatus('reconnecting', 'bad');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
 }
 
 connect();

@@ -1,0 +1,111 @@
+import type { AddressInfo } from 'node:net';
+import { constants } from 'node:os';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import { TidepoolError } from '../errors.js';
+import { DEFAULTS } from '../options.js';
+import type { PoolOptions } from '../options.js';
+import { createService } from '../serve/create.js';
+import { connectInspector } from './inspector.js';
+import type { CliInspector } from './inspector.js';
+import type { RunExtras } from './run.js';
+import type { ServeOptions } from '../serve/options.js';
+
+/**
+ * `tidepool serve`: build the pool, start it (a handler that cannot load ends here,
+ * `TIDEPOOL_ERR_WORKER_LOAD`), listen, and run until SIGTERM or SIGINT; then drain (see
+ * `Service.drain`) and resolve with 0. A second signal during the drain stops at once and
+ * exits with 128 + its number (130 for SIGINT, 143 for SIGTERM): work was cut short.
+ *
+ * The one line written to stdout is the server's URL once it listens (`http://127.0.0.1:8080`),
+ * also logged as `{"msg":"listening","url":...}`: with `--http-port 0` it says which port was
+ * picked. Throws `OptionError` for a bad serve option (the caller names the flag), and
+ * `TIDEPOOL_ERR_LISTEN` when the address cannot be bound (the pool is stopped first).
+ */
+export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, extras: RunExtras = {}): Promise<number> {
+  // `--inspect`: the machines go to an inspector's WebSocket too (see connectInspector).
+  const inspector = extras.inspect ? await connectInspector(extras.inspect.url, extras.inspect.origin) : null;
+  try {
+    return await serveWith(inspector ? { ...poolOptions, inspect: inspector.inspect } : poolOptions, serveOptions, inspector);
+  } finally {
+    await inspector?.stop();
+  }
+}
+
+async function serveWith(poolOptions: PoolOptions, serveOptions: ServeOptions, inspector: CliInspector | null): Promise<number> {
+  const destination = pino.destination({ fd: 2, sync: false });
+  const logger: Logger = poolOptions.logger ?? pino({ level: poolOptions.logLevel ?? DEFAULTS.logLevel, base: { managerPid: process.pid } }, destination);
+  // stderr that cannot be written stops logging rather than holding the service.
+  destination.on('error', () => {
+    logger.level = 'silent';
+    destination.destroy();
+  });
+  const flush = () => {
+    try {
+      destination.flushSync();
+    } catch {
+      // stderr is gone or full: nothing more can be said
+    }
+  };
+  if (inspector && !inspector.connected) {
+    logger.warn('the inspector (--inspect) did not answer; its events are kept (the latest 200) until it does');
+  }
+  const { pool, service, app } = createService({ ...poolOptions, logger }, serveOptions);
+  const { options } = service;
+  let stopping: NodeJS.Signals | null = null;
+  let signalled!: () => void;
+  const firstSignal = new Promise<void>((resolve) => (signalled = resolve));
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping === null) {
+      stopping = signal;
+      logger.info({ signal }, `${signal}: draining (a second SIGTERM or SIGINT stops at once)`);
+      signalled();
+      return;
+    }
+    const code = 128 + constants.signals[signal];
+    logger.warn({ signal, exitCode: code }, `${signal} again: stopping now; workers die with the manager, unfinished tasks are handed back`);
+    flush();
+    // The spawn host sees its pipe close and kills every worker's tree it holds.
+    process.exit(code);
+  };
+  const cleanUp = () => {
+    service.close();
+    flush();
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await pool.start();
+    if (stopping === null) {
+      try {
+        await app.listen({ port: options.httpPort, host: options.httpHost });
+      } catch (err) {
+        throw new TidepoolError('TIDEPOOL_ERR_LISTEN', `cannot listen on ${options.httpHost} port ${options.httpPort}: ${(err as Error).message}`, { cause: err });
+      }
+      const url = urlOf(app.server.address() as AddressInfo);
+      logger.info({ url, auth: options.httpToken === null ? 'none (loopback only)' : 'bearer' }, 'listening');
+      process.stdout.write(`${url}\n`);
+    }
+  } catch (err) {
+    await pool.stop().catch(() => {});
+    await app.close().catch(() => {});
+    cleanUp();
+    throw err;
+  }
+  await firstSignal;
+  // The server keeps answering during the drain (`/readyz` 503, `POST /tasks` 503, the rest as
+  // usual); `?wait=true` requests still waiting are answered 503 once the pool has stopped.
+  await service.drain();
+  await app.close();
+  logger.info('stopped');
+  cleanUp();
+  return 0;
+}
+
+/** The URL a client would use for a bound address (`http://[::1]:8080` for IPv6). */
+function urlOf(address: AddressInfo): string {
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return `http://${host}:${address.port}`;
+}
