@@ -46,6 +46,13 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, options:
   app.get('/', html('text/html; charset=utf-8', page));
   app.get('/dashboard/page.js', html('text/javascript; charset=utf-8', script));
   app.get('/dashboard/page.css', html('text/css; charset=utf-8', style));
+  // Event streams never end by themselves: the server's close ends them, or it would wait for
+  // every open page (a drain that never finishes while someone watches it).
+  const streams = new Set<EventStream>();
+  app.addHook('preClose', (done) => {
+    for (const stream of streams) stream.close();
+    done();
+  });
   void app.register(async (data) => {
     if (tokenDigest !== null) {
       data.addHook('onRequest', (request, reply, done) => {
@@ -65,7 +72,11 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, options:
       'x-accel-buffering': 'no',
     });
     const stream = new EventStream(res, live);
-    request.raw.on('close', () => stream.close());
+    streams.add(stream);
+    request.raw.on('close', () => {
+      streams.delete(stream);
+      stream.close();
+    });
     });
   });
 }
