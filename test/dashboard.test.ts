@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -18,7 +18,14 @@ import type { ServeChild } from './helpers/serve.js';
  * (`artifacts/dashboard.png`). `.ci/run` installs Chromium; without it this test fails.
  */
 
-const CHROMIUM = process.env.TIDEPOOL_CHROMIUM ?? '/usr/bin/chromium';
+/** Chromium on PATH (Debian's `chromium` package), or TIDEPOOL_CHROMIUM. */
+const CHROMIUM =
+  process.env.TIDEPOOL_CHROMIUM ??
+  (process.env.PATH ?? '')
+    .split(':')
+    .map((dir) => join(dir, 'chromium'))
+    .find((file) => existsSync(file)) ??
+  'chromium';
 const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 
@@ -125,6 +132,9 @@ describe('the dashboard in Chromium', () => {
     // Progress reported by the handler shows on its row.
     await pageUntil(page, async () => ((await page.textContent("#workers-body")) ?? "").includes('"step":"hang-1"'), 'the progress of hang-1');
 
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
+
     // Cancel from the page: its worker is reaped and its outcome is `cancelled`.
     const cancelled = (await rowOf(page, 'to-cancel'))!.worker;
     await page.click(`#workers-body tr[data-worker="${cancelled}"] button.cancel`);
@@ -154,8 +164,6 @@ describe('the dashboard in Chromium', () => {
     await pageUntil(page, async () => (await counter(page, 'running')) === 0, 'no worker running');
     expect(await page.getAttribute('#recent-body tr[data-task="hang-2"]', 'data-outcome')).toBe('resolved');
     expect(await counter(page, 'failed: cancelled')).toBe(1);
-    mkdirSync(ARTIFACTS, { recursive: true });
-    await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
     await page.close();
   });
 

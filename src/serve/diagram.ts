@@ -45,7 +45,7 @@ function smooth(points: { x: number; y: number }[]): string {
 /** The SVG text of `shape`'s statechart. */
 export function diagramSvg(shape: MachineShape): string {
   const g = new dagre.graphlib.Graph({ multigraph: true });
-  g.setGraph({ rankdir: 'LR', nodesep: 18, ranksep: 46, edgesep: 8, marginx: 8, marginy: 8 });
+  g.setGraph({ rankdir: 'LR', nodesep: 14, ranksep: 40, edgesep: 6, marginx: 8, marginy: 8 });
   const states: StateShape[] = [];
   const visit = (s: StateShape) => {
     if (s.path !== '') states.push(s);
