@@ -216,6 +216,8 @@ export const workerMachine = setup({
         return { code, signal, memory, detail };
       },
     }),
+    /** The delivery the pool assigned (`task.assign`) is this worker's task. */
+    takeTask: assign({ deliveryId: ({ event }) => (event as Extract<WorkerEvent, { type: 'task.assign' }>).deliveryId }),
     recordPid: assign({ pid: ({ context, event }) => (event as { pid?: number }).pid ?? context.pid }),
     /** The process will not exit by itself any more: it has to be signalled. */
     unexpectExit: assign({ expectExit: false }),
@@ -280,7 +282,7 @@ export const workerMachine = setup({
   // A pid is recorded whenever it comes: a worker may be terminating before its process has
   // reported that it started (a command reports it with `proc.ready`).
   on: {
-    'proc.spawned': { actions: assign({ pid: ({ event }) => event.pid }) },
+    'proc.spawned': { actions: 'recordPid' },
     'proc.ready': { actions: 'recordPid' },
     // Wherever it is not taken (busy, leaving), an assignment is declined, never dropped.
     'task.assign': { actions: 'decline' },
@@ -297,7 +299,7 @@ export const workerMachine = setup({
       on: {
         'task.assign': [
           { guard: 'hasTask', actions: 'decline' },
-          { actions: assign({ deliveryId: ({ event }) => event.deliveryId }) },
+          { actions: 'takeTask' },
         ],
         'proc.ready': [
           { guard: 'hasTask', target: 'running', actions: 'recordPid' },
@@ -341,7 +343,7 @@ export const workerMachine = setup({
       on: {
         'task.assign': {
           target: 'running',
-          actions: assign({ deliveryId: ({ event }) => event.deliveryId }),
+          actions: 'takeTask',
         },
         'proc.exit': [
           // A fresh spare that exits 0 before any task (a command that does not wait for its

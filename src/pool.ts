@@ -26,6 +26,8 @@ import { checkHandler } from './process/load-check.js';
 import { Ledger, sweepStateDir } from './process/ledger.js';
 import { SpawnHost } from './process/spawn-host.js';
 import { WorkerActors } from './worker-actors.js';
+import { asChildrenOf } from './inspection.js';
+import type { InspectObserver } from './inspection.js';
 import type { HostEdition } from './process/spawn-host.js';
 import { managerLogger } from './logging.js';
 import { decideSettlement } from './settlement.js';
@@ -682,7 +684,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       },
     });
     const workers = new WorkerActors(worker, (event) => this.#fromWorker(event), {
-      inspect: o.inspect as Observer<InspectionEvent> | undefined,
+      inspect: o.inspect ? asChildrenOf(() => this.#actor, o.inspect as InspectObserver) : undefined,
       clock: this.#internals.clock,
     });
     this.#workers = workers;

@@ -8,6 +8,7 @@ import { SERVE_DEFAULTS } from '../serve/options.js';
 import type { ServeOptions } from '../serve/options.js';
 import { defaultStateDir, loadConfig, optionsOf, pick } from './config.js';
 import type { ConfigFile, FlagSpec } from './config.js';
+import { machinesCommand } from './machines.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
@@ -49,6 +50,7 @@ const FLAGS = {
     fallback: '$XDG_RUNTIME_DIR/tidepool, else <tmp>/tidepool-<uid>',
   },
   config: { arg: 'FILE', help: 'options from a JSON file or a .js/.mjs module exporting an object; flags and variables win' },
+  inspect: { arg: 'URL', help: 'stream the pool and worker machines to a Stately inspector WebSocket (ws://HOST:PORT)' },
 } as const satisfies Record<string, FlagDoc>;
 
 /** The flags `tidepool serve` takes besides those of `run`; defaults from `SERVE_DEFAULTS`. */
@@ -254,6 +256,14 @@ function withStateDir(options: PoolOptions, env: NodeJS.ProcessEnv): PoolOptions
   return options.stateDir === undefined ? { ...options, stateDir: defaultStateDir(env) } : options;
 }
 
+/** `--inspect URL` (TIDEPOOL_INSPECT, or `inspect` in the file): the inspector's WebSocket, and where it was given. */
+function inspectUrl(values: Record<string, unknown>, env: NodeJS.ProcessEnv, file: ConfigFile | null): { url: string; origin: string } | undefined {
+  const given = pick('inspect', FLAGS.inspect, values, env, file);
+  if (given === undefined) return undefined;
+  if (typeof given.value !== 'string') throw new UsageError(`${given.origin}${given.layer === 'file' ? ' inspect' : ''} must be a ws:// URL, got ${JSON.stringify(given.value)}`);
+  return { url: given.value, origin: given.layer === 'file' ? `${given.origin} inspect` : given.origin };
+}
+
 /** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
 function version(): string {
   for (let dir = new URL('.', import.meta.url); ; dir = new URL('..', dir)) {
@@ -285,7 +295,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   let origins: Origins = {};
   try {
-    if (command !== 'run' && command !== 'serve') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help" or "tidepool serve --help"`);
+    if (command === 'machines') return machinesCommand(rest, process.stdout);
+    if (command !== 'run' && command !== 'serve') {
+      throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help", "tidepool serve --help" or "tidepool machines --help"`);
+    }
     let parsed;
     try {
       parsed = parseArgs({ args: rest, options: flagConfig(command), allowPositionals: true, strict: true });
@@ -311,13 +324,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const options = withStateDir(pool.options, env);
       // Loaded only here: fastify and prom-client are no part of `tidepool run`'s start-up.
       const { serveCommand } = await import('./serve.js');
-      return await serveCommand(options, serve.options as ServeOptions, origins);
+      return await serveCommand(options, serve.options as ServeOptions, { origins, inspect: inspectUrl(values, env, file) });
     }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
     const given = optionsFromArgs(values, env, file);
     origins = given.origins;
     const options = withStateDir(given.options, env);
-    return await runCommand(parsed.positionals[0] ?? '-', options, origins);
+    return await runCommand(parsed.positionals[0] ?? '-', options, { origins, inspect: inspectUrl(values, env, file) });
   } catch (err) {
     if (err instanceof OptionError) {
       // Name the option the way it was given: a flag, a variable, or a key of the file.

@@ -5,6 +5,7 @@ import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { Terminal } from './terminal.js';
+import { connectInspector, INSPECTOR_BACKLOG } from './inspector.js';
 import { createPool } from '../create-pool.js';
 import { managerLogger } from '../logging.js';
 import type { TaskResult } from '../pool.js';
@@ -25,7 +26,27 @@ export const READ_AHEAD = 1000;
  * `line:<n>` too, so every output line can be matched to its input line. `origins` says where
  * each option came from (logged at debug level).
  */
-export async function runCommand(input: string, options: PoolOptions, origins: Record<string, string> = {}): Promise<number> {
+export async function runCommand(input: string, options: PoolOptions, cli: RunExtras = {}): Promise<number> {
+  const inspector = cli.inspect ? await connectInspector(cli.inspect.url, cli.inspect.origin) : null;
+  try {
+    if (inspector && !inspector.connected) {
+      process.stderr.write(`tidepool: the inspector at ${cli.inspect!.url} did not answer; its events are kept (the latest ${INSPECTOR_BACKLOG}) until it does\n`);
+    }
+    return await runTasks(input, inspector ? { ...options, inspect: inspector.inspect } : options, cli.origins ?? {});
+  } finally {
+    await inspector?.stop();
+  }
+}
+
+/** What `tidepool run` takes besides pool options. */
+export interface RunExtras {
+  /** `--inspect`: the inspector's WebSocket URL, and where it was given. */
+  inspect?: { url: string; origin: string };
+  /** Where each option came from (flag, variable, config file): logged at debug level. */
+  origins?: Record<string, string>;
+}
+
+async function runTasks(input: string, options: PoolOptions, origins: Record<string, string>): Promise<number> {
   // On a terminal: a progress line, and logs a person can read, never on the same line.
   const terminal = process.stderr.isTTY ? new Terminal() : null;
   const pretty = terminal ? await prettyFormat() : null;

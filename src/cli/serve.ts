@@ -7,6 +7,9 @@ import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { managerLogger } from '../logging.js';
 import { createService } from '../serve/create.js';
+import { connectInspector } from './inspector.js';
+import type { CliInspector } from './inspector.js';
+import type { RunExtras } from './run.js';
 import type { ServeOptions } from '../serve/options.js';
 
 /**
@@ -20,7 +23,22 @@ import type { ServeOptions } from '../serve/options.js';
  * picked. Throws `OptionError` for a bad serve option (the caller names the flag), and
  * `TIDEPOOL_ERR_LISTEN` when the address cannot be bound (the pool is stopped first).
  */
-export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, origins: Record<string, string> = {}): Promise<number> {
+export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, extras: RunExtras = {}): Promise<number> {
+  // `--inspect`: the machines go to an inspector's WebSocket too (see connectInspector).
+  const inspector = extras.inspect ? await connectInspector(extras.inspect.url, extras.inspect.origin) : null;
+  try {
+    return await serveWith(inspector ? { ...poolOptions, inspect: inspector.inspect } : poolOptions, serveOptions, inspector, extras.origins ?? {});
+  } finally {
+    await inspector?.stop();
+  }
+}
+
+async function serveWith(
+  poolOptions: PoolOptions,
+  serveOptions: ServeOptions,
+  inspector: CliInspector | null,
+  origins: Record<string, string>,
+): Promise<number> {
   const destination = pino.destination({ fd: 2, sync: false });
   // The manager's logger redacts secrets (the token, env values, URL passwords): src/logging.ts.
   const logger: Logger = poolOptions.logger ?? managerLogger(poolOptions.logLevel ?? DEFAULTS.logLevel, destination);
@@ -36,6 +54,9 @@ export async function serveCommand(poolOptions: PoolOptions, serveOptions: Serve
       // stderr is gone or full: nothing more can be said
     }
   };
+  if (inspector && !inspector.connected) {
+    logger.warn('the inspector (--inspect) did not answer; its events are kept (the latest 200) until it does');
+  }
   const { pool, service, app } = createService({ ...poolOptions, logger }, serveOptions);
   // What the service uses and where each value came from (flag, variable, config file).
   logger.debug({ options: { ...poolOptions, logger: undefined }, serve: serveOptions, origins }, 'options');

@@ -2,7 +2,11 @@ import type { FastifyInstance } from 'fastify';
 import { createPool } from '../create-pool.js';
 import type { PoolOptions } from '../options.js';
 import type { Pool } from '../pool.js';
+import type { InspectionEvent } from 'xstate';
+import type { InspectObserver } from '../inspection.js';
 import { buildApp } from './app.js';
+import { registerDashboard } from './dashboard.js';
+import { LiveView } from './live.js';
 import { ServiceMetrics } from './metrics.js';
 import { resolveServeOptions } from './options.js';
 import type { ServeOptions } from './options.js';
@@ -33,7 +37,22 @@ export function createService(poolOptions: PoolOptions, serveOptions: ServeOptio
     const p = pool!;
     return { workers: p.workers, breaker: p.breaker, queued: p.queued, inFlight: p.inFlight };
   });
-  pool = createPool({ ...poolOptions, inspect: metrics.inspect });
+  // One inspection stream feeds the metrics, the dashboard, and the caller's observer if any.
+  const live = new LiveView();
+  const user = poolOptions.inspect as InspectObserver | undefined;
+  const observers = [metrics.inspect, live.observer.next!, ...(user ? [typeof user === 'function' ? user : (e: InspectionEvent) => user.next?.(e)] : [])];
+  pool = createPool({ ...poolOptions, inspect: (event: InspectionEvent) => observers.forEach((next) => next(event)) });
+  live.attach(pool);
   const service = new Service(pool, options, metrics);
-  return { pool, service, app: buildApp(service) };
+  const app = buildApp(service);
+  const o = pool.options;
+  registerDashboard(app, live, {
+    token: options.httpToken,
+    delays: {
+      pool: { crashWindow: o.crashWindow, breakerCooldown: o.breakerCooldown },
+      worker: { spawnTimeout: o.spawnTimeout, taskTimeout: o.timeout, killGrace: o.killGrace, idleTimeout: o.idleTimeout },
+    },
+  });
+  app.addHook('onClose', async () => live.close());
+  return { pool, service, app };
 }

@@ -1,0 +1,141 @@
+import type { InspectionEvent, Observer } from 'xstate';
+import { UsageError } from '../errors.js';
+
+/** A live connection to an inspector: the observer to give the pool, and how to end it. */
+export interface CliInspector {
+  inspect: Observer<InspectionEvent>;
+  /** Whether the socket connected within `INSPECTOR_CONNECT_WAIT` at start. */
+  connected: boolean;
+  /** Send what is still queued (waiting at most `flushMs`), then close the socket. */
+  stop(flushMs?: number): Promise<void>;
+}
+
+/** How long the CLI waits for the inspector's socket at start, in ms. */
+export const INSPECTOR_CONNECT_WAIT = 3_000;
+/** Events kept while the socket is not open (the oldest are dropped past it): @statelyai/inspect's bound. */
+export const INSPECTOR_BACKLOG = 200;
+/** Between attempts to reconnect, in ms. */
+const RECONNECT_DELAY = 2_000;
+
+/**
+ * `--inspect ws://HOST:PORT`: stream the pool's inspection events (the pool machine, and every
+ * worker as its child) to a WebSocket in the Stately inspector's protocol: the events are
+ * made by `@statelyai/inspect`'s `createInspector` (`@xstate.actor` with `definition` and
+ * `parentId`, `@xstate.event`, `@xstate.snapshot`, each one JSON message), sent over a socket
+ * of ours. Its own `createWebSocketInspector` would do the same but retries a failed socket
+ * on a timer it never clears, even after `stop()`, so a finished `tidepool run` would not
+ * exit. Waits up to `INSPECTOR_CONNECT_WAIT` ms for the socket so a short run is seen from its
+ * first event; reconnects while the pool runs. Throws UsageError (TIDEPOOL_ERR_USAGE) when
+ * `url` is not a ws:// or wss:// URL; `origin` names where it came from (`--inspect`).
+ */
+export async function connectInspector(url: string, origin: string): Promise<CliInspector> {
+  let parsed: URL | null = null;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = null;
+  }
+  if (!parsed || (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:')) {
+    throw new UsageError(`${origin} must be a ws:// or wss:// URL (the inspector's WebSocket), got ${JSON.stringify(url)}`);
+  }
+  // Loaded only when asked for: none of it is part of a plain run's start-up.
+  const [{ createInspector }, { WebSocket }, { configure }] = await Promise.all([
+    import('@statelyai/inspect'),
+    import('ws'),
+    import('safe-stable-stringify'),
+  ]);
+  // The events are plain JSON (the inspector has already cut snapshots to its depth, and actor
+  // references serialise themselves); anything else is cut at the inspector's own depth.
+  const safe = configure({ maximumDepth: 10 });
+  const toJson = (event: unknown): string => {
+    try {
+      return JSON.stringify(event) ?? 'null';
+    } catch {
+      return safe(event) ?? 'null';
+    }
+  };
+  const backlog: string[] = [];
+  let socket: InstanceType<typeof WebSocket> | null = null;
+  let stopped = false;
+  let retry: NodeJS.Timeout | null = null;
+  let firstOpen: ((open: boolean) => void) | null = null;
+
+  const connect = () => {
+    const ws = new WebSocket(parsed.href);
+    socket = ws;
+    ws.on('open', () => {
+      firstOpen?.(true);
+      for (const text of backlog.splice(0)) ws.send(text);
+    });
+    // A refused or dropped socket is retried while the pool runs; its error says why.
+    ws.on('error', () => firstOpen?.(false));
+    ws.on('close', () => {
+      if (socket === ws) socket = null;
+      if (stopped) return;
+      retry = setTimeout(connect, RECONNECT_DELAY);
+      retry.unref();
+    });
+  };
+  // Messages of one turn of the event loop go out together: one write to the socket, not one
+  // per event (a task on a reused worker makes about 14).
+  let batch: string[] = [];
+  const flush = () => {
+    const texts = batch;
+    batch = [];
+    const ws = socket;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      backlog.push(...texts);
+      if (backlog.length > INSPECTOR_BACKLOG) backlog.splice(0, backlog.length - INSPECTOR_BACKLOG);
+      return;
+    }
+    const raw = (ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    raw?.cork();
+    for (const text of texts) ws.send(text);
+    raw?.uncork();
+  };
+  const inspector = createInspector({
+    send(event: unknown) {
+      if (batch.length === 0) setImmediate(flush);
+      batch.push(toJson(event));
+    },
+    start() {},
+    stop() {},
+  });
+  const connected = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), INSPECTOR_CONNECT_WAIT);
+    firstOpen = (open) => {
+      firstOpen = null;
+      clearTimeout(timer);
+      resolve(open);
+    };
+    connect();
+  });
+  const next = (inspector.inspect as Observer<InspectionEvent>).next!;
+  return {
+    inspect: {
+      // The worker's `process` actor (a callback actor: no states, one per worker) is left
+      // out: it would be a third of the stream and shows nothing a statechart can draw.
+      next: (event) => {
+        const ref = event.actorRef as { id?: string; _parent?: unknown };
+        if (ref.id === 'process' && ref._parent !== undefined) return;
+        next(event);
+      },
+    },
+    connected,
+    async stop(flushMs = 2_000) {
+      // createInspector sends each event on a zero-delay timer, and the batch goes out on the
+      // turn after: let both run first.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      await new Promise((resolve) => setImmediate(resolve));
+      stopped = true;
+      if (retry) clearTimeout(retry);
+      const ws = socket;
+      const deadline = Date.now() + flushMs;
+      while (ws && ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      ws?.close();
+      ws?.terminate();
+    },
+  };
+}
