@@ -154,7 +154,7 @@ describe('a bad config file exits 2 naming the file, the key and what it accepts
       'an unknown key',
       { 'c.json': JSON.stringify({ ...worker, concurency: 4 }) },
       'c.json',
-      /^tidepool: c\.json: concurency is not an option; the options are worker, concurrency, timeout, .*stateDir\n$/,
+      /^tidepool: c\.json: concurency is not an option; the options are worker, concurrency, timeout, .*stateDir, inspect\n$/,
     ],
     ['the file itself as a key', { 'c.json': JSON.stringify({ ...worker, config: 'x.json' }) }, 'c.json', /^tidepool: c\.json: config is not an option/],
     ['a worker of the wrong shape', { 'c.json': JSON.stringify({ worker: 'cat' }) }, 'c.json', /^tidepool: c\.json: worker must be \{ module: .* \}, got "cat"\n$/],

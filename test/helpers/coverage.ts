@@ -244,7 +244,9 @@ export class WorkerActorTracker {
   /** Feed every inspection event here (the `inspect` option); true when it was a worker's root event. */
   observe = (event: InspectionEvent): boolean => {
     const ref = event.actorRef as AnyActorRef & { logic?: { id?: string } };
-    if (ref.sessionId !== event.rootId || ref.logic?.id !== 'worker') return false;
+    // The worker machine itself (the pool shows it to inspectors as its child; its process
+    // actor is a logic of another kind).
+    if (ref.logic?.id !== 'worker') return false;
     if (event.type === '@xstate.actor') {
       this.started++;
       this.#actors.set(ref.id, ref);
