@@ -38,7 +38,7 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, options:
   const tokenDigest = options.token === null ? null : createHash('sha256').update(options.token).digest();
   const page = asset('page.html')
     .replace('<!--pool-chart-->', diagramSvg(describeMachine(poolMachine, delays.pool)))
-    .replace('<!--worker-chart-->', diagramSvg(describeMachine(workerMachine, delays.worker)));
+    .replace('<!--worker-chart-->', diagramSvg(describeMachine(workerMachine, delays.worker), 'TB'));
   const script = asset('page.js');
   const style = asset('page.css');
   const html = (type: string, body: string) => (_: unknown, reply: { type(t: string): { send(b: string): unknown } }) =>

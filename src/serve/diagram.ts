@@ -42,10 +42,10 @@ function smooth(points: { x: number; y: number }[]): string {
   return d;
 }
 
-/** The SVG text of `shape`'s statechart. */
-export function diagramSvg(shape: MachineShape): string {
+/** The SVG text of `shape`'s statechart, laid out left to right (`LR`) or top to bottom (`TB`). */
+export function diagramSvg(shape: MachineShape, rankdir: 'LR' | 'TB' = 'LR'): string {
   const g = new dagre.graphlib.Graph({ multigraph: true });
-  g.setGraph({ rankdir: 'LR', nodesep: 14, ranksep: 40, edgesep: 6, marginx: 8, marginy: 8 });
+  g.setGraph({ rankdir, nodesep: 14, ranksep: rankdir === 'LR' ? 40 : 28, edgesep: 6, marginx: 8, marginy: 8 });
   const states: StateShape[] = [];
   const visit = (s: StateShape) => {
     if (s.path !== '') states.push(s);

@@ -199,6 +199,7 @@ async function connect() {
       }
       if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
       setStatus('live', 'good');
+      if ($('notice').textContent.startsWith('This service has a token')) $('notice').textContent = '';
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = '';
       for (;;) {
