@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { Pool } from '../src/index.js';
-import { COMPACT_SLACK, Ledger, readLedger } from '../src/process/ledger.js';
+import { COMPACT_SLACK, Ledger, REMOVAL_DELAY, readLedger } from '../src/process/ledger.js';
 import type { Proc } from './helpers/procs.js';
 import { fixture, isAlive, killStill, noted, statOf, stillRunning, until } from './helpers/procs.js';
 
@@ -270,6 +270,23 @@ describe('the ledger file', () => {
       await pool.stop();
       expect(readdirSync(stateDir)).toEqual([]);
     }
+  });
+
+  it('writes an entry at once; its removal rides with the next entry, or goes within REMOVAL_DELAY', async () => {
+    const stateDir = fresh('state');
+    const ledger = new Ledger(stateDir, silent);
+    ledger.open();
+    const entry = (pid: number) => ({ pid, start: '42', pgid: pid, keeper: null });
+    const listed = () => readLedger(readFileSync(ledger.path!, 'latin1')).entries.map((e) => e.pid);
+    ledger.add(entry(1));
+    await until(() => listed().length === 1, 'the entry');
+    ledger.remove(1);
+    ledger.add(entry(2));
+    await until(() => listed().join() === '2', 'the removal with the next entry');
+    ledger.remove(2);
+    await until(() => listed().length === 0, 'the removal on its own', REMOVAL_DELAY + 5_000);
+    await ledger.close();
+    expect(readdirSync(stateDir)).toEqual([]);
   });
 
   it('stays bounded: rewritten from the live entries past twice their number plus COMPACT_SLACK lines', async () => {

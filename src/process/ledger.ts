@@ -14,8 +14,8 @@ import { OptionError } from '../errors.js';
  *
  * - Each manager (each pool of a process) writes its own file, named by the pid namespace, its
  *   pid, its start time and a counter: `<ns>-<pid>-<start>-<n>.ledger`. A process is named
- *   once and for all by its pid and start time (field 22 of /proc/<pid>/stat): a pid alone is
- *   reused.
+ *   once and for all by its pid and start time (field 22 of /proc/<pid>/stat, `starttime`,
+ *   in clock ticks after boot: proc(5)): a pid alone is reused.
  * - A file is append-only lines: a header (`tidepool ledger 1 boot=<boot id>`), `+ <pid>
  *   <start> <pgid> <keeper> <keeperstart>` when a worker starts, `- <pid>` when it is reaped;
  *   rewritten from the live entries once it would hold more than twice as many lines as live
@@ -28,6 +28,13 @@ import { OptionError } from '../errors.js';
 
 /** Lines a ledger may hold beyond twice its live entries before it is rewritten. */
 export const COMPACT_SLACK = 1024;
+
+/**
+ * How long a removal may wait for a write, in ms. A worker's entry is written at once; its
+ * removal rides with the next one (a stale entry is harmless: its pid is gone, or its start
+ * time no longer matches), so a single-use pool costs one write per task, not two.
+ */
+export const REMOVAL_DELAY = 1_000;
 
 /** One live worker as the ledger records it. */
 export interface LedgerEntry {
@@ -101,11 +108,12 @@ function identity(): Identity {
 let opened = 0;
 
 /**
- * One manager's ledger of its live workers. Cheap until `open()`. `add` and `remove` are
- * queued and written together, without blocking the event loop (a write of the disk's that
- * stalls, as one of ~20 ms did under load here, holds no task): one write at a time, and what
- * comes meanwhile goes in the next. No fsync: the file outlives a killed process in the page
- * cache, and a machine that crashes takes its workers with it.
+ * One manager's ledger of its live workers. Cheap until `open()`. Lines are queued and written
+ * without blocking the event loop (a write of the disk's that stalls, as one of ~20 ms did under
+ * load here, holds no task): an `add` at the end of the current turn, a `remove` with the next
+ * add or after REMOVAL_DELAY; one write at a time, and what comes meanwhile goes in the next.
+ * No fsync: the file outlives a killed process in the page cache, and a machine that crashes
+ * takes its workers with it.
  */
 export class Ledger {
   /** The state directory (absolute). */
@@ -123,6 +131,10 @@ export class Ledger {
   /** A write (or a rewrite) is under way. */
   #busy = false;
   #scheduled = false;
+  /** Something queued must be written now (an add, or a flush asked for). */
+  #urgent = false;
+  /** Writes queued removals if nothing else does first. */
+  #timer: NodeJS.Timeout | null = null;
   /** Called once everything queued is written. */
   #waiters: (() => void)[] = [];
 
@@ -168,12 +180,12 @@ export class Ledger {
   /** A worker started. */
   add(entry: LedgerEntry): void {
     this.#live.set(entry.pid, entry);
-    this.#queue(lineOf(entry));
+    this.#queue(lineOf(entry), true);
   }
 
   /** A worker was reaped (or is known to be gone). */
   remove(pid: number): void {
-    if (this.#live.delete(pid)) this.#queue(`- ${pid}\n`);
+    if (this.#live.delete(pid)) this.#queue(`- ${pid}\n`, false);
   }
 
   /**
@@ -190,6 +202,7 @@ export class Ledger {
   flush(): Promise<void> {
     return new Promise((resolve) => {
       this.#waiters.push(resolve);
+      this.#urgent = true;
       this.#schedule();
     });
   }
@@ -200,17 +213,28 @@ export class Ledger {
    */
   async close(): Promise<void> {
     await this.flush();
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
     if (this.#fd === null) return;
     closeSync(this.#fd);
     this.#fd = null;
     if (this.#live.size === 0 && this.#path) unlinkQuietly(this.#path);
   }
 
-  #queue(line: string): void {
+  #queue(line: string, urgent: boolean): void {
     if (this.#fd === null) return;
     this.#queued += line;
     this.#queuedLines++;
-    this.#schedule();
+    if (urgent) {
+      this.#urgent = true;
+      this.#schedule();
+    } else {
+      this.#timer ??= setTimeout(() => {
+        this.#timer = null;
+        this.#urgent = true;
+        this.#schedule();
+      }, REMOVAL_DELAY).unref();
+    }
   }
 
   /** Write at the end of this turn: a burst of spawns and reaps goes in one write. */
@@ -225,8 +249,16 @@ export class Ledger {
     this.#scheduled = false;
     if (this.#busy) return;
     if (this.#fd === null || this.#queued === '') {
+      this.#urgent = false;
       for (const wake of this.#waiters.splice(0)) wake();
       return;
+    }
+    // Only removals are queued: they wait for their timer, or the next add.
+    if (!this.#urgent) return;
+    this.#urgent = false;
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
     }
     this.#busy = true;
     if (this.#lines + this.#queuedLines > 2 * this.#live.size + COMPACT_SLACK) return this.#compact();
