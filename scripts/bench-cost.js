@@ -7,13 +7,18 @@
 //   - children: the worker processes, from fork to exit (reaped children's CPU, /proc).
 // The ratio of CPU per task bounds the throughput ratio on a machine whose cores are busy.
 //
+// A third side runs the same pool with a ledger of live workers (`stateDir`, in a directory of
+// its own): `ledger` compares the two pools' CPU per task (COST_LEDGER=0 leaves it out).
+//
 // Usage: npm run build && node scripts/bench-cost.js
 // Env: COST_TASKS (default 3000 command, 300 module), COST_REPEAT (3), COST_SCENARIOS
-//      (command,module).
+//      (command,module), COST_LEDGER.
 // Workers get PATH only, like the references' children: the other allowlisted variables are
 // removed from this process's environment first.
 import { fork, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPool } from '../dist/src/index.js';
 
@@ -85,8 +90,8 @@ function measure(n, start, hostPid) {
 
 const round = (x, digits = 1) => Number(x.toFixed(digits));
 
-async function poolSide(worker, n) {
-  const pool = createPool({ worker, concurrency: CONCURRENCY, logLevel: 'warn' });
+async function poolSide(worker, n, stateDir) {
+  const pool = createPool({ worker, concurrency: CONCURRENCY, logLevel: 'warn', ...(stateDir ? { stateDir } : {}) });
   await pool.start();
   const result = await measure(
     n,
@@ -128,22 +133,23 @@ const medians = (runs) =>
 
 const repeat = Number(process.env.COST_REPEAT ?? 3);
 const scenarios = (process.env.COST_SCENARIOS ?? 'command,module').split(',');
+const stateDir = process.env.COST_LEDGER === '0' ? null : mkdtempSync(join(tmpdir(), 'tidepool-cost-'));
 for (const scenario of scenarios) {
   const n = Number(process.env.COST_TASKS ?? (scenario === 'command' ? 3000 : 300));
   const tidepool = [];
   const reference = [];
+  const withLedger = [];
+  const worker = scenario === 'command' ? { command: ['/bin/cat'] } : { module: NOOP };
   for (let i = 0; i < repeat; i++) {
-    if (scenario === 'command') {
-      reference.push(await bareSpawn(n));
-      tidepool.push(await poolSide({ command: ['/bin/cat'] }, n));
-    } else {
-      reference.push(await bareFork(n));
-      tidepool.push(await poolSide({ module: NOOP }, n));
-    }
+    reference.push(await (scenario === 'command' ? bareSpawn(n) : bareFork(n)));
+    // Which pool goes first alternates.
+    const both = [() => poolSide(worker, n).then((x) => tidepool.push(x)), () => poolSide(worker, n, stateDir).then((x) => withLedger.push(x))];
+    for (const side of stateDir === null ? [both[0]] : i % 2 ? both.reverse() : both) await side();
     process.stderr.write(`${scenario}: ${i + 1}/${repeat}\n`);
   }
   const t = medians(tidepool);
   const r = medians(reference);
+  const l = stateDir === null ? null : medians(withLedger);
   const total = (x) => x.managerMs + (x.hostMs ?? 0) + x.childrenMs;
   console.log(
     JSON.stringify({
@@ -153,6 +159,9 @@ for (const scenario of scenarios) {
       reference: { ...r, totalMs: round(total(r), 3) },
       rateRatio: round(t.tasksPerSec / r.tasksPerSec, 3),
       cpuRatio: round(total(r) / total(t), 3),
+      // The pool with a ledger, and what it adds to the manager's CPU per task (ms).
+      ...(l === null ? {} : { ledger: { ...l, totalMs: round(total(l), 3), managerMsAdded: round(l.managerMs - t.managerMs, 3) } }),
     }),
   );
 }
+if (stateDir !== null) rmSync(stateDir, { recursive: true, force: true });

@@ -397,10 +397,14 @@ async function measure(s, repeat) {
   const tide = [];
   const noLedger = [];
   const startup = [];
-  const sides = s.ledger ? ['bare', 'tidepool', 'no-ledger'] : ['bare', 'tidepool'];
+  // Each repetition runs every side back to back, in an order that changes: ABBA for two
+  // sides, and for three every one of the six orders in turn (each side as often first,
+  // middle and last over six repetitions).
+  const orders = s.ledger
+    ? [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 0, 1], [1, 0, 2]].map((o) => o.map((i) => ['bare', 'tidepool', 'no-ledger'][i]))
+    : [['bare', 'tidepool'], ['tidepool', 'bare']];
   for (let r = 0; r < repeat; r++) {
-    // ABBA order: neither side always runs first; each repetition is a back-to-back pair.
-    const order = r % 2 === 0 ? sides : [...sides].reverse();
+    const order = orders[r % orders.length];
     for (const side of order) {
       if (side === 'bare') bare.push(await s.reference.run(s.tasks));
       else if (side === 'tidepool') tide.push(await tidepool(file, s.tasks));

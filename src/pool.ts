@@ -589,7 +589,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     // Only after a machine failure can a worker actor outlive the pool machine.
     this.#workers?.stopAll();
     this.#host.close();
-    this.#ledger?.close();
+    await this.#ledger?.close();
     for (const [, pending] of this.#pending) {
       pending.reject(new TidepoolError('TIDEPOOL_ERR_POOL_STOPPED', 'the pool stopped before the task reached a final outcome'));
     }

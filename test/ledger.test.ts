@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { Pool } from '../src/index.js';
-import { COMPACT_SLACK, Ledger, readLedger } from '../src/process/ledger.js';
+import { COMPACT_SLACK, Ledger, REMOVAL_DELAY, readLedger } from '../src/process/ledger.js';
 import type { Proc } from './helpers/procs.js';
 import { fixture, isAlive, killStill, noted, statOf, stillRunning, until } from './helpers/procs.js';
 
@@ -272,23 +272,46 @@ describe('the ledger file', () => {
     }
   });
 
-  it('stays bounded: rewritten from the live entries past twice their number plus COMPACT_SLACK lines', () => {
+  it('writes an entry at once; its removal rides with the next entry, or goes within REMOVAL_DELAY', async () => {
+    const stateDir = fresh('state');
+    const ledger = new Ledger(stateDir, silent);
+    ledger.open();
+    const entry = (pid: number) => ({ pid, start: '42', pgid: pid, keeper: null });
+    const listed = () => readLedger(readFileSync(ledger.path!, 'latin1')).entries.map((e) => e.pid);
+    ledger.add(entry(1));
+    await until(() => listed().length === 1, 'the entry');
+    ledger.remove(1);
+    ledger.add(entry(2));
+    await until(() => listed().join() === '2', 'the removal with the next entry');
+    ledger.remove(2);
+    await until(() => listed().length === 0, 'the removal on its own', REMOVAL_DELAY + 5_000);
+    await ledger.close();
+    expect(readdirSync(stateDir)).toEqual([]);
+  });
+
+  it('stays bounded: rewritten from the live entries past twice their number plus COMPACT_SLACK lines', async () => {
     const stateDir = fresh('state');
     const ledger = new Ledger(stateDir, silent);
     ledger.open();
     const file = ledger.path!;
     let longest = 0;
     const entry = (pid: number) => ({ pid, start: String(pid * 7), pgid: pid, keeper: pid % 2 ? { pid: pid + 1, start: '9' } : null });
-    for (let pid = 1000; pid < 6000; pid++) {
+    let rewritten = 0;
+    let previous = 0;
+    for (let pid = 1000; pid < 4000; pid++) {
       ledger.add(entry(pid));
       if (pid >= 1003) ledger.remove(pid - 3);
-      ledger.flush();
-      longest = Math.max(longest, readFileSync(file, 'latin1').split('\n').length - 2);
+      await ledger.flush();
+      const lines = readFileSync(file, 'latin1').split('\n').length - 2;
+      if (lines < previous) rewritten++;
+      previous = lines;
+      longest = Math.max(longest, lines);
     }
-    expect(longest).toBeLessThanOrEqual(2 * 3 + COMPACT_SLACK + 2);
-    expect(readLedger(readFileSync(file, 'latin1')).entries).toEqual([entry(5997), entry(5998), entry(5999)]);
+    expect(rewritten).toBeGreaterThan(1);
+    expect(longest).toBeLessThanOrEqual(2 * 3 + COMPACT_SLACK);
+    expect(readLedger(readFileSync(file, 'latin1')).entries).toEqual([entry(3997), entry(3998), entry(3999)]);
     // Closed with workers still listed, it stays for the next manager's sweep.
-    ledger.close();
+    await ledger.close();
     expect(ledgers(stateDir)).toHaveLength(1);
   });
 });

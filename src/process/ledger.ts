@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, open, openSync, readFileSync, readdirSync, readlinkSync, rename, renameSync, unlinkSync, write, writeFile, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { childrenOf, statOf } from '../child/proc-table.js';
@@ -14,12 +14,12 @@ import { OptionError } from '../errors.js';
  *
  * - Each manager (each pool of a process) writes its own file, named by the pid namespace, its
  *   pid, its start time and a counter: `<ns>-<pid>-<start>-<n>.ledger`. A process is named
- *   once and for all by its pid and start time (field 22 of /proc/<pid>/stat): a pid alone is
- *   reused.
+ *   once and for all by its pid and start time (field 22 of /proc/<pid>/stat, `starttime`,
+ *   in clock ticks after boot: proc(5)): a pid alone is reused.
  * - A file is append-only lines: a header (`tidepool ledger 1 boot=<boot id>`), `+ <pid>
  *   <start> <pgid> <keeper> <keeperstart>` when a worker starts, `- <pid>` when it is reaped;
- *   rewritten from the live entries once it holds more than twice as many lines as live
- *   workers plus COMPACT_SLACK, so its size stays bounded.
+ *   rewritten from the live entries once it would hold more than twice as many lines as live
+ *   workers plus COMPACT_SLACK, so its size stays bounded (~40 bytes a line).
  * - At start a manager sweeps only the files of managers that are dead (pid gone, or its start
  *   time differs), of its own pid namespace and boot. It claims a file by renaming it (so two
  *   managers never sweep the same one), kills what is left, and deletes it. A live manager's
@@ -27,7 +27,14 @@ import { OptionError } from '../errors.js';
  */
 
 /** Lines a ledger may hold beyond twice its live entries before it is rewritten. */
-export const COMPACT_SLACK = 256;
+export const COMPACT_SLACK = 1024;
+
+/**
+ * How long a removal may wait for a write, in ms. A worker's entry is written at once; its
+ * removal rides with the next one (a stale entry is harmless: its pid is gone, or its start
+ * time no longer matches), so a single-use pool costs one write per task, not two.
+ */
+export const REMOVAL_DELAY = 1_000;
 
 /** One live worker as the ledger records it. */
 export interface LedgerEntry {
@@ -101,10 +108,12 @@ function identity(): Identity {
 let opened = 0;
 
 /**
- * One manager's ledger of its live workers. Cheap until `open()`; `add` and `remove` are
- * queued and written together once per turn of the event loop (one `write` for a burst of
- * spawns and reaps), without fsync: the file outlives a killed process in the page cache, and
- * a machine that crashes takes its workers with it.
+ * One manager's ledger of its live workers. Cheap until `open()`. Lines are queued and written
+ * without blocking the event loop (a write of the disk's that stalls, as one of ~20 ms did under
+ * load here, holds no task): an `add` at the end of the current turn, a `remove` with the next
+ * add or after REMOVAL_DELAY; one write at a time, and what comes meanwhile goes in the next.
+ * No fsync: the file outlives a killed process in the page cache, and a machine that crashes
+ * takes its workers with it.
  */
 export class Ledger {
   /** The state directory (absolute). */
@@ -119,7 +128,15 @@ export class Ledger {
   #queuedLines = 0;
   /** Lines in the file, header excluded. */
   #lines = 0;
-  #flushing = false;
+  /** A write (or a rewrite) is under way. */
+  #busy = false;
+  #scheduled = false;
+  /** Something queued must be written now (an add, or a flush asked for). */
+  #urgent = false;
+  /** Writes queued removals if nothing else does first. */
+  #timer: NodeJS.Timeout | null = null;
+  /** Called once everything queued is written. */
+  #waiters: (() => void)[] = [];
 
   constructor(dir: string, logger: Logger) {
     this.dir = dir;
@@ -147,7 +164,7 @@ export class Ledger {
     this.#header = `${HEADER} boot=${me.boot}\n`;
     let fd: number | null = null;
     try {
-      fd = openSync(path, 'wx', 0o600);
+      fd = openSync(path, 'ax', 0o600);
       writeSync(fd, this.#header);
     } catch (err) {
       if (fd !== null) {
@@ -163,12 +180,12 @@ export class Ledger {
   /** A worker started. */
   add(entry: LedgerEntry): void {
     this.#live.set(entry.pid, entry);
-    this.#queue(lineOf(entry));
+    this.#queue(lineOf(entry), true);
   }
 
   /** A worker was reaped (or is known to be gone). */
   remove(pid: number): void {
-    if (this.#live.delete(pid)) this.#queue(`- ${pid}\n`);
+    if (this.#live.delete(pid)) this.#queue(`- ${pid}\n`, false);
   }
 
   /**
@@ -176,59 +193,116 @@ export class Ledger {
    * sweep does), and forget them. Returns how many processes were killed.
    */
   release(pids: number[]): number {
-    const entries = pids.flatMap((pid) => this.#live.get(pid) ?? []);
-    const killed = killLeft(entries);
+    const killed = killLeft(pids.flatMap((pid) => this.#live.get(pid) ?? []));
     for (const pid of pids) this.remove(pid);
     return killed;
   }
 
-  /** Write what is queued now (it is written at the end of the current turn anyway). */
-  flush(): void {
-    this.#flushing = false;
-    if (this.#fd === null || this.#queued === '') return;
-    const text = this.#queued;
-    this.#lines += this.#queuedLines;
-    this.#queued = '';
-    this.#queuedLines = 0;
-    try {
-      writeSync(this.#fd, text);
-      if (this.#lines > 2 * this.#live.size + COMPACT_SLACK) this.#compact();
-    } catch (err) {
-      this.#fail(err as Error);
-    }
+  /** Resolves once everything queued so far is in the file (or the ledger gave up writing). */
+  flush(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#waiters.push(resolve);
+      this.#urgent = true;
+      this.#schedule();
+    });
   }
 
   /**
-   * Stop writing. The file is deleted when no worker is left in it; otherwise it stays for
-   * the next manager's sweep once this process is gone.
+   * Write what is queued and stop. The file is deleted when no worker is left in it; otherwise
+   * it stays for the next manager's sweep once this process is gone.
    */
-  close(): void {
-    this.flush();
+  async close(): Promise<void> {
+    await this.flush();
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
     if (this.#fd === null) return;
     closeSync(this.#fd);
     this.#fd = null;
     if (this.#live.size === 0 && this.#path) unlinkQuietly(this.#path);
   }
 
-  #queue(line: string): void {
+  #queue(line: string, urgent: boolean): void {
     if (this.#fd === null) return;
     this.#queued += line;
     this.#queuedLines++;
-    if (!this.#flushing) {
-      this.#flushing = true;
-      queueMicrotask(() => this.flush());
+    if (urgent) {
+      this.#urgent = true;
+      this.#schedule();
+    } else {
+      this.#timer ??= setTimeout(() => {
+        this.#timer = null;
+        this.#urgent = true;
+        this.#schedule();
+      }, REMOVAL_DELAY).unref();
     }
   }
 
-  /** Rewrite the file from the live entries: a new file renamed over the old one. */
+  /** Write at the end of this turn: a burst of spawns and reaps goes in one write. */
+  #schedule(): void {
+    if (this.#busy || this.#scheduled) return;
+    this.#scheduled = true;
+    queueMicrotask(() => this.#next());
+  }
+
+  /** Start the next write, or the rewrite, or wake the waiters when there is nothing to do. */
+  #next(): void {
+    this.#scheduled = false;
+    if (this.#busy) return;
+    if (this.#fd === null || this.#queued === '') {
+      this.#urgent = false;
+      for (const wake of this.#waiters.splice(0)) wake();
+      return;
+    }
+    // Only removals are queued: they wait for their timer, or the next add.
+    if (!this.#urgent) return;
+    this.#urgent = false;
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    this.#busy = true;
+    if (this.#lines + this.#queuedLines > 2 * this.#live.size + COMPACT_SLACK) return this.#compact();
+    const text = Buffer.from(this.#queued, 'latin1');
+    const lines = this.#queuedLines;
+    this.#queued = '';
+    this.#queuedLines = 0;
+    writeAll(this.#fd, text, (err) => {
+      this.#busy = false;
+      if (err) return this.#fail(err);
+      this.#lines += lines;
+      this.#next();
+    });
+  }
+
+  /**
+   * Rewrite the file from the live entries, which hold all that was queued: a new file renamed
+   * over the old one (a manager killed in between leaves the old one whole). What comes
+   * meanwhile is queued for the new file.
+   */
   #compact(): void {
     const path = this.#path!;
     const tmp = `${path}.tmp`;
-    writeFileSync(tmp, this.#header + [...this.#live.values()].map(lineOf).join(''), { mode: 0o600 });
-    renameSync(tmp, path);
-    closeSync(this.#fd!);
-    this.#fd = openSync(path, 'a');
-    this.#lines = this.#live.size;
+    this.#queued = '';
+    this.#queuedLines = 0;
+    const live = this.#live.size;
+    const done = (err: NodeJS.ErrnoException | null) => {
+      this.#busy = false;
+      if (err) return this.#fail(err);
+      this.#next();
+    };
+    writeFile(tmp, this.#header + [...this.#live.values()].map(lineOf).join(''), { mode: 0o600 }, (err) => {
+      if (err) return done(err);
+      rename(tmp, path, (err) => {
+        if (err) return done(err);
+        open(path, 'a', (err, fd) => {
+          if (err) return done(err);
+          if (this.#fd !== null) closeSync(this.#fd);
+          this.#fd = fd;
+          this.#lines = live;
+          done(null);
+        });
+      });
+    });
   }
 
   /** A write failed (a full disk): the pool goes on, without its ledger, and says so once. */
@@ -236,7 +310,17 @@ export class Ledger {
     this.#logger.error({ err, stateDir: this.dir }, 'cannot write the ledger of live workers; going on without it');
     if (this.#fd !== null) closeSync(this.#fd);
     this.#fd = null;
+    for (const wake of this.#waiters.splice(0)) wake();
   }
+}
+
+/** Write all of `bytes` at the end of the file (a write may take less than asked). */
+function writeAll(fd: number, bytes: Buffer, done: (err: NodeJS.ErrnoException | null) => void): void {
+  write(fd, bytes, 0, bytes.length, null, (err, written) => {
+    if (err) return done(err);
+    if (written < bytes.length) return writeAll(fd, bytes.subarray(written), done);
+    done(null);
+  });
 }
 
 /** An entry as the ledger writes it: `+ <pid> <start> <pgid> <keeper> <keeperstart>`. */
