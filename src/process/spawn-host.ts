@@ -22,9 +22,11 @@ const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.ur
  * The host's frames handled in one callback, at most. A worker that starts or exits costs
  * the manager ~0.2-0.4 ms (its machine, the pool's, the next worker started); when hundreds
  * exit together, one pipe read holds hundreds of frames, and they are handled a slice a turn
- * of the event loop, a few ms each, rather than in one long tick.
+ * of the event loop, ~3 ms each here, rather than in one long tick. Small, because on a
+ * shared machine a tick's CPU time stretches by the number of processes waiting for a core
+ * (docs/benchmarks.md, "Event-loop delay under bursts").
  */
-export const FRAME_SLICE = 16;
+export const FRAME_SLICE = 8;
 
 /** Which spawn host starts workers: `auto` is Perl when a `perl` is on PATH, else Node. */
 export type HostEdition = 'auto' | 'perl' | 'node';

@@ -40,11 +40,11 @@ export const DEAD_LETTER_LIMIT = 1000;
 /**
  * Deliveries made in one macrotask for bursts (publishes, resume), at most: each costs the
  * pool a machine event, ~50-100 µs here, so a thousand `run()` calls in one tick reach the
- * pool in slices of a few ms, one slice a turn, instead of in one long tick. What a single
+ * pool in slices of ~2-3 ms, one slice a turn, instead of in one long tick. What a single
  * event makes deliverable (the place a settlement frees, a retry come due, a raised
  * prefetch) is delivered at once, as before.
  */
-export const DELIVERY_SLICE = 64;
+export const DELIVERY_SLICE = 32;
 
 /**
  * The embedded queue: in-process, FIFO, with the settlement semantics of the RabbitMQ source
