@@ -4,6 +4,7 @@ import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { enqueueMain } from './enqueue.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
@@ -235,6 +236,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   let origins: Origins = {};
   try {
+    if (command === 'enqueue') return await enqueueMain(rest, env);
     if (command !== 'run') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help"`);
     let parsed;
     try {
@@ -261,7 +263,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {
-      process.stderr.write(`tidepool: ${err.message}\n${command === 'run' ? 'Try "tidepool run --help".\n' : ''}`);
+      const help = command === 'run' || command === 'enqueue' ? `Try "tidepool ${command} --help".\n` : '';
+      process.stderr.write(`tidepool: ${err.message}\n${help}`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof TidepoolError && (err.code === 'TIDEPOOL_ERR_INPUT' || err.code === 'TIDEPOOL_ERR_WORKER_LOAD')) {

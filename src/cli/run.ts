@@ -169,7 +169,7 @@ export async function runCommand(input: string, options: PoolOptions): Promise<n
 const signalExit = (signal: NodeJS.Signals): number => 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGPIPE' ? 13 : 15);
 
 /** The input as a stream; a path that cannot be read as a file is TIDEPOOL_ERR_INPUT. */
-async function openInput(input: string): Promise<NodeJS.ReadableStream & { destroy(): void }> {
+export async function openInput(input: string): Promise<NodeJS.ReadableStream & { destroy(): void }> {
   if (input === '-') return process.stdin;
   const fail = (why: string) => new TidepoolError('TIDEPOOL_ERR_INPUT', `cannot read ${input}: ${why}`);
   let stats;
