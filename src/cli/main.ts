@@ -4,7 +4,6 @@ import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
-import { enqueueMain } from './enqueue.js';
 import { EXIT_CODES, runCommand } from './run.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
@@ -236,7 +235,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   let origins: Origins = {};
   try {
-    if (command === 'enqueue') return await enqueueMain(rest, env);
+    // Loaded only for this command: `run` does not pay for amqplib's import.
+    if (command === 'enqueue') return await (await import('./enqueue.js')).enqueueMain(rest, env);
     if (command !== 'run') throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help"`);
     let parsed;
     try {

@@ -285,6 +285,9 @@ export class AmqpSource implements Source {
     this.#consumer = null;
     if (session) {
       session.closed = true;
+      // Channels first: a channel's close goes after its own frames (an ack just sent), while
+      // the connection's close could overtake them, and the broker would requeue what was acked.
+      await Promise.all([session.consume.close().catch(() => {}), session.publish.close().catch(() => {})]);
       await session.model.close().catch(() => {});
     }
   }
@@ -572,4 +575,15 @@ function attemptOf(headers: ConsumeMessage['properties']['headers']): number {
 function safeError(err: Error): { message: string; code?: unknown } {
   const message = String(err?.message ?? err).replace(/(amqps?:\/\/[^:@/\s]*):[^@/\s]*@/g, '$1@');
   return { message, code: (err as { code?: unknown })?.code };
+}
+
+/**
+ * The amqp source for `queue` at `url`: `new AmqpSource({ url, queue, ...options })`.
+ * Throws `OptionError` (TIDEPOOL_ERR_OPTION_INVALID) naming a bad option.
+ *
+ * @example
+ * const pool = createPool({ worker: { module: './handler.js' }, source: createAmqpSource(process.env.AMQP_URL!, 'jobs') });
+ */
+export function createAmqpSource(url: string, queue: string, options: Omit<AmqpSourceOptions, 'url' | 'queue'> = {}): AmqpSource {
+  return new AmqpSource({ ...options, url, queue });
 }
