@@ -1,43 +1,36 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { Pool, PoolOptions, TaskResult } from '../src/index.js';
 import { AmqpSource, HEADERS } from '../src/sources/amqp.js';
 import type { AmqpSourceOptions } from '../src/sources/amqp.js';
 import { topologyNames } from '../src/sources/amqp/topology.js';
-import { AMQP_URL, Broker, uniqueQueue } from './helpers/broker.js';
+import { AMQP_URL, trackQueues } from './helpers/broker.js';
+import type { Broker } from './helpers/broker.js';
 import { trackPools } from './helpers/pools.js';
-import { fixture, until } from './helpers/procs.js';
+import { alive, descendantsOf, fixture, until } from './helpers/procs.js';
 
 /** A real pool on a real broker: worker crashes, poison messages, a breaker on one of two hosts. */
 
 const run = promisify(execFile);
-const { track } = trackPools({ worker: { module: fixture('ledger.js') }, logLevel: 'silent', retryDelay: 10, retryMaxDelay: 50 });
-
-let broker: Broker;
-let dir: string;
-const queues: string[] = [];
-beforeAll(async () => {
-  broker = await Broker.connect();
-});
-afterAll(async () => {
-  await broker.close();
-});
-afterEach(async () => {
-  // trackPools' own afterEach (registered first) has stopped the pools by now.
-  for (const queue of queues.splice(0)) await broker.deleteTopology(queue);
+const queues = trackQueues();
+const { track } = trackPools({});
+let dir = '';
+afterEach(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
+});
+let broker: Broker;
+beforeAll(() => {
+  broker = queues.broker();
 });
 
 function newQueue(what: string): string {
-  const queue = uniqueQueue(what);
-  queues.push(queue);
   dir = mkdtempSync(join(tmpdir(), 'tidepool-amqp-'));
-  return queue;
+  return queues.newQueue(what);
 }
 
 /** A started pool on `queue`, collecting its outcomes. */
@@ -49,20 +42,17 @@ async function host(queue: string, options: Partial<PoolOptions> = {}, source: P
   return { pool: pool as Pool<AmqpSource>, outcomes };
 }
 
-/** Executions noted by the ledger fixture, as [task id, attempt] pairs. */
-const executions = (ledger: string): [string, number][] => {
+/** A file's lines, split on spaces (none when it does not exist). */
+const readLines = (file: string): string[][] => {
   try {
-    return readFileSync(ledger, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => {
-        const [id, attempt] = line.split(' ');
-        return [id, Number(attempt)];
-      });
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' '));
   } catch {
     return [];
   }
 };
+
+/** Executions noted by the ledger fixture, as [task id, attempt] pairs. */
+const executions = (ledger: string): [string, number][] => readLines(ledger).map(([id, attempt]) => [id, Number(attempt)]);
 
 /** The consumers the broker has on `queue` and their prefetch. */
 async function consumers(queue: string): Promise<number[]> {
@@ -163,5 +153,42 @@ describe('amqp source in a real pool', () => {
     expect(a.outcomes).toEqual([]);
     expect(await consumers(queue)).toEqual([2]);
     expect(await broker.count(queue)).toBe(0);
+  });
+
+  it('kill -9 of a whole host (manager and spawn host) mid-batch, another host on the queue: every task completes, duplicates counted', async () => {
+    const queue = newQueue('host-kill');
+    const ledger = join(dir, 'ledger');
+    const done = join(dir, 'done');
+    const b = await host(queue, { concurrency: 2, env: ['TIDEPOOL_TEST_HOST=B'] });
+    const a = spawn(process.execPath, [fixture('amqp-host.js'), AMQP_URL, queue, '2', 'A'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let aPids: number[] = [];
+    try {
+      await new Promise<void>((resolve, reject) => {
+        a.stdout.on('data', (d) => String(d).includes('started') && resolve());
+        a.once('exit', (code) => reject(new Error(`host A exited ${code}`)));
+      });
+      const ids = Array.from({ length: 30 }, (_, i) => `t${i}`);
+      for (const id of ids) await broker.publish(queue, { id, params: { ledger, done, ms: 150 } });
+      const onA = () => readLines(ledger).filter((l) => l[3] === 'A');
+      await until(() => onA().length >= 3, 'host A running tasks', 30_000);
+      aPids = [a.pid!, ...descendantsOf(a.pid!)];
+      const exited = new Promise((r) => a.once('exit', r));
+      a.kill('SIGKILL');
+      await exited;
+      const completed = () => new Set(readLines(done).map((l) => l[0]));
+      await until(() => completed().size === ids.length, 'every task completed', 60_000);
+      const runs = readLines(done).length;
+      console.log(`host kill -9: ${ids.length} tasks, ${runs} completed executions, ${runs - ids.length} duplicates, lost ${ids.filter((id) => !completed().has(id)).length}`);
+      expect([...completed()].sort()).toEqual([...ids].sort());
+      // What B settled is everything A did not: nothing is left on the broker.
+      await until(() => b.outcomes.length + readLines(done).filter((l) => l[3] === 'A').length >= ids.length, 'B to settle the rest', 30_000);
+      let left = await broker.count(queue);
+      for (const deadline = Date.now() + 10_000; left > 0 && Date.now() < deadline; left = await broker.count(queue)) await new Promise((r) => setTimeout(r, 100));
+      expect(left).toBe(0);
+      // The killed host's spawn host took its workers with it.
+      await until(() => alive(aPids).length === 0, "host A's processes gone", 10_000);
+    } finally {
+      a.kill('SIGKILL');
+    }
   });
 });

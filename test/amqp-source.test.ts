@@ -176,4 +176,21 @@ describe('amqp source', () => {
     expect(byCorrelation['c-2']).toMatchObject({ id: 'bad', status: 'failed', error: { kind: 'malformed', message: expect.stringMatching(/^not JSON/) }, attempts: 0 });
     expect(await broker.count(queue)).toBe(0);
   });
+
+  it('after a pause, consumes again within the capacity the held deliveries leave, and grows back to it as they are settled', async () => {
+    const { queue, source, delivered } = await open('regrow', 2);
+    for (const id of ['a', 'b', 'c', 'd', 'e']) await broker.publish(queue, { id });
+    await until(() => delivered.length === 2, 'two deliveries');
+    source.pause();
+    source.resume();
+    // Both places are taken by deliveries from before the pause: nothing more comes.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(delivered).toHaveLength(2);
+    await source.settle(delivered[0], { action: 'ack' });
+    await until(() => delivered.length === 3, 'one more, in the place freed');
+    await source.settle(delivered[1], { action: 'ack' });
+    // The consumer started with one place grows back to two.
+    await until(() => delivered.length === 4, 'a second one at once, the capacity whole again');
+    expect(delivered.map((d) => d.task.id)).toEqual(['a', 'b', 'c', 'd']);
+  });
 });

@@ -1,31 +1,28 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import { AmqpSource } from '../src/sources/amqp.js';
-import { AMQP_URL, Broker, uniqueQueue } from './helpers/broker.js';
+import { AMQP_URL, trackQueues } from './helpers/broker.js';
+import type { Broker } from './helpers/broker.js';
 import { trackPools } from './helpers/pools.js';
 import { fixture } from './helpers/procs.js';
 
 /** `tidepool enqueue` against the real broker, with real pools consuming. */
 
 const BIN = fileURLToPath(new URL('../bin/tidepool', import.meta.url));
+const queues = trackQueues();
 const { track } = trackPools({});
 const running = new Set<ChildProcess>();
 let broker: Broker;
-const queues: string[] = [];
-beforeAll(async () => {
-  broker = await Broker.connect();
-});
-afterAll(async () => {
-  await broker.close();
+beforeAll(() => {
+  broker = queues.broker();
 });
 afterEach(async () => {
   const left = [...running];
   for (const child of left) child.kill('SIGKILL');
   expect(left.map((c) => c.pid), 'CLIs still running after the test').toEqual([]);
-  for (const queue of queues.splice(0)) await broker.deleteTopology(queue);
 });
 
 interface Run {
@@ -52,11 +49,7 @@ function tidepool(args: string[], input: string, env: NodeJS.ProcessEnv = {}): P
   });
 }
 
-function newQueue(what: string): string {
-  const queue = uniqueQueue(what);
-  queues.push(queue);
-  return queue;
-}
+const newQueue = queues.newQueue;
 
 describe('tidepool enqueue', () => {
   it('publishes each task line as it is, persistent, with its id; a line that is not a task is reported, not published', async () => {

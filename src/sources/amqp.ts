@@ -417,7 +417,7 @@ export class AmqpSource implements Source {
     const session = this.#session;
     if (session && !this.#paused && !this.#closed && !this.#consuming) {
       if (session.consumerTag === null) this.#startConsumer();
-      else if (held.consumerTag !== session.consumerTag && session.consumerPrefetch < this.#capacity) {
+      else if (held.session === session && held.consumerTag !== session.consumerTag && session.consumerPrefetch < this.#capacity) {
         this.#stopConsumer(session);
         this.#startConsumer();
       }

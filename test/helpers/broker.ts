@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import type { ChannelModel, ConfirmChannel, GetMessage } from 'amqplib';
 import { tierFor, topologyNames } from '../../src/sources/amqp/topology.js';
 
@@ -82,4 +83,32 @@ export async function closeConnectionsOf(queue: string): Promise<number> {
     .map((line) => line.split('\t')[0]);
   for (const pid of pids) await run('rabbitmqctl', ['close_connection', pid, 'closed by a tidepool test']);
   return pids.length;
+}
+
+/**
+ * The broker connection of a test file, and the queues its tests make: each test's queues
+ * (and their dead-letter queue, exchange and delay tiers) are deleted after it. Call it before
+ * `trackPools`: after-each hooks run last-registered first, so the pools are stopped before
+ * their queues are deleted.
+ */
+export function trackQueues(): { broker: () => Broker; newQueue: (what: string) => string } {
+  let broker: Broker | null = null;
+  const queues: string[] = [];
+  beforeAll(async () => {
+    broker = await Broker.connect();
+  });
+  afterAll(async () => {
+    await broker?.close();
+  });
+  afterEach(async () => {
+    for (const queue of queues.splice(0)) await broker!.deleteTopology(queue);
+  });
+  return {
+    broker: () => broker!,
+    newQueue: (what) => {
+      const queue = uniqueQueue(what);
+      queues.push(queue);
+      return queue;
+    },
+  };
 }
