@@ -1,5 +1,8 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
@@ -117,5 +120,37 @@ describe('tidepool enqueue', () => {
     expect(badUrl.code).toBe(2);
     expect(badUrl.stderr).toContain('AMQP_URL must be an amqp:// or amqps:// URL');
     expect(badUrl.stderr).not.toContain(':pw@');
+  });
+
+  it('on a terminal: a progress line on its own line, never sharing one with an outcome', async () => {
+    const queue = newQueue('enqueue-tty');
+    const pool = track(createPool({ worker: { module: fixture('echo.js') }, concurrency: 2, logLevel: 'silent', source: new AmqpSource({ url: AMQP_URL, queue }) }));
+    await pool.start();
+    const dir = mkdtempSync(join(tmpdir(), 'tidepool-enqueue-'));
+    try {
+      const file = join(dir, 'tasks.jsonl');
+      writeFileSync(file, '{"id":"a"}\n{"id":"b"}\nnot json\n');
+      const screenText = await new Promise<string>((resolve, reject) => {
+        const c = spawn('script', ['-qc', `node ${BIN} enqueue --amqp ${AMQP_URL} --queue ${queue} --wait ${file}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        running.add(c);
+        let out = '';
+        c.stdout.on('data', (d) => (out += d));
+        c.on('error', reject);
+        c.on('close', () => {
+          running.delete(c);
+          resolve(out);
+        });
+      });
+      const screen = screenText.split(/\r?\n/).map((line) => line.split('\r\x1b[K').pop()!);
+      const progress = /^tidepool: \d+\/\d+\+? confirmed, \d+ done, \d+ failed, [\d.]+\/s$/;
+      for (const line of screen) {
+        if (line.startsWith('tidepool:')) expect(line).toMatch(progress);
+        else expect(line).not.toMatch(/confirmed, /);
+      }
+      expect(screen.filter((l) => l.startsWith('{"id":'))).toHaveLength(3);
+      expect(screen).toContainEqual(expect.stringMatching(/^tidepool: 2\/2 confirmed, 2 done, 1 failed, [\d.]+\/s$/));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
