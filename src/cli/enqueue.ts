@@ -7,7 +7,7 @@ import { connectBroker } from '../sources/amqp.js';
 import { DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE, declareTopology, redactUrl } from '../sources/amqp/topology.js';
 import type { QueueType } from '../sources/amqp/topology.js';
 import type { TaskResult } from '../pool.js';
-import { EXIT_CODES, openInput } from './run.js';
+import { EXIT_CODES, openInput } from './input.js';
 import { Terminal } from './terminal.js';
 
 /** Publishes awaiting their confirm, at most: the publish loop waits for confirms past it. */

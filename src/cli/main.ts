@@ -4,7 +4,7 @@ import { parse as parseShell } from 'shell-quote';
 import { OptionError, TidepoolError, UsageError } from '../errors.js';
 import { DEFAULTS, LOG_LEVELS } from '../options.js';
 import type { PoolOptions } from '../options.js';
-import { EXIT_CODES, runCommand } from './run.js';
+import { EXIT_CODES } from './input.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
 interface FlagDoc {
@@ -255,7 +255,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
     const given = optionsFromArgs(parsed.values as Partial<Record<Flag, string | string[] | boolean>>, env);
     origins = given.origins;
-    return await runCommand(parsed.positionals[0] ?? '-', given.options);
+    // Loaded here: `enqueue` does not pay for the pool's import.
+    return await (await import('./run.js')).runCommand(parsed.positionals[0] ?? '-', given.options);
   } catch (err) {
     if (err instanceof OptionError) {
       // Name the option the way it was given: a flag, or a variable.
