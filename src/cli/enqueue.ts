@@ -1,6 +1,6 @@
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import type { ConfirmChannel, ChannelModel, ConsumeMessage } from 'amqplib';
+import type { ConfirmChannel, ChannelModel, ConsumeMessage, Options } from 'amqplib';
 import { TidepoolError, UsageError } from '../errors.js';
 import { parseTask } from '../sources/parse.js';
 import { connectBroker } from '../sources/amqp.js';
@@ -176,15 +176,14 @@ export async function enqueueCommand(input: string, o: EnqueueOptions): Promise<
         else say(`tidepool: line ${lineNo} not published: ${parsed.message}\n`);
         continue;
       }
-      await waitFor(() => published - confirmed < MAX_UNCONFIRMED);
+      if (published - confirmed >= MAX_UNCONFIRMED) await waitFor(() => published - confirmed < MAX_UNCONFIRMED);
       if (stopping || brokerError) break;
       const key = String(lineNo);
-      const options = {
-        persistent: true,
-        contentType: 'application/json',
-        messageId: parsed.task.id,
-        ...(replyTo === undefined ? {} : { replyTo, correlationId: key }),
-      };
+      const options: Options.Publish = { persistent: true, contentType: 'application/json', messageId: parsed.task.id };
+      if (replyTo !== undefined) {
+        options.replyTo = replyTo;
+        options.correlationId = key;
+      }
       published++;
       if (o.wait) pending.set(key, { publishedAt: Date.now() });
       const roomLeft = channel.sendToQueue(o.queue, Buffer.from(line), options, (err) => {
