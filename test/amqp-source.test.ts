@@ -20,9 +20,9 @@ afterAll(async () => {
   await broker.close();
 });
 
-describeSourceContract('amqp', async () => {
-  const queue = uniqueQueue('contract');
-  const source = new AmqpSource({ url: AMQP_URL, queue, reconnectDelay: 50 });
+for (const queueType of ['quorum', 'classic'] as const) describeSourceContract(`amqp (${queueType} queue)`, async () => {
+  const queue = uniqueQueue(`contract-${queueType}`);
+  const source = new AmqpSource({ url: AMQP_URL, queue, queueType, reconnectDelay: 50 });
   return {
     source,
     publish: (payload) => broker.publish(queue, payload),
