@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/index.js';
 import type { Delivery, OptionError } from '../src/index.js';
-import { AmqpSource, HEADERS } from '../src/sources/amqp.js';
+import { AmqpSource, HEADERS, MAX_HEADER_MESSAGE } from '../src/sources/amqp.js';
 import type { AmqpSourceOptions } from '../src/sources/amqp.js';
 import { topologyNames } from '../src/sources/amqp/topology.js';
 import { describeSourceContract } from './helpers/source-contract.js';
@@ -158,6 +158,16 @@ describe('amqp source', () => {
       [HEADERS.attempts]: 1,
     });
     expect(await broker.count(queue)).toBe(0);
+  });
+
+  it("cuts an outcome's long message in a dead letter's headers to fit a frame", async () => {
+    const { queue, source, delivered } = await open('dead-long');
+    await broker.publish(queue, { id: 'long' });
+    await until(() => delivered.length === 1, 'the delivery');
+    const message = 'é'.repeat(200_000);
+    await source.settle(delivered[0], { action: 'dead-letter', reason: 'error (not retryable)', kind: 'error', message });
+    const [letter] = await broker.takeAll(topologyNames(queue).dead);
+    expect(letter.properties.headers?.[HEADERS.message]).toBe(`${'é'.repeat(MAX_HEADER_MESSAGE)}…`);
   });
 
   it('replies to replyTo with the correlationId before the ack, for outcomes and malformed payloads alike', async () => {

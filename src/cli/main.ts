@@ -55,7 +55,9 @@ processes and writes one JSON line per task to stdout, in completion order.
 Options (each also read from TIDEPOOL_<NAME>, e.g. TIDEPOOL_CONCURRENCY):
 ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 
-Exit status: 0 every task resolved, 1 some failed, 2 bad usage.`;
+Exit status: 0 every task resolved, 1 some failed, 2 bad usage.
+
+Also: tidepool enqueue --amqp URL --queue NAME [FILE|-] [--wait]   (tidepool enqueue --help)`;
 }
 
 /** Flags that map one-to-one onto integer pool options. */

@@ -31,7 +31,11 @@ export const HEADERS = {
   attempts: 'x-tidepool-attempts',
 } as const;
 
-/** RabbitMQ's default `consumer_timeout` (30 min), assumed when none is given. */
+/**
+ * RabbitMQ's default `consumer_timeout` (30 min, in ms), assumed when none is given: a client
+ * cannot read the broker's setting over AMQP. Source:
+ * https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout
+ */
 export const DEFAULT_CONSUMER_TIMEOUT = 1_800_000;
 
 export interface AmqpSourceOptions {
@@ -101,7 +105,8 @@ interface Held {
 }
 
 /**
- * Connect to `url` once. Throws `TIDEPOOL_ERR_BROKER` naming the URL without its password.
+ * Connect to `url` once, naming the connection `name` (as the broker's connection list shows
+ * it). Rejects with `TIDEPOOL_ERR_BROKER` naming the URL without its password.
  */
 export async function connectBroker(url: string, name: string): Promise<ChannelModel> {
   try {
@@ -240,8 +245,8 @@ export class AmqpSource implements Source {
         const headers = {
           ...props.headers,
           [HEADERS.kind]: settlement.kind,
-          [HEADERS.message]: settlement.message,
-          [HEADERS.reason]: settlement.reason,
+          [HEADERS.message]: clip(settlement.message),
+          [HEADERS.reason]: clip(settlement.reason),
           [HEADERS.attempts]: delivery.attempt,
         };
         await publishConfirmed(session.publish, topologyNames(this.queue).dead, msg.content, { ...copyProps(props), messageId: task.id, headers });
@@ -478,7 +483,7 @@ export class AmqpSource implements Source {
   #malformed(session: Session, msg: ConsumeMessage, id: string, message: string): void {
     this.#settling++;
     const props = msg.properties;
-    const headers = { ...props.headers, [HEADERS.kind]: 'malformed', [HEADERS.message]: message, [HEADERS.reason]: `malformed: ${message}`, [HEADERS.attempts]: 0 };
+    const headers = { ...props.headers, [HEADERS.kind]: 'malformed', [HEADERS.message]: clip(message), [HEADERS.reason]: clip(`malformed: ${message}`), [HEADERS.attempts]: 0 };
     void (async () => {
       await publishConfirmed(session.publish, topologyNames(this.queue).dead, msg.content, { ...copyProps(props), messageId: id, headers });
       if (props.replyTo) {
@@ -562,6 +567,21 @@ function copyProps(p: ConsumeMessage['properties']): Options.Publish {
   if (p.type) out.type = p.type;
   if (p.appId) out.appId = p.appId;
   return out;
+}
+
+/**
+ * Characters of an outcome's message kept in a dead letter's header: a message's headers must
+ * fit in one AMQP frame (128 KiB by default), and an error's message can carry a long stderr.
+ */
+export const MAX_HEADER_MESSAGE = 4096;
+
+/** `text` cut to MAX_HEADER_MESSAGE characters, never inside a surrogate pair, marked when cut. */
+function clip(text: string): string {
+  if (text.length <= MAX_HEADER_MESSAGE) return text;
+  let end = MAX_HEADER_MESSAGE;
+  const code = text.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
 }
 
 /** The attempt a message is for, from our header (absent or unreadable: 1). */
