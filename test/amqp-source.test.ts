@@ -77,6 +77,27 @@ describe('amqp source', () => {
     expect(stdout.split('\n').some((l) => l.startsWith(`${topologyNames(queue).dead}\t`))).toBe(true);
   });
 
+  it('a message redelivered past the delivery limit (its host lost it again and again) reaches <queue>.dead through the dead-letter exchange', async () => {
+    const { queue, delivered, events } = await open('limit', 1, { deliveryLimit: 1 });
+    await broker.publish(queue, { id: 'doomed' });
+    await broker.publish(queue, { id: 'fine' });
+    await until(() => delivered.length === 1, 'the delivery');
+    // Each time, the connection drops with the delivery unsettled: the broker counts a return.
+    // A limit of 1 allows one redelivery (x-delivery-count 1), then dead-letters it.
+    for (let drop = 1; drop <= 2; drop++) {
+      expect(delivered.at(-1)!.task.id).toBe('doomed');
+      expect(await closeConnectionsOf(queue)).toBe(1);
+      await until(() => events.filter((e) => e === 'restored').length === drop && delivered.length === drop + 1, 'the next delivery after the reconnect', 15_000);
+    }
+    expect(delivered.map((d) => d.task.id)).toEqual(['doomed', 'doomed', 'fine']);
+    let dead = await broker.takeAll(topologyNames(queue).dead);
+    for (const deadline = Date.now() + 10_000; dead.length === 0 && Date.now() < deadline; dead = await broker.takeAll(topologyNames(queue).dead)) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(dead.map((m) => JSON.parse(m.content.toString()).id)).toEqual(['doomed']);
+    expect(dead[0].properties.headers?.['x-death']).toEqual([expect.objectContaining({ queue })]);
+  });
+
   it('a queue that exists with other arguments is a clear error at open, naming the queue', async () => {
     const queue = uniqueQueue('mismatch');
     queues.push(queue);
