@@ -265,7 +265,7 @@ export const poolMachine = setup({
     // ---- slots filled by src/ (params typed by the *Params interfaces above) ----
     /** Settle the delivery with the attempt's outcome (ack, retry or dead-letter). */
     settle: (_: unknown, _params: unknown) => {},
-    /** Give deliveries back to the source unsettled (hard stop, late deliveries). */
+    /** Give deliveries back to the source unsettled (pause, hard stop, late deliveries). */
     release: (_: unknown, _params: unknown) => {},
     /** Forget deliveries the source voided (its connection was lost): never settle them. */
     forget: (_: unknown, _params: unknown) => {},
@@ -500,6 +500,16 @@ export const poolMachine = setup({
       }
       enqueue.assign({ ready: [], warming: [] });
     }),
+    /**
+     * Paused, the pool holds nothing it cannot run: deliveries waiting in the backlog go back
+     * to the source (a broker gives them to other hosts). Last first, so that a source that
+     * puts each one back at the front of its queue keeps their order.
+     */
+    releaseBacklog: enqueueActions(({ context, enqueue }) => {
+      if (context.backlog.length === 0) return;
+      enqueue({ type: 'release', params: { deliveryIds: [...context.backlog].reverse() } satisfies ReleaseParams });
+      enqueue.assign({ backlog: [] });
+    }),
     /** Hard stop: kill every worker, forget the backlog. */
     killAll: enqueueActions(({ enqueue }) => {
       enqueue('killWorkers');
@@ -606,7 +616,7 @@ export const poolMachine = setup({
       },
     },
     paused: {
-      entry: 'pauseIntake',
+      entry: ['pauseIntake', 'releaseBacklog'],
       after: {
         breakerCooldown: [
           { guard: 'pausedByBreaker', target: 'running', actions: ['resumeIntake', 'clearPause', 'halfOpen'] },
@@ -615,7 +625,7 @@ export const poolMachine = setup({
         ],
       },
       on: {
-        // Deliveries already in flight wait in the backlog; none are dispatched while paused.
+        // A delivery already on its way when intake paused waits in the backlog; none are dispatched while paused.
         delivery: { actions: 'enqueueDelivery' },
         // A user pause outlasts a breaker pause: only `resume` ends it.
         pause: { actions: 'pauseByUser' },

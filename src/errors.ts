@@ -10,6 +10,7 @@ export const ERROR_CODES = {
   TIDEPOOL_ERR_POOL_STATE: 'the pool is not in a state that allows the call (run before start, after drain)',
   TIDEPOOL_ERR_POOL_STOPPED: 'the pool was stopped before the task reached a final outcome',
   TIDEPOOL_ERR_START_FAILED: 'the pool could not start (its source could not open)',
+  TIDEPOOL_ERR_BROKER: 'RabbitMQ could not be reached, refused the login, holds the queue with other arguments, or lost the connection before a settlement was safe (the message names the URL without its password)',
   TIDEPOOL_ERR_WORKER_LOAD: 'the handler module could not be loaded (checked once before any work; the message has its error, file and line)',
   TIDEPOOL_ERR_LISTEN: 'tidepool serve could not listen on its HTTP address (in use, not permitted, unknown host)',
   TIDEPOOL_ERR_CONFIG: 'the config file could not be read, parsed or loaded, or holds a key that is no option (the message names the file and the key)',

@@ -421,7 +421,8 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
   /**
    * Check that a module worker's handler loads, open the source and begin taking work.
    * Rejects with `TIDEPOOL_ERR_WORKER_LOAD` when the handler cannot load (the message has its
-   * error, file and line), `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
+   * error, file and line), `TIDEPOOL_ERR_OPTION_INVALID` when an attempt could outlast the
+   * source's `deliveryTimeout`, `TIDEPOOL_ERR_START_FAILED` when the source cannot open,
    * `TIDEPOOL_ERR_POOL_STATE` when called twice or after the pool stopped.
    * With `stateDir`, it first kills what dead managers left running (their ledgers: see
    * `sweepStateDir` in src/process/ledger.ts) and opens this pool's ledger; rejects with
@@ -432,6 +433,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       const why = this.#finished ? 'the pool has stopped; create a new one' : 'the pool is already started';
       throw new TidepoolError('TIDEPOOL_ERR_POOL_STATE', why);
     }
+    this.#checkDeliveryTimeout();
     this.#started = true;
     if (this.#ledger) {
       sweepStateDir(this.#ledger.dir, this.logger);
@@ -487,6 +489,23 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
       const cause = snapshot.output?.error ?? snapshot.error;
       const why = cause instanceof Error ? `: ${cause.message}` : '';
       throw new TidepoolError('TIDEPOOL_ERR_START_FAILED', `the pool could not start${why}`, { cause });
+    }
+  }
+
+  /**
+   * A delivery stays unsettled from its arrival until its attempt ends: at most the spawn
+   * timeout, the task timeout and the kill grace. A broker that takes deliveries back sooner
+   * (RabbitMQ's consumer timeout closes the channel) would run every long task twice.
+   */
+  #checkDeliveryTimeout(): void {
+    const limit = this.source.deliveryTimeout;
+    const o = this.options;
+    const hold = o.spawnTimeout + o.timeout + o.killGrace;
+    if (limit !== undefined && hold >= limit) {
+      throw new OptionError(
+        'timeout',
+        `(${o.timeout} ms, with spawnTimeout ${o.spawnTimeout} ms and killGrace ${o.killGrace} ms: ${hold} ms) must end before the broker's consumer timeout (${limit} ms), or the broker takes the delivery back mid-task; lower the timeout or raise the broker's consumer_timeout (and the source's consumerTimeout)`,
+      );
     }
   }
 
@@ -822,21 +841,27 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     } else if (this.logger.isLevelEnabled('debug')) {
       this.logger.debug({ taskId, attempt: delivery.attempt }, 'task resolved');
     }
-    // The outcome is told once the settlement is safe: a task whose ack failed comes again.
     // A task cancelled before its attempt began made one attempt fewer than its delivery says.
     const cancelledEarly = outcome.status === 'failed' && outcome.kind === 'cancelled' && !started;
     const attempts = cancelledEarly ? delivery.attempt - 1 : delivery.attempt;
-    this.#track(this.source.settle(delivery, settlement), 'settle', () => {
+    // The final result goes with the settlement (a broker source replies to the sender with it).
+    let result: TaskResult | undefined;
+    if (settlement.action !== 'retry') {
+      const pending = this.#pending.get(taskId);
+      const durationMs = pending ? Math.round(performance.now() - pending.startedAt) : 0;
+      result =
+        outcome.status === 'resolved'
+          ? { id: taskId, status: 'resolved', result: outcome.result ?? null, attempts, durationMs }
+          : { id: taskId, status: 'failed', error: publicError(outcome), attempts, durationMs };
+    }
+    // The outcome is told once the settlement is safe: a task whose ack failed comes again.
+    this.#track(this.source.settle(delivery, settlement, result), 'settle', () => {
       if (!cancelledEarly) this.#notify('attempt', { taskId, attempt: delivery.attempt, outcome, settlement });
-      if (settlement.action === 'retry') {
+      if (result === undefined) {
         remember(this.#retrying, taskId, delivery.attempt);
         return;
       }
-      this.#final(
-        outcome.status === 'resolved'
-          ? { id: taskId, status: 'resolved', result: outcome.result ?? null, attempts }
-          : { id: taskId, status: 'failed', error: publicError(outcome), attempts },
-      );
+      this.#final(result);
     });
   }
 

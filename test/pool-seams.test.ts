@@ -225,6 +225,20 @@ describe('any source', () => {
   });
 });
 
+describe('a paused pool', () => {
+  it('holds nothing it cannot run: deliveries waiting for a worker go back to the source, and run once resumed', async () => {
+    // One worker starts at a time: the other deliveries wait in the pool's backlog.
+    const pool = await startPool({ worker: { module: fixture('echo.js') }, concurrency: 4, maxSpawning: 1 });
+    const results = ['a', 'b', 'c', 'd'].map((id) => pool.run({ id }));
+    await until(() => pool.source.size.unsettled === 4, 'four deliveries in the pool');
+    pool.pause();
+    // The one handed to a starting worker stays; the rest are back in the queue, in order.
+    expect(pool.source.size).toEqual({ ready: 3, delayed: 0, unsettled: 1 });
+    pool.resume();
+    expect((await Promise.all(results)).map((r) => [r.id, r.status])).toEqual([['a', 'resolved'], ['b', 'resolved'], ['c', 'resolved'], ['d', 'resolved']]);
+  });
+});
+
 describe('a lost connection', () => {
   it('drops the outcome of an attempt that was running, and the task runs again from its redelivery', async () => {
     const source = new MemorySource();

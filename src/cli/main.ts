@@ -8,8 +8,7 @@ import { SERVE_DEFAULTS } from '../serve/options.js';
 import type { ServeOptions } from '../serve/options.js';
 import { defaultStateDir, loadConfig, optionsOf, pick } from './config.js';
 import type { ConfigFile, FlagSpec } from './config.js';
-import { machinesCommand } from './machines.js';
-import { EXIT_CODES, runCommand } from './run.js';
+import { EXIT_CODES } from './input.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
 interface FlagDoc {
@@ -79,7 +78,9 @@ DELETE /tasks/:id, /healthz, /readyz, /metrics. SIGTERM or SIGINT drains and exi
 };
 
 const EXIT_TEXT: Record<Command, string> = {
-  run: 'Exit status: 0 every task resolved, 1 some failed, 2 bad usage.',
+  run: `Exit status: 0 every task resolved, 1 some failed, 2 bad usage.
+
+Also: tidepool enqueue --amqp URL --queue NAME [FILE|-] [--wait]   (tidepool enqueue --help)`,
   serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
 };
 
@@ -295,9 +296,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   let origins: Origins = {};
   try {
-    if (command === 'machines') return machinesCommand(rest, process.stdout);
+    // Each command loads what it needs only: `run` does not pay for amqplib, nor `enqueue`
+    // for the pool.
+    if (command === 'machines') return (await import('./machines.js')).machinesCommand(rest, process.stdout);
+    if (command === 'enqueue') return await (await import('./enqueue.js')).enqueueMain(rest, env);
     if (command !== 'run' && command !== 'serve') {
-      throw new UsageError(`unknown command ${JSON.stringify(command)}; try "tidepool run --help", "tidepool serve --help" or "tidepool machines --help"`);
+      throw new UsageError(
+        `unknown command ${JSON.stringify(command)}; try "tidepool run --help", "tidepool serve --help", "tidepool enqueue --help" or "tidepool machines --help"`,
+      );
     }
     let parsed;
     try {
@@ -330,6 +336,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     const given = optionsFromArgs(values, env, file);
     origins = given.origins;
     const options = withStateDir(given.options, env);
+    const { runCommand } = await import('./run.js');
     return await runCommand(parsed.positionals[0] ?? '-', options, { origins, inspect: inspectUrl(values, env, file) });
   } catch (err) {
     if (err instanceof OptionError) {
@@ -342,7 +349,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return EXIT_CODES.USAGE;
     }
     if (err instanceof UsageError) {
-      process.stderr.write(`tidepool: ${err.message}\n${command === 'run' || command === 'serve' ? `Try "tidepool ${command} --help".\n` : ''}`);
+      const help = command === 'run' || command === 'serve' || command === 'enqueue' ? `Try "tidepool ${command} --help".\n` : '';
+      process.stderr.write(`tidepool: ${err.message}\n${help}`);
       return EXIT_CODES.USAGE;
     }
     if (err instanceof TidepoolError && (err.code === 'TIDEPOOL_ERR_INPUT' || err.code === 'TIDEPOOL_ERR_WORKER_LOAD')) {

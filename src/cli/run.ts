@@ -1,17 +1,16 @@
-import { createReadStream, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
 import { TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
+import { EXIT_CODES, openInput } from './input.js';
 import { Terminal } from './terminal.js';
 import { connectInspector, INSPECTOR_BACKLOG } from './inspector.js';
 import { createPool } from '../create-pool.js';
 import { managerLogger } from '../logging.js';
 import type { TaskResult } from '../pool.js';
 
-/** Exit codes of the CLI. */
-export const EXIT_CODES = { OK: 0, FAILED: 1, USAGE: 2 } as const;
+export { EXIT_CODES } from './input.js';
 
 /**
  * Tasks read ahead of the workers: reading stops while this many more than the workers can
@@ -193,25 +192,6 @@ async function runTasks(input: string, options: PoolOptions, origins: Record<str
 
 /** The exit status of a run stopped by a signal (128 + its number), as a shell reports it. */
 const signalExit = (signal: NodeJS.Signals): number => 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGPIPE' ? 13 : 15);
-
-/** The input as a stream; a path that cannot be read as a file is TIDEPOOL_ERR_INPUT. */
-async function openInput(input: string): Promise<NodeJS.ReadableStream & { destroy(): void }> {
-  if (input === '-') return process.stdin;
-  const fail = (why: string) => new TidepoolError('TIDEPOOL_ERR_INPUT', `cannot read ${input}: ${why}`);
-  let stats;
-  try {
-    stats = statSync(input);
-  } catch (err) {
-    throw fail((err as Error).message);
-  }
-  if (stats.isDirectory()) throw fail('it is a directory');
-  const stream = createReadStream(input);
-  await new Promise<void>((resolve, reject) => {
-    stream.once('open', () => resolve());
-    stream.once('error', (err: Error) => reject(fail(err.message)));
-  });
-  return stream;
-}
 
 /** Log lines a person can read, one each (pino-pretty, loaded only for a terminal). */
 async function prettyFormat(): Promise<(line: string) => string> {

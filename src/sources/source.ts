@@ -3,6 +3,7 @@
  * given a source and knows nothing of its implementation: the embedded memory queue, or a
  * broker. Every source meets the contract in `test/helpers/source-contract.ts`.
  */
+import type { TaskResult } from '../pool.js';
 import type { Settlement } from '../settlement.js';
 
 /** A JSON task, as handlers receive it. `id` is the idempotency key everywhere. */
@@ -49,6 +50,12 @@ export interface SourceConsumer {
 }
 
 export interface Source {
+  /**
+   * The longest a delivery may stay unsettled before the source's broker takes it back (ms;
+   * RabbitMQ's consumer timeout), if there is such a limit: the pool refuses to start when an
+   * attempt could outlast it.
+   */
+  readonly deliveryTimeout?: number;
   /** Start delivering to `consumer`, at most `prefetch` unsettled deliveries at a time. */
   open(consumer: SourceConsumer, prefetch: number): Promise<void>;
   /**
@@ -63,9 +70,12 @@ export interface Source {
   /**
    * Carry out a settlement; resolves once it is safe (acked, requeued with its delay,
    * dead-lettered). Each delivery is settled or released at most once; a second call, or a
-   * call for a delivery voided by a lost connection, does nothing.
+   * call for a delivery voided by a lost connection, does nothing. `result` is the task's
+   * final result (for `ack` and `dead-letter`), for a source that answers the task's sender
+   * (RabbitMQ's `replyTo`); it rejects when the settlement could not be made safe (the
+   * delivery then comes again).
    */
-  settle(delivery: Delivery, settlement: Settlement): Promise<void>;
+  settle(delivery: Delivery, settlement: Settlement, result?: TaskResult): Promise<void>;
   /** Give a delivery back unsettled; it will be delivered again (at-least-once). */
   release(delivery: Delivery): Promise<void>;
   /**
