@@ -75,7 +75,20 @@ async function startPool(partial: Partial<PoolInput> = {}, options: StartOptions
       }
     }
     if (name === 'forget') for (const id of (params as ForgetParams).deliveryIds) held.delete(id);
+    // As a source does: what the pool gave back by id (its backlog, when it pauses) is
+    // delivered again, in its order, once intake resumes.
+    if (name === 'release' && (params as ReleaseParams).deliveryIds !== 'all') {
+      for (const id of (params as ReleaseParams).deliveryIds as string[]) waiting.unshift(id);
+    }
+    if (name === 'resumeIntake') {
+      for (const deliveryId of waiting.splice(0)) {
+        held.add(deliveryId);
+        pool.send({ type: 'delivery', deliveryId });
+      }
+    }
   };
+  /** Deliveries given back while paused, to deliver again on resume (front first). */
+  const waiting: string[] = [];
   const clock = new SimulatedClock();
   // The workers as src/ hosts them: actors of their own, reporting to the pool.
   const workers = new WorkerActors(
@@ -661,8 +674,11 @@ describe('pool machine: the breaker holds (half-open probe, growing cooldown)', 
     p.clock.increment(20_000);
     expect(p.state()).toBe('paused');
     expect(p.trips().map((t) => t.cooldownMs)).toEqual([20_000, 40_000]);
-    // The probe never ran: its delivery is back in the backlog, not settled.
-    expect(p.context().backlog).toEqual(['d3', 'd4']);
+    // The probe never ran: its delivery went back to the backlog, and pausing gave the backlog
+    // back to the source (last first, so the source keeps its order), never settled.
+    expect(p.context().backlog).toEqual([]);
+    expect(p.released().slice(-2)).toEqual(['d4', 'd3']);
+    expect(p.settledIds()).not.toContain('d3');
   });
 
   it('a probe cancelled proves nothing: the next delivery is let through as the probe', async () => {

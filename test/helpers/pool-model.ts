@@ -1596,8 +1596,9 @@ export class PoolModel {
     const { backlog } = this.snapshot.context;
     if (breaker === 'half-open') {
       if (this.#breakerWas !== 'half-open') this.#probes.clear();
-      // (A stop releases the backlog, a lost connection drops it: neither lets anything run.)
-      if (event.type !== 'source.lost' && (next === 'running' || next === 'paused')) {
+      // (A stop and a pause give the backlog back to the source, a lost connection drops it:
+      // none lets anything run. Paused, nothing is dispatched.)
+      if (event.type !== 'source.lost' && next === 'running') {
         const offered = [...this.#backlogWas, ...(event.type === 'delivery' ? [(event as unknown as { deliveryId: string }).deliveryId] : [])];
         for (const id of offered) if (!backlog.includes(id)) this.#probes.add(id);
       }
