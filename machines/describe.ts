@@ -189,25 +189,40 @@ function label(t: TransitionShape): string {
  * target (bookkeeping that stays in the state) are left out: the JSON form has them.
  */
 export function toMermaid(shape: MachineShape): string {
+  // Each transition is drawn in the block of the deepest compound state holding both its ends:
+  // one drawn inside a block would pull its target into it.
+  const ancestors = (path: string): string[] => {
+    const parts = path.split('.');
+    return ['', ...parts.slice(0, -1).map((_, i) => parts.slice(0, i + 1).join('.'))];
+  };
+  const drawnIn = new Map<string, string[]>();
+  const collect = (s: StateShape) => {
+    for (const t of [...s.on, ...s.after, ...s.always]) {
+      for (const target of t.targets) {
+        const mine = ancestors(s.path);
+        const theirs = new Set(ancestors(target));
+        const block = mine.filter((a) => theirs.has(a)).at(-1)!;
+        const list = drawnIn.get(block) ?? [];
+        list.push(`${mermaidId(s.path)} --> ${mermaidId(target)} : ${label(t)}`);
+        drawnIn.set(block, list);
+      }
+    }
+    s.states.forEach(collect);
+  };
+  collect(shape.root);
   const lines = ['stateDiagram-v2'];
   const emit = (s: StateShape, indent: string) => {
     const name = s.path.split('.').pop()!;
-    const children = s.states;
-    if (children.length > 0) {
-      if (s.path !== '') lines.push(`${indent}state "${name}" as ${mermaidId(s.path)} {`);
-      const inner = s.path === '' ? indent : `${indent}  `;
-      for (const c of children) {
-        if (c.states.length === 0) lines.push(`${inner}state "${c.path.split('.').pop()}" as ${mermaidId(c.path)}`);
-      }
-      if (s.initial !== null) lines.push(`${inner}[*] --> ${mermaidId(s.initial)}`);
-      for (const c of children) emit(c, inner);
-      if (s.path !== '') lines.push(`${indent}}`);
+    const inner = s.path === '' ? indent : `${indent}  `;
+    if (s.path !== '') lines.push(`${indent}state "${name}" as ${mermaidId(s.path)} {`);
+    for (const c of s.states) {
+      if (c.states.length === 0) lines.push(`${inner}state "${c.path.split('.').pop()}" as ${mermaidId(c.path)}`);
     }
-    if (s.path === '') return;
-    for (const t of [...s.on, ...s.after, ...s.always]) {
-      for (const target of t.targets) lines.push(`${indent}${mermaidId(s.path)} --> ${mermaidId(target)} : ${label(t)}`);
-    }
-    if (s.type === 'final') lines.push(`${indent}${mermaidId(s.path)} --> [*]`);
+    if (s.initial !== null) lines.push(`${inner}[*] --> ${mermaidId(s.initial)}`);
+    for (const c of s.states) if (c.states.length > 0) emit(c, inner);
+    for (const line of drawnIn.get(s.path) ?? []) lines.push(`${inner}${line}`);
+    for (const c of s.states) if (c.type === 'final') lines.push(`${inner}${mermaidId(c.path)} --> [*]`);
+    if (s.path !== '') lines.push(`${indent}}`);
   };
   emit(shape.root, '  ');
   return `${lines.join('\n')}\n`;
@@ -268,7 +283,7 @@ export function toXStateCode(shapes: MachineShape[]): string {
       [...names].sort().map((n) => `    ${JSON.stringify(n)}: ${body},`).join('\n');
     const delays = Object.entries(shape.delays)
       // A delay computed at run time becomes a stub function: still computed, still named.
-      .map(([n, ms]) => `    ${JSON.stringify(n)}: ${ms === null || computed.has(n) ? '() => 0' : ms},`)
+      .map(([n, ms]) => `    ${JSON.stringify(n)}: ${computed.has(n) || ms === null ? `() => ${ms ?? 0}` : ms},`)
       .join('\n');
     const config = { id: shape.id, ...configOf(shape.root, shape.id) };
     return `export const ${shape.id}Machine = setup({

@@ -10,10 +10,22 @@ export interface CliInspector {
   stop(flushMs?: number): Promise<void>;
 }
 
+/** The inspector's address for a message: scheme, host and path; never its user, password or query. */
+export function inspectorAddress(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname}`;
+  } catch {
+    return '(not a URL)';
+  }
+}
+
 /** How long the CLI waits for the inspector's socket at start, in ms. */
 export const INSPECTOR_CONNECT_WAIT = 3_000;
 /** Events kept while the socket is not open (the oldest are dropped past it): @statelyai/inspect's bound. */
 export const INSPECTOR_BACKLOG = 200;
+/** Bytes a socket may hold unsent before messages are dropped (an inspector that stopped reading). */
+export const INSPECTOR_MAX_BUFFERED = 4 * 1024 * 1024;
 /** Between attempts to reconnect, in ms. */
 const RECONNECT_DELAY = 2_000;
 
@@ -36,7 +48,7 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     parsed = null;
   }
   if (!parsed || (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:')) {
-    throw new UsageError(`${origin} must be a ws:// or wss:// URL (the inspector's WebSocket), got ${JSON.stringify(url)}`);
+    throw new UsageError(`${origin} must be a ws:// or wss:// URL (the inspector's WebSocket), got ${JSON.stringify(parsed ? inspectorAddress(url) : url.replace(/\/\/[^@/]*@/, '//***@'))}`);
   }
   // Loaded only when asked for: none of it is part of a plain run's start-up.
   const [{ createInspector }, { WebSocket }, { configure }] = await Promise.all([
@@ -55,17 +67,43 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     }
   };
   const backlog: string[] = [];
+  /**
+   * The announcement (`@xstate.actor`) of every actor still alive, by session: sent first on
+   * every (re)connection, and after a stretch of dropped messages, so that an inspector that
+   * comes late, comes back, or fell behind still knows the pool and every live worker.
+   */
+  const announced = new Map<string, string>();
   let socket: InstanceType<typeof WebSocket> | null = null;
   let stopped = false;
   let retry: NodeJS.Timeout | null = null;
   let firstOpen: ((open: boolean) => void) | null = null;
+  /** Messages were dropped (the socket was away or behind) since the last announcement. */
+  let behind = false;
 
+  const keep = (texts: string[]) => {
+    backlog.push(...texts);
+    if (backlog.length > INSPECTOR_BACKLOG) backlog.splice(0, backlog.length - INSPECTOR_BACKLOG);
+    behind = true;
+  };
+  const sendAll = (ws: InstanceType<typeof WebSocket>, texts: string[]) => {
+    const raw = (ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    raw?.cork();
+    if (behind) {
+      behind = false;
+      for (const text of announced.values()) ws.send(text);
+      for (const text of backlog.splice(0)) ws.send(text);
+    }
+    for (const text of texts) ws.send(text);
+    raw?.uncork();
+  };
   const connect = () => {
     const ws = new WebSocket(parsed.href);
     socket = ws;
     ws.on('open', () => {
       firstOpen?.(true);
-      for (const text of backlog.splice(0)) ws.send(text);
+      // A new connection knows nothing yet: the live actors first, then what was kept.
+      behind = true;
+      sendAll(ws, []);
     });
     // A refused or dropped socket is retried while the pool runs; its error says why.
     ws.on('error', () => firstOpen?.(false));
@@ -77,26 +115,25 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     });
   };
   // Messages of one turn of the event loop go out together: one write to the socket, not one
-  // per event (a task on a reused worker makes about 14).
+  // per event (a task on a reused worker makes about 14). A socket that is away, or holds
+  // more than INSPECTOR_MAX_BUFFERED bytes unsent (an inspector that does not read), gets
+  // nothing: the latest INSPECTOR_BACKLOG messages are kept, memory stays bounded.
   let batch: string[] = [];
   const flush = () => {
     const texts = batch;
     batch = [];
     const ws = socket;
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
-      backlog.push(...texts);
-      if (backlog.length > INSPECTOR_BACKLOG) backlog.splice(0, backlog.length - INSPECTOR_BACKLOG);
-      return;
-    }
-    const raw = (ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
-    raw?.cork();
-    for (const text of texts) ws.send(text);
-    raw?.uncork();
+    if (!ws || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > INSPECTOR_MAX_BUFFERED) keep(texts);
+    else sendAll(ws, texts);
   };
   const inspector = createInspector({
     send(event: unknown) {
       if (batch.length === 0) setImmediate(flush);
-      batch.push(toJson(event));
+      const text = toJson(event);
+      batch.push(text);
+      const { type, sessionId, snapshot } = event as { type: string; sessionId: string; snapshot?: { status?: string } };
+      if (type === '@xstate.actor') announced.set(sessionId, text);
+      else if (type === '@xstate.snapshot' && snapshot?.status !== undefined && snapshot.status !== 'active') announced.delete(sessionId);
     },
     start() {},
     stop() {},

@@ -5,6 +5,7 @@ import { poolMachine } from '../../machines/pool.js';
 import { workerMachine } from '../../machines/worker.js';
 import { DELAY_DEFAULTS } from '../../machines/defaults.js';
 import { UsageError } from '../errors.js';
+import { envName, wholeNumber } from './config.js';
 
 const FORMATS = ['mermaid', 'json', 'stately'] as const;
 const MACHINES = { pool: poolMachine, worker: workerMachine } as const;
@@ -22,20 +23,24 @@ const DELAY_FLAGS = {
 export const MACHINES_USAGE = `Usage: tidepool machines [--format mermaid|json|stately] [--machine pool|worker] [delay flags]
 
 Prints the machine definitions: a Mermaid stateDiagram-v2 (default), their JSON description,
-or XState v5 code that Stately Studio imports. Without --machine, both (pool first).
+or XState v5 code that Stately Studio imports. Without --machine, both (pool first): as
+Mermaid, one fenced mermaid block each (Markdown); as JSON, an array.
 
 Options:
   --format FORMAT    mermaid, json or stately (default: mermaid)
   --machine NAME     pool or worker (default: both)
   ${Object.keys(DELAY_FLAGS).map((f) => `--${f} MS`).join(', ')}
                      show a delay with this value, as \`tidepool run\` would configure it
+                     (also TIDEPOOL_<NAME>, e.g. TIDEPOOL_KILL_GRACE)
   -h, --help         this text`;
 
 /** The machines' text in `format` (JSON: one object, or an array for several). */
 export function render(shapes: MachineShape[], format: (typeof FORMATS)[number]): string {
   if (format === 'json') return `${JSON.stringify(shapes.length === 1 ? shapes[0] : shapes, null, 2)}\n`;
   if (format === 'stately') return toXStateCode(shapes);
-  return shapes.map(toMermaid).join('\n');
+  // One Mermaid document holds one diagram: several are given as Markdown, one fenced block each.
+  if (shapes.length === 1) return toMermaid(shapes[0]!);
+  return shapes.map((shape) => `\`\`\`mermaid\n${toMermaid(shape)}\`\`\`\n`).join('\n');
 }
 
 /**
@@ -43,7 +48,7 @@ export function render(shapes: MachineShape[], format: (typeof FORMATS)[number])
  * `UsageError` (TIDEPOOL_ERR_USAGE) for an unknown flag, format, machine or a delay that is
  * not a whole number.
  */
-export function machinesCommand(args: string[], out: { write(text: string): unknown }): number {
+export function machinesCommand(args: string[], out: { write(text: string): unknown }, env: NodeJS.ProcessEnv = process.env): number {
   let parsed;
   try {
     parsed = parseArgs({
@@ -76,10 +81,13 @@ export function machinesCommand(args: string[], out: { write(text: string): unkn
   // Every delay with the value a pool would run it with: the defaults, then the flags.
   const delays: Record<string, number> = { ...DELAY_DEFAULTS };
   for (const [flag, delay] of Object.entries(DELAY_FLAGS)) {
-    const raw = values[flag];
-    if (typeof raw !== 'string') continue;
-    if (!/^\d+$/.test(raw.trim())) throw new UsageError(`--${flag} must be a whole number of ms, got ${JSON.stringify(raw)}`);
-    delays[delay] = Number(raw.trim());
+    // As `tidepool run` takes it: the flag, else its TIDEPOOL_* variable; a positive whole
+    // number of ms a timer can hold.
+    const given = typeof values[flag] === 'string' ? { value: values[flag] as string, origin: `--${flag}` } : env[envName(flag)] !== undefined ? { value: env[envName(flag)]!, origin: envName(flag) } : undefined;
+    if (given === undefined) continue;
+    const ms = wholeNumber(given);
+    if (ms < 1) throw new UsageError(`${given.origin} must be a positive whole number of ms, got ${JSON.stringify(given.value)}`);
+    delays[delay] = ms;
   }
   const names = which === undefined ? (['pool', 'worker'] as const) : [which as keyof typeof MACHINES];
   const shapes = names.map((name) => describeMachine(MACHINES[name], delays));

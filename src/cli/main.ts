@@ -298,7 +298,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   try {
     // Each command loads what it needs only: `run` does not pay for amqplib, nor `enqueue`
     // for the pool.
-    if (command === 'machines') return (await import('./machines.js')).machinesCommand(rest, process.stdout);
+    if (command === 'machines') return (await import('./machines.js')).machinesCommand(rest, process.stdout, env);
     if (command === 'enqueue') return await (await import('./enqueue.js')).enqueueMain(rest, env);
     if (command !== 'run' && command !== 'serve') {
       throw new UsageError(

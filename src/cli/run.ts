@@ -5,7 +5,7 @@ import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { EXIT_CODES, openInput } from './input.js';
 import { Terminal } from './terminal.js';
-import { connectInspector, INSPECTOR_BACKLOG } from './inspector.js';
+import { connectInspector, INSPECTOR_BACKLOG, inspectorAddress } from './inspector.js';
 import { createPool } from '../create-pool.js';
 import { managerLogger } from '../logging.js';
 import type { TaskResult } from '../pool.js';
@@ -29,7 +29,9 @@ export async function runCommand(input: string, options: PoolOptions, cli: RunEx
   const inspector = cli.inspect ? await connectInspector(cli.inspect.url, cli.inspect.origin) : null;
   try {
     if (inspector && !inspector.connected) {
-      process.stderr.write(`tidepool: the inspector at ${cli.inspect!.url} did not answer; its events are kept (the latest ${INSPECTOR_BACKLOG}) until it does\n`);
+      process.stderr.write(
+        `tidepool: the inspector at ${inspectorAddress(cli.inspect!.url)} did not answer; the latest ${INSPECTOR_BACKLOG} events are kept for it, and sent if it answers before the run ends\n`,
+      );
     }
     return await runTasks(input, inspector ? { ...options, inspect: inspector.inspect } : options, cli.origins ?? {});
   } finally {

@@ -232,8 +232,11 @@ export function buildApp(service: Service): FastifyInstance {
         }
         throw notFound(id, options.maxRecent);
       }
-      const effect = found === 'queued' ? 'removed from the queue: it will not run' : 'its attempt is being ended (SIGTERM to its process group, SIGKILL after the kill grace)';
-      return reply.code(202).send({ id, cancelled: found, message: `task ${effect}; its outcome is "cancelled"` });
+      const effect =
+        found === 'queued'
+          ? 'was removed from the queue: it will not run'
+          : "is running: its attempt is being ended (SIGTERM to its process group, SIGKILL after the kill grace)";
+      return reply.code(202).send({ id, cancelled: found, message: `the task ${effect}; its outcome is "cancelled"` });
     });
   });
 

@@ -88,32 +88,59 @@ function highlight(machine, counts) {
   }
 }
 
+/** Rows by worker id: updated in place, so a button under the pointer stays the same element. */
+const rows = new Map();
+
+function workerRow(w) {
+  let row = rows.get(w.id);
+  if (!row) {
+    row = document.createElement('tr');
+    row.dataset.worker = w.id;
+    for (const cls of ['id', 'state', 'pid', 'task', 'attempt', 'progress', 'age', 'actions']) {
+      const td = document.createElement('td');
+      td.className = cls;
+      row.appendChild(td);
+    }
+    const button = document.createElement('button');
+    button.className = 'cancel';
+    button.textContent = 'cancel';
+    button.onclick = () => cancel(row.dataset.task);
+    row.querySelector('td.actions').appendChild(button);
+    rows.set(w.id, row);
+  }
+  const set = (cls, value) => {
+    const td = row.querySelector(`td.${cls}`);
+    if (td.textContent !== value) td.textContent = value;
+    if (cls === 'task' || cls === 'progress') td.title = value;
+  };
+  row.className = `state-${w.state.split('.')[0]}`;
+  row.dataset.state = w.state;
+  row.dataset.task = w.taskId || '';
+  set('id', w.id);
+  set('state', w.state);
+  set('pid', text(w.pid));
+  set('task', text(w.taskId));
+  set('attempt', text(w.attempt));
+  set('progress', text(w.progress));
+  set('age', age(w.since));
+  row.querySelector('button.cancel').hidden = !(w.taskId && w.state !== 'reaped');
+  return row;
+}
+
 function renderWorkers() {
   const body = $('workers-body');
   const list = [...workers.values()].sort((a, b) => a.since - b.since);
   $('workers-empty').hidden = list.length > 0;
-  body.replaceChildren(...list.map((w) => {
-    const row = document.createElement('tr');
-    row.className = `state-${w.state.split('.')[0]}`;
-    row.dataset.worker = w.id;
-    row.dataset.state = w.state;
-    cell(row, w.id);
-    cell(row, w.state, 'state');
-    cell(row, text(w.pid));
-    cell(row, text(w.taskId), 'task');
-    cell(row, text(w.attempt));
-    cell(row, text(w.progress), 'progress');
-    cell(row, age(w.since));
-    const actions = cell(row, '');
-    if (w.taskId && w.state !== 'reaped') {
-      const button = document.createElement('button');
-      button.className = 'cancel';
-      button.textContent = 'cancel';
-      button.onclick = () => cancel(w.taskId);
-      actions.appendChild(button);
+  for (const [id, row] of rows) {
+    if (!workers.has(id)) {
+      row.remove();
+      rows.delete(id);
     }
-    return row;
-  }));
+  }
+  list.forEach((w, i) => {
+    const row = workerRow(w);
+    if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null);
+  });
 }
 
 function renderRecent() {
@@ -149,6 +176,10 @@ async function cancel(id) {
   $('notice').textContent = `cancel ${id}: ${res.status} ${body}`;
 }
 
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  $('token').dispatchEvent(new Event('change'));
+});
 $('cancel-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const id = $('cancel-id').value.trim();
@@ -192,7 +223,7 @@ async function connect() {
       const res = await fetch('/dashboard/events', { headers: t ? { authorization: `Bearer ${t}` } : {}, cache: 'no-store' });
       if (res.status === 401) {
         setStatus('token needed', 'bad');
-        $('notice').textContent = 'This service has a token: enter it below to see its workers.';
+        $('notice').textContent = 'This service has a token: enter it (Access and cancel, below) to see its workers.';
         await new Promise((resolve) => $('token').addEventListener('change', resolve, { once: true }));
         sessionStorage.setItem('tidepool-token', $('token').value);
         continue;
