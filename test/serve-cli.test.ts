@@ -1,3 +1,5 @@
+import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -5,6 +7,8 @@ import { isLoopback, resolveServeOptions } from '../src/serve/options.js';
 import { alive, fixture, until } from './helpers/procs.js';
 import { call, parsePrometheus, pollUntil, sampleValue, startServe, tempDirs, tidepoolOnce } from './helpers/serve.js';
 import type { ServeChild } from './helpers/serve.js';
+
+const BIN = fileURLToPath(new URL('../bin/tidepool', import.meta.url));
 
 /**
  * `tidepool serve` as a real child process (bin/tidepool): its address, signals, drain, exit
@@ -195,5 +199,18 @@ describe('serve options', () => {
     expect(() => resolveServeOptions({ httpToken: 'has space in it 12345' })).toThrow(expect.objectContaining({ option: 'httpToken' }));
     expect(() => resolveServeOptions({ nope: 1 } as never)).toThrow(expect.objectContaining({ option: 'nope' }));
     expect(resolveServeOptions({ httpHost: '0.0.0.0', httpToken: 'a'.repeat(16) })).toMatchObject({ httpHost: '0.0.0.0', httpPort: 8080 });
+  });
+});
+
+describe('tidepool serve: logs that cannot be written', () => {
+  it('drains and exits 0 on SIGTERM when the reader of its stderr has gone (EPIPE)', async () => {
+    const child = spawn(process.execPath, [BIN, 'serve', ...progressUntil, '--http-port', '0', '--state-dir', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+    await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+    // From now on nobody reads its stderr: every log line meets EPIPE (it waited forever for
+    // them to be written out before).
+    child.stderr!.destroy();
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
   });
 });

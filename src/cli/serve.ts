@@ -12,6 +12,9 @@ import type { CliInspector } from './inspector.js';
 import type { RunExtras } from './run.js';
 import type { ServeOptions } from '../serve/options.js';
 
+/** How long the logs may take to be written out at exit, in ms. */
+const FLUSH_WAIT_MS = 2_000;
+
 /**
  * `tidepool serve`: build the pool, start it (a handler that cannot load ends here,
  * `TIDEPOOL_ERR_WORKER_LOAD`), listen, and run until SIGTERM or SIGINT; then drain (see
@@ -47,13 +50,25 @@ async function serveWith(
     logger.level = 'silent';
     destination.destroy();
   });
-  const flush = () => {
-    try {
-      destination.flushSync();
-    } catch {
-      // stderr is gone or full: nothing more can be said
-    }
-  };
+  // Written out before exit, waiting at most FLUSH_WAIT_MS. Never sonic-boom's flushSync: on a
+  // stderr whose reader is gone (EPIPE) it retries forever, and the service would never exit.
+  let failed = false;
+  destination.on('error', () => (failed = true));
+  const flush = () =>
+    new Promise<void>((resolve) => {
+      if (failed) return resolve();
+      const timer = setTimeout(resolve, FLUSH_WAIT_MS);
+      try {
+        destination.flush(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      } catch {
+        // stderr is gone or full: nothing more can be said
+        clearTimeout(timer);
+        resolve();
+      }
+    });
   if (inspector && !inspector.connected) {
     logger.warn('the inspector (--inspect) did not answer; its events are kept (the latest 200) until it does');
   }
@@ -73,13 +88,12 @@ async function serveWith(
     }
     const code = 128 + constants.signals[signal];
     logger.warn({ signal, exitCode: code }, `${signal} again: stopping now; workers die with the manager, unfinished tasks are handed back`);
-    flush();
     // The spawn host sees its pipe close and kills every worker's tree it holds.
-    process.exit(code);
+    void flush().then(() => process.exit(code));
   };
-  const cleanUp = () => {
+  const cleanUp = async () => {
     service.close();
-    flush();
+    await flush();
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
   };
@@ -100,7 +114,7 @@ async function serveWith(
   } catch (err) {
     await pool.stop().catch(() => {});
     await app.close().catch(() => {});
-    cleanUp();
+    await cleanUp();
     throw err;
   }
   await firstSignal;
@@ -109,7 +123,7 @@ async function serveWith(
   await service.drain();
   await app.close();
   logger.info('stopped');
-  cleanUp();
+  await cleanUp();
   return 0;
 }
 
