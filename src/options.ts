@@ -258,6 +258,12 @@ export function resolveOptions(options: PoolOptions, baseEnv: NodeJS.ProcessEnv 
   const stateDir = o.stateDir === undefined ? undefined : resolve(o.stateDir);
   if (stateDir !== undefined && !isDirectory(stateDir)) throw new OptionError('stateDir', `is not a directory: ${stateDir}`);
   if (stateDir !== undefined && !isWritable(stateDir)) throw new OptionError('stateDir', `is not writable: ${stateDir}`);
+  // A ledger there names processes to kill: a directory another user owns or can write could
+  // hold one naming this user's processes.
+  if (stateDir !== undefined) {
+    const why = unsafeDirectory(stateDir);
+    if (why !== null) throw new OptionError('stateDir', `${why}: ${stateDir} (a ledger there names processes to kill; use a directory only you can write, mode 0700)`);
+  }
   // A Node process needs about 40 MiB to start; below the floor every module worker would die
   // at start (V8's "Fatal javascript OOM", a SIGTRAP) and look like a crash.
   if (worker.kind === 'module' && o.memoryLimit !== undefined && o.memoryLimit < MIN_MODULE_MEMORY) {
@@ -327,6 +333,19 @@ export function workerEnv(entries: readonly string[], from: NodeJS.ProcessEnv): 
     }
   }
   return env;
+}
+
+/**
+ * Why a state directory is unsafe, or null: it must belong to this user (root may use one of
+ * its own) and no other user may write it (group and others without write permission; the
+ * sticky /tmp itself is refused too: anyone can create a file there).
+ */
+export function unsafeDirectory(path: string): string | null {
+  const stat = statSync(path);
+  const uid = process.getuid?.();
+  if (uid !== undefined && stat.uid !== uid) return `belongs to uid ${stat.uid}, not this user (${uid})`;
+  if ((stat.mode & 0o022) !== 0) return 'can be written by other users';
+  return null;
 }
 
 function isDirectory(path: string): boolean {

@@ -1,12 +1,12 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createPool } from '../src/index.js';
+import { createPool, resolveOptions } from '../src/index.js';
 import type { Pool } from '../src/index.js';
 import { COMPACT_SLACK, Ledger, REMOVAL_DELAY, readLedger } from '../src/process/ledger.js';
 import type { Proc } from './helpers/procs.js';
@@ -183,6 +183,19 @@ describe('what a sweep never touches', () => {
     await until(() => !isAlive(left.pid), 'the listed process to die');
     expect(stillRunning([reused])).toEqual([reused]);
     expect(existsSync(file)).toBe(false);
+  });
+
+  it("another user's ledger file is not obeyed; a state directory others can write is refused", () => {
+    const stateDir = fresh('state');
+    const victim = sleeper();
+    const { file } = deadManagersLedger(stateDir, [`+ ${victim.pid} ${victim.start} ${victim.pid} - -`]);
+    // As another user would have left it (the test runs as root, which can give it away).
+    chownSync(file, 65534, 65534);
+    expect(sweepingManager(stateDir)).toEqual([]);
+    expect(stillRunning([victim])).toEqual([victim]);
+    process.kill(victim.pid, 'SIGKILL');
+    chmodSync(stateDir, 0o777);
+    expect(() => resolveOptions({ worker: { command: ['true'] }, stateDir })).toThrow(/stateDir can be written by other users/);
   });
 
   it('entries removed later in the file, a torn last line, and a ledger from another boot: none is killed', () => {

@@ -1,4 +1,4 @@
-import { closeSync, open, openSync, readFileSync, readdirSync, readlinkSync, rename, renameSync, unlinkSync, write, writeFile, writeSync } from 'node:fs';
+import { lstatSync, closeSync, open, openSync, readFileSync, readdirSync, readlinkSync, rename, renameSync, unlinkSync, write, writeFile, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { childrenOf, statOf } from '../child/proc-table.js';
@@ -367,6 +367,16 @@ export function readLedger(text: string): { boot: string | null; entries: Ledger
  * namespaces, are not touched. Logs what it did for each (how many killed, which manager) and
  * returns it. Throws nothing: a ledger it cannot read or claim is logged and left.
  */
+/** Whether `path` belongs to this process's user (a file that cannot be read is not). */
+function ownedByMe(path: string): boolean {
+  try {
+    const uid = process.getuid?.();
+    return uid === undefined || lstatSync(path).uid === uid;
+  } catch {
+    return false;
+  }
+}
+
 export function sweepStateDir(dir: string, logger: Logger): SweepReport[] {
   const me = identity();
   const reports: SweepReport[] = [];
@@ -386,6 +396,11 @@ export function sweepStateDir(dir: string, logger: Logger): SweepReport[] {
     const pid = Number(pidText);
     if (running(pid, start)) continue;
     const path = join(dir, name);
+    // Only this user's own ledgers are obeyed: another user's file could name any process.
+    if (!ownedByMe(path)) {
+      logger.warn({ file: path }, 'a ledger file not owned by this user; ignored');
+      continue;
+    }
     if (tmp !== undefined) {
       // A rewrite its manager did not finish: the ledger itself is still there.
       unlinkQuietly(path);
