@@ -15,7 +15,7 @@ export type {
   TaskResult,
   WorkerCounts,
 } from './pool.js';
-export { parseTask, taskIdOf } from './sources/parse.js';
+export { MAX_ID_LENGTH, parseTask, taskIdOf } from './sources/parse.js';
 export type { Parsed } from './sources/parse.js';
 export { DEFAULTS, resolveOptions } from './options.js';
 export type { PoolOptions, ResolvedOptions, WorkerSpec } from './options.js';

@@ -109,6 +109,7 @@ describe('POST /tasks', () => {
       ['{"id":"x",', 'application/json', /^the body is not a task: not JSON/],
       [`[${good('y')}]`, 'application/json', /got an array \(send many tasks as JSON Lines/],
       ['{"id":7}', 'application/json', /id must be a non-empty string, got 7/],
+      [JSON.stringify({ id: 'x'.repeat(20_000) }), 'application/json', /id must be at most 1024 characters, got 20000/],
       [new Uint8Array([0x7b, 0xff, 0x7d]), 'application/json', /not valid UTF-8/],
       [`${good('l1')}\n${good('l2')}\n[1,2]\n${good('l4')}`, 'application/x-ndjson', /^line 3 is not a task: a task must be a JSON object, got an array/],
       ['\n\n', 'application/x-ndjson', /holds no task/],

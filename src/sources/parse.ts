@@ -27,6 +27,12 @@ function textOf(payload: Payload): string | undefined {
 }
 
 /**
+ * The longest task id, in characters: an id travels in URLs (`GET /tasks/:id`), headers
+ * (`Location`, AMQP `messageId`) and log lines, which all have limits of their own.
+ */
+export const MAX_ID_LENGTH = 1024;
+
+/**
  * Turn a payload into a task. A task is a JSON object; its `id`, when given, is a non-empty
  * string; without one it gets `defaultId`. Never throws: invalid UTF-8, bad JSON, a value that
  * is not an object, an object JSON cannot carry (a BigInt, a cycle) and a bad id each come back
@@ -64,6 +70,9 @@ export function parseTask(payload: Payload, defaultId: string): Parsed {
   if (given === undefined) return { ok: true, task: { ...(value as object), id: defaultId } as Task };
   if (typeof given !== 'string' || given === '') {
     return { ok: false, id: defaultId, message: `a task's id must be a non-empty string, got ${JSON.stringify(given)}` };
+  }
+  if (given.length > MAX_ID_LENGTH) {
+    return { ok: false, id: defaultId, message: `a task's id must be at most ${MAX_ID_LENGTH} characters, got ${given.length}` };
   }
   // A copy: the caller may change or run the same object again.
   return text === undefined ? { ok: true, task: { ...(value as Task) } } : { ok: true, task: value as Task, text };
