@@ -135,13 +135,18 @@ function flagFor(option: string): string {
  * meant to). Operators (`&&`, `|`, `>`, `;`) throw a UsageError: one executable is run, not a
  * shell; `sh -c '...'` runs a shell line.
  */
-export function splitCommand(line: string): string[] {
+export function splitCommand(line: string, origin = '--command'): string[] {
   const words: string[] = [];
   for (const entry of parseShell(escapeInnerHashes(line), (name) => `$${name}`)) {
     if (typeof entry === 'string') words.push(entry);
     else if ('comment' in entry) break;
     else if (entry.op === 'glob') words.push(entry.pattern);
-    else throw new UsageError(`--command runs one executable, not a shell line (found ${JSON.stringify(entry.op)}); use --command "sh -c '...'"`);
+    else if (origin === 'TIDEPOOL_ENV') {
+      // Its values are not echoed: they may be secrets.
+      throw new UsageError(`TIDEPOOL_ENV holds NAME=VALUE words split as a shell would; quote a value holding ${JSON.stringify(entry.op)}`);
+    } else {
+      throw new UsageError(`${origin} runs one executable, not a shell line (found ${JSON.stringify(entry.op)}); use --command "sh -c '...'"`);
+    }
   }
   return words;
 }
@@ -213,7 +218,7 @@ export function optionsFromArgs(
     options.worker = { module: chosen.value };
     origins['worker.module'] = chosen.origin;
   } else {
-    const argv = splitCommand(chosen.value as string);
+    const argv = splitCommand(chosen.value as string, chosen.origin);
     if (argv.length === 0) throw new UsageError(`${chosen.origin} must name an executable`);
     options.worker = { command: argv };
     origins['worker.command'] = chosen.origin;
@@ -224,7 +229,7 @@ export function optionsFromArgs(
   const envGiven = get('env');
   if (envGiven !== undefined) {
     // TIDEPOOL_ENV holds several entries, split as a shell would: FOO=bar BAZ='two words'.
-    options.env = envGiven.layer === 'env' ? splitCommand(envGiven.value as string) : envGiven.value;
+    options.env = envGiven.layer === 'env' ? splitCommand(envGiven.value as string, 'TIDEPOOL_ENV') : envGiven.value;
     origins.env = envGiven.origin;
   }
   return { options: options as unknown as PoolOptions, origins };
