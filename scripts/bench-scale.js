@@ -27,7 +27,8 @@
 // The real scenarios check that every task resolved, count live workers (the spawn host's
 // children) and file descriptors (manager, host) every 250 ms, report the manager's event-loop
 // delay (target: p99 < 100 ms) beside that of an idle Node process running at the same time
-// (`idleEldMs`: the machine's own share of the delay), the library's garbage-collector pauses
+// (`idleEldMs`: the machine's own share of the delay) and the manager's CPU time between two
+// calls of a 10 ms timer (`cpuPerTurnMs`: its own share), the library's garbage-collector pauses
 // (`gcMs`), and afterwards search /proc for leftovers: processes whose
 // environment carries this run's marker (passed with `env` / `--env`), and tidepool processes
 // (CLI, spawn host) in this script's process group. The first line printed gives the limits
