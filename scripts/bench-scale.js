@@ -27,7 +27,8 @@
 // The real scenarios check that every task resolved, count live workers (the spawn host's
 // children) and file descriptors (manager, host) every 250 ms, report the manager's event-loop
 // delay (target: p99 < 100 ms) beside that of an idle Node process running at the same time
-// (`idleEldMs`: the machine's own share of the delay), the library's garbage-collector pauses
+// (`idleEldMs`: the machine's own share of the delay) and the manager's CPU time between two
+// calls of a 10 ms timer (`cpuPerTurnMs`: its own share), the library's garbage-collector pauses
 // (`gcMs`), and afterwards search /proc for leftovers: processes whose
 // environment carries this run's marker (passed with `env` / `--env`), and tidepool processes
 // (CLI, spawn host) in this script's process group. The first line printed gives the limits
@@ -59,7 +60,7 @@ import { fork, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
-import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { constants as perfConstants, createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -288,8 +289,8 @@ function idleReference(dir) {
       await closed;
       current.delete(proc);
       try {
-        const { p50, p99, max } = JSON.parse(readFileSync(out, 'utf8'));
-        return { p50, p99, max };
+        const { p50, p99, max, cpuPerTurnMs } = JSON.parse(readFileSync(out, 'utf8'));
+        return { p50, p99, max, cpuPerTurnMs };
       } catch {
         return null;
       }
@@ -351,6 +352,26 @@ function gcWatch() {
       b.maxMs = round(b.maxMs, 1);
     }
     return by;
+  };
+}
+/**
+ * The CPU time (all of this process's threads, `process.cpuUsage()`) spent between two calls
+ * of a 10 ms timer: the event-loop delay the manager would have with a core of its own. On a
+ * shared machine the delay also holds the time spent waiting for a core, which this leaves out.
+ * `stop()` gives p50/p99/max in ms.
+ */
+function cpuPerTurn() {
+  const h = createHistogram();
+  let last = process.cpuUsage();
+  const timer = setInterval(() => {
+    const now = process.cpuUsage();
+    h.record(Math.max(1, now.user + now.system - last.user - last.system));
+    last = now;
+  }, ELD_RESOLUTION_MS);
+  return () => {
+    clearInterval(timer);
+    const ms = (us) => round(us / 1000, 2);
+    return { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) };
   };
 }
 const cpuMs = (since) => {
@@ -755,6 +776,7 @@ async function childReal(spec) {
   const prof = tickProfile ? await profiler(tickProfile.intervalUs) : null;
   await prof?.start();
   const eld = await eldMonitor();
+  const cpuTurnStop = cpuPerTurn();
   const gcStop = gcWatch();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -794,6 +816,7 @@ async function childReal(spec) {
   const cpu = cpuMs(cpu0);
   eld.disable();
   const gc = gcStop();
+  const cpuTurn = cpuTurnStop();
   const ticks = prof ? longTicks(await prof.stop(), tickProfile.longMs, tickProfile.top) : null;
   return {
     tasks,
@@ -812,6 +835,7 @@ async function childReal(spec) {
     idealSeconds: Math.ceil(tasks / concurrency) * sleep,
     managerCpuMsPerTask: round(cpu / tasks, 3),
     eldMs: eldOf(eld),
+    cpuPerTurnMs: cpuTurn,
     gcMs: gc,
     heapUsedMiB: round(process.memoryUsage().heapUsed / 2 ** 20, 1),
     ...(ticks ? { profiled: true, longTicks: ticks } : {}),
@@ -926,6 +950,7 @@ async function runCli({ tasks, concurrency, sleep, timeoutS }, dir) {
         idealSeconds: Math.ceil(tasks / concurrency) * sleep,
         managerCpuMsPerTask: eld ? round(eld.cpuMs / tasks, 3) : null,
         eldMs: eld ? { p50: eld.p50, p99: eld.p99, max: eld.max } : null,
+        cpuPerTurnMs: eld?.cpuPerTurnMs ?? null,
         ...peaks,
         ...(stderr ? { stderrTail: stderr.slice(-500) } : {}),
       });
