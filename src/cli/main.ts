@@ -78,14 +78,15 @@ DELETE /tasks/:id, /healthz, /readyz, /metrics. SIGTERM or SIGINT drains and exi
 };
 
 const EXIT_TEXT: Record<Command, string> = {
-  run: `Exit status: 0 every task resolved, 1 some failed, 2 bad usage.
-
-Also: tidepool enqueue --amqp URL --queue NAME [FILE|-] [--wait]   (tidepool enqueue --help)`,
+  run: 'Exit status: 0 every task resolved, 1 some failed, 2 bad usage.',
   serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
 };
 
 /** Where the top-level help points for the other command. */
-const SERVE_POINTER = 'The HTTP service: tidepool serve --help';
+const SERVE_POINTER = `Other commands:
+  tidepool serve --help      the HTTP service (task API, probes, metrics, dashboard)
+  tidepool enqueue --help    publish tasks to RabbitMQ
+  tidepool machines --help   the pool and worker machines as Mermaid, JSON or Stately code`;
 
 /** A command's flag table: `serve` takes every flag of `run` and its own. */
 const flagsOf = (command: Command): Record<string, FlagSpec> => (command === 'serve' ? { ...FLAGS, ...SERVE_FLAGS } : FLAGS);
