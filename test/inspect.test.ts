@@ -4,6 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import type { AddressInfo } from 'node:net';
 import type { InspectionEvent } from 'xstate';
+import { createInspector } from '@statelyai/inspect';
+import { connectInspector } from '../src/cli/inspector.js';
 import { createPool } from '../src/index.js';
 import { fixture, until } from './helpers/procs.js';
 import { trackPools } from './helpers/pools.js';
@@ -102,6 +104,54 @@ describe('inspection over WebSocket', () => {
     const code = await new Promise((resolve) => child.once('close', resolve));
     expect(code).toBe(0);
     expect(stderr).toContain('did not answer');
+  });
+});
+
+describe('the protocol', () => {
+  const { track } = trackPools({});
+
+  it("--inspect's messages are @statelyai/inspect's own, field for field", async () => {
+    // One run observed twice: by the CLI's inspector (to a local server) and by
+    // @statelyai/inspect's createInspector, whose messages are the protocol.
+    const { url, messages } = await inspectorServer();
+    const ours = await connectInspector(url, 'test');
+    const theirs: Message[] = [];
+    const reference = createInspector({ send: (e: unknown) => void theirs.push(JSON.parse(JSON.stringify(e)) as Message), start() {}, stop() {} });
+    const pool = track(
+      createPool({
+        worker: { module: fixture('echo.js') },
+        concurrency: 2,
+        inspect: (e: InspectionEvent) => {
+          ours.inspect.next!(e);
+          reference.inspect.next!(e);
+        },
+      }),
+    );
+    await pool.start();
+    await Promise.all([pool.run({ id: 'x' }), pool.run({ id: 'y' })]);
+    await pool.drain();
+    await new Promise((r) => setTimeout(r, 50));
+    await ours.stop();
+    await until(() => messages.filter((m) => m.type === '@xstate.snapshot').length > 0, 'messages');
+    // The same messages for the pool and the workers (ours leave out the workers' process actors).
+    const shown = new Set(messages.filter((m) => m.type === '@xstate.actor').map((m) => m.sessionId));
+    // createdAt and id differ by nature; an announcement's snapshot is read when it is made,
+    // which createInspector does a timer later (a later state) and we at the actor's start.
+    const normal = (m: Message) => {
+      const { createdAt: _c, id: _i, ...rest } = m as Message & { createdAt?: string; id?: unknown };
+      if (rest.type === '@xstate.actor') delete rest.snapshot;
+      return JSON.parse(JSON.stringify(rest));
+    };
+    // Compared actor by actor: each actor's messages in order (an announcement goes out with
+    // the actor's start here, so it may come after another actor's message than there).
+    const reduce = (list: Message[]) => {
+      const by: Record<string, unknown[]> = {};
+      for (const m of list) if (shown.has(m.sessionId)) (by[m.sessionId] ??= []).push(normal(m));
+      return by;
+    };
+    // The pool, its startup actor and the two workers.
+    expect(shown.size).toBe(4);
+    expect(reduce(messages)).toEqual(reduce(theirs));
   });
 });
 

@@ -1,4 +1,4 @@
-import type { InspectionEvent, Observer } from 'xstate';
+import type { AnyActorRef, InspectionEvent, Observer } from 'xstate';
 import { UsageError } from '../errors.js';
 
 /** A live connection to an inspector: the observer to give the pool, and how to end it. */
@@ -20,6 +20,9 @@ export function inspectorAddress(url: string): string {
   }
 }
 
+/** The protocol version the messages carry (`_version`): @statelyai/inspect's, whose messages these are. */
+export const INSPECT_PROTOCOL_VERSION = '0.7.2';
+
 /** How long the CLI waits for the inspector's socket at start, in ms. */
 export const INSPECTOR_CONNECT_WAIT = 3_000;
 /** Events kept while the socket is not open (the oldest are dropped past it): @statelyai/inspect's bound. */
@@ -31,14 +34,17 @@ const RECONNECT_DELAY = 2_000;
 
 /**
  * `--inspect ws://HOST:PORT`: stream the pool's inspection events (the pool machine, and every
- * worker as its child) to a WebSocket in the Stately inspector's protocol: the events are
- * made by `@statelyai/inspect`'s `createInspector` (`@xstate.actor` with `definition` and
- * `parentId`, `@xstate.event`, `@xstate.snapshot`, each one JSON message), sent over a socket
- * of ours. Its own `createWebSocketInspector` would do the same but retries a failed socket
- * on a timer it never clears, even after `stop()`, so a finished `tidepool run` would not
- * exit. Waits up to `INSPECTOR_CONNECT_WAIT` ms for the socket so a short run is seen from its
- * first event; reconnects while the pool runs. Throws UsageError (TIDEPOOL_ERR_USAGE) when
- * `url` is not a ws:// or wss:// URL; `origin` names where it came from (`--inspect`).
+ * worker as its child) to a WebSocket in the Stately inspector's protocol: one JSON message per
+ * event, `@xstate.actor` (with `definition` and `parentId`), `@xstate.event`,
+ * `@xstate.snapshot`, the messages `@statelyai/inspect`'s `createInspector` makes (a test
+ * compares them with its own, field for field). Made here rather than by it: it defers every
+ * event on a timer and serialises each snapshot twice, which cost reused workers half their
+ * rate (docs/benchmarks.md, "Inspection"); and its WebSocket inspector retries a failed socket
+ * on a timer it never clears, so a finished run would not exit. Waits up to
+ * `INSPECTOR_CONNECT_WAIT` ms for the socket so a short run is seen from its first event;
+ * reconnects while the pool runs, announcing the live actors again. Throws UsageError
+ * (TIDEPOOL_ERR_USAGE) when `url` is not a ws:// or wss:// URL; `origin` names where it came
+ * from (`--inspect`).
  */
 export async function connectInspector(url: string, origin: string): Promise<CliInspector> {
   let parsed: URL | null = null;
@@ -51,14 +57,11 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     throw new UsageError(`${origin} must be a ws:// or wss:// URL (the inspector's WebSocket), got ${JSON.stringify(parsed ? inspectorAddress(url) : url.replace(/\/\/[^@/]*@/, '//***@'))}`);
   }
   // Loaded only when asked for: none of it is part of a plain run's start-up.
-  const [{ createInspector }, { WebSocket }, { configure }] = await Promise.all([
-    import('@statelyai/inspect'),
-    import('ws'),
-    import('safe-stable-stringify'),
-  ]);
+  const [{ WebSocket }, { configure }] = await Promise.all([import('ws'), import('safe-stable-stringify')]);
   // The events are plain JSON (the inspector has already cut snapshots to its depth, and actor
   // references serialise themselves); anything else is cut at the inspector's own depth.
   const safe = configure({ maximumDepth: 10 });
+  const safeDefinition = configure({ maximumDepth: 10 });
   const toJson = (event: unknown): string => {
     try {
       return JSON.stringify(event) ?? 'null';
@@ -126,18 +129,28 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     if (!ws || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > INSPECTOR_MAX_BUFFERED) keep(texts);
     else sendAll(ws, texts);
   };
-  const inspector = createInspector({
-    send(event: unknown) {
-      if (batch.length === 0) setImmediate(flush);
-      const text = toJson(event);
-      batch.push(text);
-      const { type, sessionId, snapshot } = event as { type: string; sessionId: string; snapshot?: { status?: string } };
-      if (type === '@xstate.actor') announced.set(sessionId, text);
-      else if (type === '@xstate.snapshot' && snapshot?.status !== undefined && snapshot.status !== 'active') announced.delete(sessionId);
-    },
-    start() {},
-    stop() {},
-  });
+  const send = (message: { type: string; sessionId: string; snapshot?: { status?: string } }) => {
+    if (batch.length === 0) setImmediate(flush);
+    const text = toJson(message);
+    batch.push(text);
+    if (message.type === '@xstate.actor') announced.set(message.sessionId, text);
+    else if (message.type === '@xstate.snapshot' && message.snapshot?.status !== undefined && message.snapshot.status !== 'active') {
+      announced.delete(message.sessionId);
+    }
+  };
+  // A machine's definition, serialised once per machine (every worker shares one), as
+  // @statelyai/inspect does: its config, functions as { type: name }, cut at depth 10.
+  const definitions = new WeakMap<object, string>();
+  /** Actors built and not yet started: announced with their first event. */
+  const unannounced = new Map<string, () => void>();
+  const definitionOf = (config: object): string => {
+    let text = definitions.get(config);
+    if (text === undefined) {
+      text = safeDefinition(config, (_key: string, value: unknown) => (typeof value === 'function' ? { type: (value as { name: string }).name } : value)) ?? '{}';
+      definitions.set(config, text);
+    }
+    return text;
+  };
   const connected = await new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), INSPECTOR_CONNECT_WAIT);
     firstOpen = (open) => {
@@ -147,22 +160,50 @@ export async function connectInspector(url: string, origin: string): Promise<Cli
     };
     connect();
   });
-  const next = (inspector.inspect as Observer<InspectionEvent>).next!;
   return {
     inspect: {
-      // The worker's `process` actor (a callback actor: no states, one per worker) is left
-      // out: it would be a third of the stream and shows nothing a statechart can draw.
       next: (event) => {
-        const ref = event.actorRef as { id?: string; _parent?: unknown };
+        const ref = event.actorRef as AnyActorRef & { id: string; _parent?: AnyActorRef; logic?: { config?: object } };
+        // The worker's `process` actor (a callback actor: no states, one per worker) is left
+        // out: it would be a third of the stream and shows nothing a statechart can draw.
         if (ref.id === 'process' && ref._parent !== undefined) return;
-        next(event);
+        // The messages @statelyai/inspect's createInspector makes (its convertXStateEvent),
+        // made here, at once and in order: it defers each event on a timer of its own and
+        // serialises every snapshot twice, which cost reused workers half their rate.
+        const common = { _version: INSPECT_PROTOCOL_VERSION, createdAt: Date.now().toString(), id: null, rootId: event.rootId, sessionId: ref.sessionId };
+        if (event.type === '@xstate.actor') {
+          // Made an actor's announcement comes while it is built, before it has a snapshot:
+          // it goes out with the actor's first event (its start), in order.
+          unannounced.set(ref.sessionId, () => {
+            const config = ref.logic?.config;
+            let name = ref.id;
+            if (name === ref.sessionId && config) name = (config as { id?: string }).id ?? name;
+            send({
+              type: '@xstate.actor',
+              name,
+              definition: typeof config === 'object' ? definitionOf(config) : JSON.stringify({ id: name }),
+              parentId: ref._parent?.sessionId,
+              snapshot: ref.getSnapshot(),
+              ...common,
+            } as never);
+          });
+          return;
+        }
+        const announce = unannounced.get(ref.sessionId);
+        if (announce) {
+          unannounced.delete(ref.sessionId);
+          announce();
+        }
+        if (event.type === '@xstate.event') {
+          send({ type: '@xstate.event', event: event.event, sourceId: event.sourceRef?.sessionId, ...common } as never);
+        } else if (event.type === '@xstate.snapshot') {
+          send({ type: '@xstate.snapshot', event: event.event, snapshot: event.snapshot, ...common } as never);
+        }
       },
     },
     connected,
     async stop(flushMs = 2_000) {
-      // createInspector sends each event on a zero-delay timer, and the batch goes out on the
-      // turn after: let both run first.
-      await new Promise((resolve) => setTimeout(resolve, 0));
+      // The last batch goes out on the turn after its first message: let it.
       await new Promise((resolve) => setImmediate(resolve));
       stopped = true;
       if (retry) clearTimeout(retry);
