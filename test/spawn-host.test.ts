@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { FrameReader, configurePayload, frame, parseConfigure } from '../src/child/host-protocol.js';
 import { FRAME_SLICE, SpawnHost } from '../src/process/spawn-host.js';
 import type { HostEdition, HostExit } from '../src/process/spawn-host.js';
-import { alive, childrenOf, statOf, until } from './helpers/procs.js';
+import { alive, childrenOf, descendantsOf, statOf, until } from './helpers/procs.js';
 import { isSpawnHost } from './helpers/process-table.js';
 import { perTurn, turnCounter } from './helpers/turns.js';
 
@@ -139,7 +139,11 @@ describe.each(['perl', 'node'] as const)('the %s spawn host', (edition) => {
     const host = open(['cat'], edition, frameSlice);
     const workers = Array.from({ length: n }, () => run(host));
     await until(() => workers.every((w) => w.pid() !== null), 'every worker to start', 60_000);
-    const [hostPid] = childrenOf(process.pid).filter(isSpawnHost);
+    // This test's host: the one the workers descend from (an earlier test's may still be exiting).
+    const hostPid = childrenOf(process.pid)
+      .filter(isSpawnHost)
+      .find((pid) => descendantsOf(pid).includes(workers[0].pid()!));
+    if (hostPid === undefined) throw new Error('the host of these workers was not found in /proc');
     const exitAtOnce = (then = () => {}) => {
       for (const w of workers) host.stdin(w.id, '');
       const pause = new Int32Array(new SharedArrayBuffer(4));
