@@ -25,6 +25,8 @@ beforeAll(() => {
 });
 
 const handler = ['--worker', fixture('host-mark.js')];
+/** Ceiling of a test with several hosts (each waits for conditions, never for a time). */
+const LONG = 240_000;
 
 /** A serve host named `name` (TP_HOST in its workers' environment) on `queue`. */
 function host(name: string, queue: string, args: string[] = []): Promise<ServeChild> {
@@ -88,7 +90,7 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     expect(await stop(b)).toEqual({ code: 0, signal: null });
     expect(await broker.count(queue)).toBe(0);
     expect(await broker.count(topologyNames(queue).dead)).toBe(0);
-  });
+  }, LONG);
 
   it('kill -9 of a whole host (manager and spawn host) mid-batch: the other completes every task (none lost); nothing of it is left once a new host starts on its state dir', async () => {
     const queue = queues.newQueue('serve-kill');
@@ -128,7 +130,7 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     expect(await stop(again)).toEqual({ code: 0, signal: null });
     expect(await stop(b)).toEqual({ code: 0, signal: null });
     expect(await broker.count(queue)).toBe(0);
-  });
+  }, LONG);
 
   it("a breaker trip on one host moves its deliveries to the other host, which completes them", async () => {
     const queue = queues.newQueue('serve-breaker');
@@ -155,7 +157,7 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     expect(await stop(b)).toEqual({ code: 0, signal: null });
     expect(await broker.count(queue)).toBe(0);
     expect(await broker.count(topologyNames(queue).dead)).toBe(0);
-  });
+  }, LONG);
 });
 
 describe('tidepool serve --amqp: drain on SIGTERM', () => {
@@ -183,7 +185,7 @@ describe('tidepool serve --amqp: drain on SIGTERM', () => {
     }
     expect(back, 'messages ready in the queue').toBe(4);
     expect(await broker.count(topologyNames(queue).dead)).toBe(0);
-  });
+  }, LONG);
 
   it('a host stops consuming at once and lets running tasks finish within the drain timeout (acked), exiting 0', async () => {
     const queue = queues.newQueue('serve-drain-finish');
@@ -198,7 +200,7 @@ describe('tidepool serve --amqp: drain on SIGTERM', () => {
     expect([...done.keys()].sort()).toEqual(['f-0', 'f-1']);
     expect(await broker.count(queue)).toBe(1);
     expect(a.stderr.join('\n')).toMatch(/draining: every running task ended/);
-  });
+  }, LONG);
 });
 
 describe('tidepool serve --amqp: broker connection', () => {
@@ -208,7 +210,7 @@ describe('tidepool serve --amqp: broker connection', () => {
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/someone@127\.0\.0\.1:1: /);
     expect(run.stderr).not.toContain(password);
-  });
+  }, LONG);
 
   it('bad amqp flags are usage errors (exit 2) naming the flag or variable', async () => {
     const noQueue = await tidepoolOnce(['serve', ...handler, '--amqp', AMQP_URL]);
@@ -223,7 +225,7 @@ describe('tidepool serve --amqp: broker connection', () => {
     const url = await tidepoolOnce(['serve', ...handler, '--queue', 'q'], { AMQP_URL: 'http://u:p@h' });
     expect(url.code).toBe(2);
     expect(url.stderr).toMatch(/AMQP_URL must be an amqp:\/\/ or amqps:\/\/ URL/);
-  });
+  }, LONG);
 
   it('/readyz is 503 with a reason while the broker refuses it, 200 again once it is back; the password is in no log line nor answer', async () => {
     const user = `tp-test-user-${process.pid}-${Date.now().toString(36)}`;
@@ -260,5 +262,5 @@ describe('tidepool serve --amqp: broker connection', () => {
     } finally {
       await exec('rabbitmqctl', ['-q', 'delete_user', user]);
     }
-  });
+  }, LONG);
 });
