@@ -95,7 +95,7 @@ const EXIT_TEXT: Record<Command, string> = {
   run: `Exit status: 0 every task resolved, 1 some failed, 2 bad usage.
 
 Also: tidepool enqueue --amqp URL --queue NAME [FILE|-] [--wait]   (tidepool enqueue --help)`,
-  serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
+  serve: 'Exit status: 0 drained after a signal, 1 cannot listen or the broker (--amqp) cannot be reached, 2 bad usage,\n128+N stopped by a second signal N.',
 };
 
 /** Where the top-level help points for the other command. */
