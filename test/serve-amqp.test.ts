@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -210,6 +210,18 @@ describe('tidepool serve --amqp: broker connection', () => {
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/someone@127\.0\.0\.1:1: /);
     expect(run.stderr).not.toContain(password);
+    // The same from the variables, and from a config file (flags win over both).
+    const fromEnv = await tidepoolOnce(['serve', ...handler, '--state-dir', 'none'], { AMQP_URL: `amqp://someone:${password}@127.0.0.1:1`, TIDEPOOL_QUEUE: 'q' });
+    expect(fromEnv.code).toBe(1);
+    expect(fromEnv.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/someone@127\.0\.0\.1:1: /);
+    const config = join(temp.root, 'tidepool.json');
+    writeFileSync(config, JSON.stringify({ amqp: `amqp://other:${password}@127.0.0.1:2`, queue: 'q', queueType: 'classic' }));
+    const fromFile = await tidepoolOnce(['serve', ...handler, '--state-dir', 'none', '--config', config], { AMQP_URL: '' });
+    expect(fromFile.code).toBe(1);
+    expect(fromFile.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/other@127\.0\.0\.1:2: /);
+    const flagWins = await tidepoolOnce(['serve', ...handler, '--state-dir', 'none', '--config', config, '--amqp', `amqp://flag:${password}@127.0.0.1:3`]);
+    expect(flagWins.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/flag@127\.0\.0\.1:3: /);
+    for (const out of [fromEnv, fromFile, flagWins]) expect(out.stderr).not.toContain(password);
   }, LONG);
 
   it('bad amqp flags are usage errors (exit 2) naming the flag or variable', async () => {
