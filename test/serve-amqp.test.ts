@@ -237,6 +237,9 @@ describe('tidepool serve --amqp: broker connection', () => {
     const url = await tidepoolOnce(['serve', ...handler, '--queue', 'q'], { AMQP_URL: 'http://u:p@h' });
     expect(url.code).toBe(2);
     expect(url.stderr).toMatch(/AMQP_URL must be an amqp:\/\/ or amqps:\/\/ URL/);
+    const help = await tidepoolOnce(['serve', '--help']);
+    expect(help.stdout).toMatch(/--amqp URL +.*AMQP_URL/);
+    expect(help.stdout).toMatch(/--queue-type TYPE +.*\(default: quorum\)/);
   }, LONG);
 
   it('/readyz is 503 with a reason while the broker refuses it, 200 again once it is back; the password is in no log line nor answer', async () => {
