@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { topologyNames } from '../src/sources/amqp/topology.js';
 import { AMQP_URL, closeConnectionsOf, trackQueues } from './helpers/broker.js';
 import type { Broker } from './helpers/broker.js';
-import { alive, childrenOf, fixture, until } from './helpers/procs.js';
+import { alive, descendantsOf, fixture, until } from './helpers/procs.js';
 import { call, pollUntil, startServe, tempDirs, tidepoolOnce } from './helpers/serve.js';
 import type { ServeChild } from './helpers/serve.js';
 
@@ -48,6 +48,18 @@ function marks(): { started: Map<string, number[]>; done: Map<string, string[]>;
     if (kind === 'crash') crashed.push(task);
   }
   return { started, done, crashed };
+}
+
+/** The pids of the children the tasks started (params.child). */
+const childPids = () => readdirSync(temp.dir).filter((n) => n.startsWith('child.')).map((n) => Number(n.split('.').at(-1)));
+
+/** The parent of a process, from /proc (0 when it is gone). */
+function parentOf(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/stat`, 'latin1').replace(/^.*\) /s, '').split(' ')[1]);
+  } catch {
+    return 0;
+  }
 }
 
 async function publish(queue: string, ids: string[], ms: number): Promise<void> {
@@ -98,7 +110,7 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     const b = await host('b', queue, ['--concurrency', '2']);
     await Promise.all([ready(a), ready(b)]);
     const tasks = ids('k', 16);
-    await publish(queue, tasks, 1500);
+    for (const id of tasks) await broker.publish(queue, { id, params: { dir: temp.dir, ms: 4000, child: 600_000 } });
     // Wait until host a runs tasks: its workers (below its spawn host) have left start marks.
     let onA: number[] = [];
     await until(
@@ -111,12 +123,16 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
       'host a to run tasks',
       60_000,
     );
-    // The manager and its spawn host, at once; the workers (each in its own process group) are
-    // left behind as orphans, as after a host's crash.
-    const spawnHosts = childrenOf(a.pid);
-    for (const pid of [a.pid, ...spawnHosts]) process.kill(pid, 'SIGKILL');
+    // The manager, its spawn host and whatever else holds the workers (the Perl edition's
+    // keepers), at once: the workers running tasks are left behind as orphans, as after an OOM
+    // kill of the host's cgroup, the case the ledger is for.
+    const below = descendantsOf(a.pid);
+    const left = below.filter((pid) => onA.includes(pid) || onA.includes(parentOf(pid)));
+    for (const pid of [a.pid, ...below.filter((pid) => !left.includes(pid))]) process.kill(pid, 'SIGKILL');
     expect((await a.exited).signal).toBe('SIGKILL');
-    const orphans = alive(onA);
+    // A module worker leaves when its pipe to the host closes; the child it started runs on.
+    const orphans = alive(childPids());
+    expect(orphans.length, "children of the killed host's workers still running").toBeGreaterThan(0);
     await until(() => tasks.every((id) => marks().done.has(id)), 'every task done by someone', 120_000);
     const { done } = marks();
     const lost = tasks.filter((id) => !done.has(id));
@@ -126,7 +142,8 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     // A new host on the killed one's state dir kills what its ledger names (orphans, if any)
     // before it starts; none of the killed host's workers may be left.
     const again = await host('a', queue, ['--concurrency', '1']);
-    await until(() => alive(onA).length === 0, "the killed host's workers to be gone", 20_000);
+    await until(() => alive([...onA, ...orphans]).length === 0, "the killed host's workers and their children to be gone", 20_000);
+    expect(again.stderr.join('\n')).toMatch(new RegExp(`killed \\d+ process\\(es\\) left running by manager pid ${a.pid}`));
     expect(await stop(again)).toEqual({ code: 0, signal: null });
     expect(await stop(b)).toEqual({ code: 0, signal: null });
     expect(await broker.count(queue)).toBe(0);
