@@ -57,7 +57,8 @@ export interface SweepReport {
   entries: number;
   /**
    * Processes killed: listed workers and keepers still running with their recorded start
-   * time, the members of those workers' process groups, and everything below any of them.
+   * time, the members of those workers' process groups (also of a listed worker that has
+   * exited, when no process has its pid), and everything below any of them.
    */
   killed: number;
   /** Written before the machine's last boot: nothing of it can still run, nothing was killed. */
