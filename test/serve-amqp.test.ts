@@ -137,7 +137,7 @@ describe('tidepool serve --amqp: several hosts on one queue', () => {
     const { done } = marks();
     const lost = tasks.filter((id) => !done.has(id));
     const repeated = tasks.filter((id) => done.get(id)!.length > 1).map((id) => `${id}: ${done.get(id)!.join(', ')}`);
-    console.log(`kill -9 of host a: ${orphans.length} worker(s) orphaned; lost ${lost.length}; tasks done more than once: ${repeated.length} ${JSON.stringify(repeated)}`);
+    console.log(`kill -9 of host a: ${orphans.length} child(ren) of its workers left running; lost ${lost.length}; tasks done more than once: ${repeated.length} ${JSON.stringify(repeated)}`);
     expect(lost).toEqual([]);
     // A new host on the killed one's state dir kills what its ledger names (orphans, if any)
     // before it starts; none of the killed host's workers may be left.
