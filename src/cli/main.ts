@@ -9,6 +9,8 @@ import type { ServeOptions } from '../serve/options.js';
 import { defaultStateDir, loadConfig, optionsOf, pick } from './config.js';
 import type { ConfigFile, FlagSpec } from './config.js';
 import { EXIT_CODES } from './input.js';
+import { DEFAULT_CONSUMER_TIMEOUT, DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE } from '../sources/amqp/topology.js';
+import type { ServeAmqpOptions } from './serve.js';
 
 /** One CLI flag: the pool option it sets (its default comes from `DEFAULTS`), its argument, its help. */
 interface FlagDoc {
@@ -64,6 +66,18 @@ const SERVE_FLAGS = {
   'max-loop-delay': { option: 'maxLoopDelay', arg: 'MS', help: '/healthz answers 503 past this event loop delay' },
 } as const satisfies Record<string, { option: keyof ServeOptions; arg: string; help: string; fallback?: string }>;
 
+/**
+ * The flags of `tidepool serve` that take tasks from RabbitMQ instead of the embedded queue
+ * (the amqp source's options); `--amqp` is also read from AMQP_URL, as `tidepool enqueue` does.
+ */
+const AMQP_FLAGS = {
+  amqp: { option: 'amqp', arg: 'URL', help: 'take tasks from RabbitMQ at this URL (also AMQP_URL) instead of the embedded queue; POST /tasks is then refused', fallback: 'none' },
+  queue: { option: 'queue', arg: 'NAME', help: 'the work queue with --amqp; declared when it does not exist' },
+  'queue-type': { option: 'queueType', arg: 'TYPE', help: 'quorum or classic, for the queue and its delay tiers', fallback: DEFAULT_QUEUE_TYPE },
+  'delivery-limit': { option: 'deliveryLimit', arg: 'N', help: 'x-delivery-limit of a quorum queue', fallback: String(DEFAULT_DELIVERY_LIMIT) },
+  'consumer-timeout': { option: 'consumerTimeout', arg: 'MS', help: "the broker's consumer_timeout; attempts must end within it", fallback: String(DEFAULT_CONSUMER_TIMEOUT) },
+} as const satisfies Record<string, { option: string; arg: string; help: string; fallback?: string }>;
+
 type Command = 'run' | 'serve';
 
 const HEADINGS: Record<Command, string> = {
@@ -79,7 +93,7 @@ DELETE /tasks/:id, /healthz, /readyz, /metrics. SIGTERM or SIGINT drains and exi
 
 const EXIT_TEXT: Record<Command, string> = {
   run: 'Exit status: 0 every task resolved, 1 some failed, 2 bad usage.',
-  serve: 'Exit status: 0 drained after a signal, 1 cannot listen, 2 bad usage, 128+N stopped by a second signal N.',
+  serve: 'Exit status: 0 drained after a signal, 1 cannot listen or the broker (--amqp) cannot be reached, 2 bad usage,\n128+N stopped by a second signal N.',
 };
 
 /** Where the top-level help points for the other command. */
@@ -89,7 +103,7 @@ const SERVE_POINTER = `Other commands:
   tidepool machines --help   the pool and worker machines as Mermaid, JSON or Stately code`;
 
 /** A command's flag table: `serve` takes every flag of `run` and its own. */
-const flagsOf = (command: Command): Record<string, FlagSpec> => (command === 'serve' ? { ...FLAGS, ...SERVE_FLAGS } : FLAGS);
+const flagsOf = (command: Command): Record<string, FlagSpec> => (command === 'serve' ? { ...FLAGS, ...SERVE_FLAGS, ...AMQP_FLAGS } : FLAGS);
 
 function usage(command: Command = 'run'): string {
   const row = (flag: string, doc: FlagDoc, defaults: Record<string, unknown>): [string, string] => {
@@ -98,7 +112,10 @@ function usage(command: Command = 'run'): string {
     return [`--${flag} ${doc.arg}`, shown === undefined ? doc.help : `${doc.help} (default: ${shown})`];
   };
   const rows = Object.entries(FLAGS).map(([flag, doc]: [string, FlagDoc]) => row(flag, doc, DEFAULTS));
-  if (command === 'serve') rows.push(...Object.entries(SERVE_FLAGS).map(([flag, doc]) => row(flag, doc as unknown as FlagDoc, SERVE_DEFAULTS)));
+  if (command === 'serve') {
+    rows.push(...Object.entries(SERVE_FLAGS).map(([flag, doc]) => row(flag, doc as unknown as FlagDoc, SERVE_DEFAULTS)));
+    rows.push(...Object.entries(AMQP_FLAGS).map(([flag, doc]) => row(flag, doc as unknown as FlagDoc, {})));
+  }
   rows.push(['--version', "tidepool's version"], ['-h, --help', 'this text']);
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
   return `${HEADINGS[command]}
@@ -110,7 +127,7 @@ ${rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join('\n')}
 ${EXIT_TEXT[command]}`;
 }
 
-type Flag = keyof typeof FLAGS | keyof typeof SERVE_FLAGS | 'help' | 'version';
+type Flag = keyof typeof FLAGS | keyof typeof SERVE_FLAGS | keyof typeof AMQP_FLAGS | 'help' | 'version';
 
 /** parseArgs' flag table of a command. */
 const flagConfig = (command: Command) =>
@@ -271,6 +288,31 @@ function inspectUrl(values: Record<string, unknown>, env: NodeJS.ProcessEnv, fil
   return { url: given.value, origin: given.layer === 'file' ? `${given.origin} inspect` : given.origin };
 }
 
+/**
+ * `--amqp URL --queue NAME` and the amqp source's other flags (each also from its TIDEPOOL_*
+ * variable and the config file; the URL also from AMQP_URL), or undefined for the embedded
+ * queue. Throws UsageError when one of the amqp flags is given without `--amqp` or `--queue`;
+ * the values themselves are judged by the source (`OptionError` naming the option).
+ */
+function amqpOptions(
+  values: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+  file: ConfigFile | null,
+): { options: ServeAmqpOptions; origins: Origins } | undefined {
+  const { options, origins } = optionsOf(AMQP_FLAGS, values, env, file);
+  if (options.amqp === undefined && env.AMQP_URL !== undefined && env.AMQP_URL !== '') {
+    options.amqp = env.AMQP_URL;
+    origins.amqp = 'AMQP_URL';
+  }
+  const given = Object.keys(options);
+  if (given.length === 0) return undefined;
+  if (options.amqp === undefined) {
+    throw new UsageError(`${origins[given[0]!]} needs --amqp URL (or AMQP_URL): the broker to take tasks from`);
+  }
+  if (options.queue === undefined) throw new UsageError(`${origins.amqp} needs --queue NAME (or TIDEPOOL_QUEUE): the work queue`);
+  return { options: options as unknown as ServeAmqpOptions, origins };
+}
+
 /** The version in tidepool's package.json (found upward from this file: it runs from src and dist). */
 function version(): string {
   for (let dir = new URL('.', import.meta.url); ; dir = new URL('..', dir)) {
@@ -332,11 +374,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       if (parsed.positionals.length > 0) throw new UsageError(`serve takes no input file (tasks come over HTTP), got ${JSON.stringify(parsed.positionals[0])}`);
       const pool = optionsFromArgs(values, env, file);
       const serve = optionsOf(SERVE_FLAGS, values, env, file);
-      origins = { ...pool.origins, ...serve.origins };
+      const broker = amqpOptions(values, env, file);
+      origins = { ...pool.origins, ...serve.origins, ...broker?.origins };
       const options = withStateDir(pool.options, env);
       // Loaded only here: fastify and prom-client are no part of `tidepool run`'s start-up.
       const { serveCommand } = await import('./serve.js');
-      return await serveCommand(options, serve.options as ServeOptions, { origins, inspect: inspectUrl(values, env, file) });
+      return await serveCommand(options, serve.options as ServeOptions, {
+        origins,
+        inspect: inspectUrl(values, env, file),
+        ...(broker ? { amqp: broker.options } : {}),
+      });
     }
     if (parsed.positionals.length > 1) throw new UsageError(`run takes one input (FILE or -), got ${parsed.positionals.length}`);
     const given = optionsFromArgs(values, env, file);
@@ -363,7 +410,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.USAGE;
     }
-    if (err instanceof TidepoolError && err.code === 'TIDEPOOL_ERR_LISTEN') {
+    if (err instanceof TidepoolError && (err.code === 'TIDEPOOL_ERR_LISTEN' || err.code === 'TIDEPOOL_ERR_START_FAILED')) {
       process.stderr.write(`tidepool: ${err.message}\n`);
       return EXIT_CODES.FAILED;
     }

@@ -2,7 +2,7 @@ import type { AddressInfo } from 'node:net';
 import { constants } from 'node:os';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { TidepoolError } from '../errors.js';
+import { OptionError, TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
 import { managerLogger } from '../logging.js';
@@ -16,6 +16,28 @@ import type { ServeOptions } from '../serve/options.js';
 const FLUSH_WAIT_MS = 2_000;
 
 /**
+ * The RabbitMQ source of `tidepool serve --amqp URL --queue NAME`, as the flags give it: the
+ * broker URL (`amqp://user:password@host:5672/vhost`, never logged with its password), the
+ * work queue, and the source's `queueType`, `deliveryLimit` and `consumerTimeout` (ms): see
+ * `AmqpSourceOptions`.
+ */
+export interface ServeAmqpOptions {
+  amqp: string;
+  queue: string;
+  queueType?: string;
+  deliveryLimit?: number;
+  consumerTimeout?: number;
+}
+
+/** Extras of `tidepool serve`: those of `run`, and the RabbitMQ source when tasks come from a broker. */
+export interface ServeExtras extends RunExtras {
+  amqp?: ServeAmqpOptions;
+}
+
+/** The flag's option name for each option of the amqp source (`url` is given as `--amqp`). */
+const AMQP_OPTION_NAMES: Record<string, string> = { url: 'amqp' };
+
+/**
  * `tidepool serve`: build the pool, start it (a handler that cannot load ends here,
  * `TIDEPOOL_ERR_WORKER_LOAD`), listen, and run until SIGTERM or SIGINT; then drain (see
  * `Service.drain`) and resolve with 0. A second signal during the drain stops at once and
@@ -25,12 +47,18 @@ const FLUSH_WAIT_MS = 2_000;
  * also logged as `{"msg":"listening","url":...}`: with `--http-port 0` it says which port was
  * picked. Throws `OptionError` for a bad serve option (the caller names the flag), and
  * `TIDEPOOL_ERR_LISTEN` when the address cannot be bound (the pool is stopped first).
+ *
+ * With `extras.amqp` the pool's source is the RabbitMQ queue (`createAmqpSource`) rather than
+ * the embedded queue: `POST /tasks` is refused (405, see `buildApp`), `/readyz` is 503 while
+ * the broker is unreachable, and a broker unreachable at start rejects with
+ * `TIDEPOOL_ERR_START_FAILED` naming the URL without its password. A bad amqp option throws
+ * `OptionError` naming it as the flag's option (`amqp`, `queue`, `queueType`, ...).
  */
-export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, extras: RunExtras = {}): Promise<number> {
+export async function serveCommand(poolOptions: PoolOptions, serveOptions: ServeOptions, extras: ServeExtras = {}): Promise<number> {
   // `--inspect`: the machines go to an inspector's WebSocket too (see connectInspector).
   const inspector = extras.inspect ? await connectInspector(extras.inspect.url, extras.inspect.origin) : null;
   try {
-    return await serveWith(inspector ? { ...poolOptions, inspect: inspector.inspect } : poolOptions, serveOptions, inspector, extras.origins ?? {});
+    return await serveWith(inspector ? { ...poolOptions, inspect: inspector.inspect } : poolOptions, serveOptions, inspector, extras.origins ?? {}, extras.amqp);
   } finally {
     await inspector?.stop();
   }
@@ -41,6 +69,7 @@ async function serveWith(
   serveOptions: ServeOptions,
   inspector: CliInspector | null,
   origins: Record<string, string>,
+  broker: ServeAmqpOptions | undefined,
 ): Promise<number> {
   const destination = pino.destination({ fd: 2, sync: false });
   // The manager's logger redacts secrets (the token, env values, URL passwords): src/logging.ts.
@@ -72,9 +101,11 @@ async function serveWith(
   if (inspector && !inspector.connected) {
     logger.warn('the inspector (--inspect) did not answer; its events are kept (the latest 200) until it does');
   }
-  const { pool, service, app } = createService({ ...poolOptions, logger }, serveOptions);
-  // What the service uses and where each value came from (flag, variable, config file).
-  logger.debug({ options: { ...poolOptions, logger: undefined }, serve: serveOptions, origins }, 'options');
+  const source = broker ? await amqpSource(broker, logger) : undefined;
+  const { pool, service, app } = createService({ ...poolOptions, logger, ...(source ? { source } : {}) }, serveOptions);
+  // What the service uses and where each value came from (flag, variable, config file); the
+  // broker URL under `amqp`, which the logger redacts.
+  logger.debug({ options: { ...poolOptions, logger: undefined }, serve: serveOptions, ...(broker ? { amqp: broker.amqp, queue: broker.queue } : {}), origins }, 'options');
   const { options } = service;
   let stopping: NodeJS.Signals | null = null;
   let signalled!: () => void;
@@ -125,6 +156,18 @@ async function serveWith(
   logger.info('stopped');
   await cleanUp();
   return 0;
+}
+
+/** The amqp source of the flags (amqplib loaded only here); an `OptionError` names the flag's option. */
+async function amqpSource(broker: ServeAmqpOptions, logger: Logger) {
+  const { createAmqpSource } = await import('../sources/amqp.js');
+  const { amqp, queue, ...rest } = broker;
+  try {
+    return createAmqpSource(amqp, queue, { ...(rest as object), logger });
+  } catch (err) {
+    if (err instanceof OptionError) throw new OptionError(AMQP_OPTION_NAMES[err.option] ?? err.option, err.detail, err.received);
+    throw err;
+  }
 }
 
 /** The URL a client would use for a bound address (`http://[::1]:8080` for IPv6). */

@@ -57,7 +57,8 @@ export interface SweepReport {
   entries: number;
   /**
    * Processes killed: listed workers and keepers still running with their recorded start
-   * time, the members of those workers' process groups, and everything below any of them.
+   * time, the members of those workers' process groups (also of a listed worker that has
+   * exited, when no process has its pid), and everything below any of them.
    */
   killed: number;
   /** Written before the machine's last boot: nothing of it can still run, nothing was killed. */
@@ -460,6 +461,12 @@ function killLeft(entries: LedgerEntry[]): number {
     if (running(entry.pid, entry.start)) {
       stop(entry.pid);
       if (frozen.has(entry.pid)) groups.add(entry.pgid);
+    } else if (entry.pgid === entry.pid && statOf(entry.pid) === null) {
+      // The worker left (a module worker exits when its pipe to the host closes) but its
+      // group may live on: the children it started. Linux gives no new process a pid still
+      // in use as a process group's id, so with no process of that pid, whatever is in the
+      // group is the worker's.
+      groups.add(entry.pgid);
     }
   }
   if (groups.size > 0) {

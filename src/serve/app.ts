@@ -178,6 +178,14 @@ export function buildApp(service: Service): FastifyInstance {
     }
 
     tasks.post('/tasks', async (request, reply) => {
+      if (!service.takesTasks) {
+        // RFC 9110 §15.5.6: a 405 lists the methods allowed; an empty Allow allows none.
+        void reply.header('Allow', '');
+        throw new HttpError(
+          405,
+          'this service takes its tasks from a RabbitMQ queue (--amqp): publish them to the queue, e.g. with "tidepool enqueue --amqp URL --queue NAME"',
+        );
+      }
       if (service.draining) throw new HttpError(503, 'the service is draining: it takes no new tasks');
       const wait = parseWait(request.query);
       const type = String(request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();

@@ -88,6 +88,11 @@ export class RecentTasks {
     this.#live.delete(id);
   }
 
+  /** No task in flight is tracked any more (their deliveries were voided: they come again). */
+  droppedAll(): void {
+    this.#live.clear();
+  }
+
   /** What is known of a task; `progress` is asked only for a running one. Undefined once forgotten (or never seen). */
   view(id: string, progress: (id: string) => unknown): TaskView | undefined {
     const live = this.#live.get(id);

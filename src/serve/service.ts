@@ -2,6 +2,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { TidepoolError } from '../errors.js';
+import { redactUrl } from '../logging.js';
 import type { Pool, TaskResult } from '../pool.js';
 import { outcomeLabel, ServiceMetrics } from './metrics.js';
 import { RecentTasks } from './recent.js';
@@ -65,6 +66,8 @@ export class Service {
   readonly #loop: IntervalHistogram;
   #loopDelayMs = 0;
   readonly #sampler: NodeJS.Timeout;
+  /** Why the source's broker connection was lost (null while connected). */
+  #lost: string | null = null;
 
   /**
    * `metrics` must be the one whose `inspect` observer the pool was created with (for the
@@ -79,16 +82,38 @@ export class Service {
     pool.on('attempt:start', ({ taskId, attempt, workerId, pid }) => {
       this.#spawnFailure = null;
       this.#running.set(taskId, performance.now());
+      // A broker's tasks were not submitted here: known from their first attempt on this host
+      // (their time in the broker's queue is not seen, so no queue-wait sample).
+      if (!this.takesTasks && !this.#recent.has(taskId)) {
+        this.#recent.accepted(taskId);
+        this.#recent.started(taskId, attempt, workerId, pid);
+        return;
+      }
       const waited = this.#recent.started(taskId, attempt, workerId, pid);
       if (waited !== null) metrics.queueWait(waited);
     });
+    if (!this.takesTasks) {
+      pool.on('outcome', (result) => this.#recent.ended(result));
+      // Deliveries of a lost connection come again, here or on another host: no outcome here.
+      pool.on('source:lost', ({ reason }) => {
+        this.#lost = redactUrl(reason.message);
+        this.#recent.droppedAll();
+      });
+      pool.on('source:restored', () => {
+        this.#lost = null;
+      });
+    }
     pool.on('attempt', ({ taskId, attempt, outcome, settlement }) => {
       const startedAt = this.#running.get(taskId);
       this.#running.delete(taskId);
       const label = outcome.status === 'resolved' ? 'resolved' : outcome.kind;
       metrics.attemptEnded(label, settlement.action, startedAt === undefined ? null : performance.now() - startedAt);
       if (outcome.status === 'failed' && outcome.kind === 'spawn') this.#spawnFailure = outcome.message;
-      if (settlement.action === 'retry') this.#recent.retrying(taskId, attempt);
+      // A broker's retry is a new message, which any host may take: no longer this one's.
+      if (settlement.action === 'retry') {
+        if (this.takesTasks) this.#recent.retrying(taskId, attempt);
+        else this.#recent.dropped(taskId);
+      }
       if (this.#draining) this.#drainWake?.();
     });
     pool.on('outcome', (result) => metrics.taskEnded(result));
@@ -106,6 +131,14 @@ export class Service {
       this.#loopDelayMs = this.#loop.max / 1e6;
       this.#loop.reset();
     }, 1000).unref();
+  }
+
+  /**
+   * Whether `submit` can take tasks: the pool's source takes them from `run()` (the embedded
+   * queue). A broker's source does not: its tasks are published to the broker.
+   */
+  get takesTasks(): boolean {
+    return typeof this.pool.source.publish === 'function';
   }
 
   get draining(): boolean {
@@ -176,6 +209,11 @@ export class Service {
       reasons.push(`the crash breaker is ${breaker.state}${until} (${breaker.trips} trips)`);
     }
     if (this.#spawnFailure !== null) reasons.push(`workers cannot be started: ${this.#spawnFailure}`);
+    const source = pool.source as { connected?: unknown; url?: unknown };
+    if (source.connected === false) {
+      const where = typeof source.url === 'string' ? ` at ${redactUrl(source.url)}` : '';
+      reasons.push(`not connected to the broker${where}; reconnecting${this.#lost === null ? '' : ` (lost: ${this.#lost})`}`);
+    }
     return {
       ready: reasons.length === 0,
       reasons,

@@ -9,6 +9,7 @@ import type { Settlement } from '../settlement.js';
 import { parseTask } from './parse.js';
 import type { Delivery, Source, SourceConsumer } from './source.js';
 import {
+  DEFAULT_CONSUMER_TIMEOUT,
   DEFAULT_DELIVERY_LIMIT,
   DEFAULT_QUEUE_TYPE,
   declareTier,
@@ -18,6 +19,8 @@ import {
   topologyNames,
 } from './amqp/topology.js';
 import type { QueueType, TopologyOptions } from './amqp/topology.js';
+
+export { DEFAULT_CONSUMER_TIMEOUT };
 
 /**
  * Headers tidepool reads and writes on messages. `attempt` is the attempt a message is for
@@ -31,12 +34,6 @@ export const HEADERS = {
   attempts: 'x-tidepool-attempts',
 } as const;
 
-/**
- * RabbitMQ's default `consumer_timeout` (30 min, in ms), assumed when none is given: a client
- * cannot read the broker's setting over AMQP. Source:
- * https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout
- */
-export const DEFAULT_CONSUMER_TIMEOUT = 1_800_000;
 
 export interface AmqpSourceOptions {
   /** `amqp://user:password@host:port/vhost` (`amqps://` for TLS). Never logged with its password. */

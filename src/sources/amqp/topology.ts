@@ -26,6 +26,13 @@ export const DEFAULT_QUEUE_TYPE: QueueType = 'quorum';
 export const DEFAULT_DELIVERY_LIMIT = 20;
 
 /**
+ * RabbitMQ's default `consumer_timeout` (30 min, in ms), assumed when none is given: a client
+ * cannot read the broker's setting over AMQP. Source:
+ * https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout
+ */
+export const DEFAULT_CONSUMER_TIMEOUT = 1_800_000;
+
+/**
  * Delay tiers stay declared this long (ms) after their last use (`x-expires`) beyond their own
  * delay: a tier is redeclared before each retry published to it, so its messages always expire
  * into the work queue before the tier itself can expire.
