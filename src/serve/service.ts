@@ -127,8 +127,13 @@ export class Service {
     // window, and in the current one while it lasts.
     this.#loop = monitorEventLoopDelay({ resolution: 20 });
     this.#loop.enable();
+    // The sampler's own lateness counts too: it is a delay of the same loop, measured by the
+    // timer that ends the window, whatever order the monitor's timer fires in after a block.
+    let tick = performance.now();
     this.#sampler = setInterval(() => {
-      this.#loopDelayMs = this.#loop.max / 1e6;
+      const now = performance.now();
+      this.#loopDelayMs = Math.max(this.#loop.max / 1e6, now - tick - 1000);
+      tick = now;
       this.#loop.reset();
     }, 1000).unref();
   }
