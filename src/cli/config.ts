@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, UsageError } from '../errors.js';
-import { MAX_WHOLE } from '../options.js';
+import { MAX_WHOLE, unsafeDirectory } from '../options.js';
 
 /**
  * The config file layer of the CLI (`--config FILE` or `TIDEPOOL_CONFIG`), generic over the
@@ -204,8 +204,8 @@ export function defaultStateDir(env: NodeJS.ProcessEnv): string {
   }
   const stat = lstatSync(dir);
   if (!stat.isDirectory()) throw refuse('is not a directory');
-  if (stat.uid !== uid) throw refuse(`belongs to uid ${stat.uid}`);
-  if ((stat.mode & 0o022) !== 0) throw refuse('can be written by other users');
+  const unsafe = unsafeDirectory(dir);
+  if (unsafe !== null) throw refuse(unsafe);
   return dir;
 }
 
