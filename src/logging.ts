@@ -60,17 +60,18 @@ function redactEntry(entry: unknown): unknown {
 }
 
 /**
- * A URL with its password replaced by `***` (`amqp://user:***@host:5672/vhost`); text that is
- * no URL but holds `user:password@` is treated alike. Without a password it is unchanged.
+ * A URL with its password replaced by `mask` (`amqp://user:***@host:5672/vhost`), or dropped
+ * when `mask` is empty (`amqp://user@host:5672/vhost`); text that is no URL but holds
+ * `user:password@` is treated alike. Without a password it is unchanged.
  */
-export function redactUrl(text: string): string {
+export function redactUrl(text: string, mask = '***'): string {
   try {
     const url = new URL(text);
     if (url.password === '') return text;
-    url.password = '***';
+    url.password = mask;
     return url.href;
   } catch {
-    return text.replace(/(\/\/[^/:@\s]*:)[^@/\s]*@/g, '$1***@');
+    return text.replace(/(\/\/[^/:@\s]*):[^@/\s]*@/g, mask === '' ? '$1@' : `$1:${mask}@`);
   }
 }
 
@@ -80,4 +81,42 @@ export function redactUrl(text: string): string {
  */
 export function managerLogger(level: LoggerOptions['level'], destination: DestinationStream): Logger {
   return pino({ level, base: { managerPid: process.pid }, redact: LOG_REDACT }, destination);
+}
+
+/** How long `flush` waits for the lines still buffered, in ms. */
+export const FLUSH_WAIT_MS = 2_000;
+
+/**
+ * The manager's logger on fd 2 (`managerLogger`; `pid` in a line is a worker's, the manager's
+ * is `managerPid`), and a way to write out what it buffered.
+ * If stderr cannot be written (its reader is gone, a full disk), logging stops rather than
+ * retrying and holding the process. `flush` waits at most FLUSH_WAIT_MS and never uses
+ * sonic-boom's `flushSync`, which retries EPIPE forever: a service whose stderr reader had
+ * gone would never exit.
+ */
+export function stderrLogger(level: LoggerOptions['level']): { logger: Logger; flush(): Promise<void> } {
+  const destination = pino.destination({ fd: 2, sync: false });
+  const logger = managerLogger(level, destination);
+  let failed = false;
+  destination.on('error', () => {
+    failed = true;
+    logger.level = 'silent';
+    destination.destroy();
+  });
+  const flush = () =>
+    new Promise<void>((resolve) => {
+      if (failed) return resolve();
+      const timer = setTimeout(resolve, FLUSH_WAIT_MS);
+      try {
+        destination.flush(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      } catch {
+        // stderr is gone or full: nothing more can be said
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  return { logger, flush };
 }

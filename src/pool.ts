@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { createActor, fromPromise, toPromise } from 'xstate';
 import type { Actor, ActorOptions, InspectionEvent, Observer } from 'xstate';
@@ -29,7 +28,7 @@ import { WorkerActors } from './worker-actors.js';
 import { asChildrenOf } from './inspection.js';
 import type { InspectObserver } from './inspection.js';
 import type { HostEdition } from './process/spawn-host.js';
-import { managerLogger } from './logging.js';
+import { stderrLogger } from './logging.js';
 import { decideSettlement } from './settlement.js';
 import type { Settlement } from './settlement.js';
 import { taskIdOf } from './sources/parse.js';
@@ -271,7 +270,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     if (!options.source) throw new OptionError('source', 'is required (createPool gives the embedded queue by default)');
     this.source = options.source as S;
     this.#internals = internals;
-    this.logger = this.options.logger ?? stderrLogger(this.options.logLevel);
+    this.logger = this.options.logger ?? stderrLogger(this.options.logLevel).logger;
     const stderr = options.stderr;
     this.#ledger = this.options.stateDir === undefined ? null : new Ledger(this.options.stateDir, this.logger);
     this.#host = new SpawnHost(
@@ -874,21 +873,6 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     pending?.resolve(result);
     this.#notify('outcome', result);
   }
-}
-
-/**
- * A pino logger on fd 2 (`pid` in a line is the worker's; the manager's is `managerPid`). If
- * stderr cannot be written (a full disk, a file size limit), logging stops rather than
- * retrying forever and holding the process.
- */
-function stderrLogger(level: ResolvedOptions['logLevel']): Logger {
-  const destination = pino.destination({ fd: 2, sync: false });
-  const logger = managerLogger(level, destination);
-  destination.on('error', () => {
-    logger.level = 'silent';
-    destination.destroy();
-  });
-  return logger;
 }
 
 function logFailure(logger: Logger, outcome: FailedOutcome, delivery: Delivery, settlement: Settlement): void {

@@ -4,7 +4,7 @@ import type { ConfirmChannel, ChannelModel, ConsumeMessage, Options } from 'amqp
 import { TidepoolError, UsageError } from '../errors.js';
 import { parseTask } from '../sources/parse.js';
 import { connectBroker } from '../sources/amqp.js';
-import { DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE, declareTopology, redactUrl } from '../sources/amqp/topology.js';
+import { DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE, declareTopology, brokerUrl } from '../sources/amqp/topology.js';
 import type { QueueType } from '../sources/amqp/topology.js';
 import type { TaskResult } from '../pool.js';
 import { EXIT_CODES, openInput } from './input.js';
@@ -62,7 +62,7 @@ export function enqueueOptions(args: string[], env: NodeJS.ProcessEnv): { option
   const url = values.amqp ?? env.AMQP_URL;
   if (url === undefined || url === '') throw new UsageError('--amqp URL (or AMQP_URL) is required');
   const origin = values.amqp !== undefined ? '--amqp' : 'AMQP_URL';
-  if (!/^amqps?:\/\//.test(url)) throw new UsageError(`${origin} must be an amqp:// or amqps:// URL, got ${JSON.stringify(redactUrl(url))}`);
+  if (!/^amqps?:\/\//.test(url)) throw new UsageError(`${origin} must be an amqp:// or amqps:// URL, got ${JSON.stringify(brokerUrl(url))}`);
   const queue = values.queue ?? env.TIDEPOOL_QUEUE;
   if (queue === undefined || queue === '') throw new UsageError('--queue NAME (or TIDEPOOL_QUEUE) is required');
   const queueType = values['queue-type'] ?? DEFAULT_QUEUE_TYPE;
@@ -221,7 +221,7 @@ export async function enqueueCommand(input: string, o: EnqueueOptions): Promise<
   if (signal) return 128 + (signal === 'SIGINT' ? 2 : 15);
   if (lost) {
     const unconfirmed = published - confirmed;
-    process.stderr.write(`tidepool: lost the connection to ${redactUrl(o.url)} (${lost.message}); ${unconfirmed} publish(es) unconfirmed${o.wait ? `, ${pending.size} outcome(s) not received` : ''}\n`);
+    process.stderr.write(`tidepool: lost the connection to ${brokerUrl(o.url)} (${lost.message}); ${unconfirmed} publish(es) unconfirmed${o.wait ? `, ${pending.size} outcome(s) not received` : ''}\n`);
     return EXIT_CODES.FAILED;
   }
   return failed > 0 ? EXIT_CODES.FAILED : EXIT_CODES.OK;
@@ -245,7 +245,7 @@ async function openQueue(model: ChannelModel, o: EnqueueOptions): Promise<Confir
     try {
       await declareTopology(channel, o.queue, o);
     } catch (err) {
-      throw new TidepoolError('TIDEPOOL_ERR_BROKER', `cannot declare queue ${JSON.stringify(o.queue)} at ${redactUrl(o.url)}: ${(err as Error).message}`, { cause: err });
+      throw new TidepoolError('TIDEPOOL_ERR_BROKER', `cannot declare queue ${JSON.stringify(o.queue)} at ${brokerUrl(o.url)}: ${(err as Error).message}`, { cause: err });
     }
   }
   return channel;

@@ -1,19 +1,16 @@
 import type { AddressInfo } from 'node:net';
 import { constants } from 'node:os';
-import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { OptionError, TidepoolError } from '../errors.js';
 import { DEFAULTS } from '../options.js';
 import type { PoolOptions } from '../options.js';
-import { managerLogger } from '../logging.js';
+import { stderrLogger } from '../logging.js';
 import { createService } from '../serve/create.js';
 import { connectInspector } from './inspector.js';
 import type { CliInspector } from './inspector.js';
 import type { RunExtras } from './run.js';
 import type { ServeOptions } from '../serve/options.js';
 
-/** How long the logs may take to be written out at exit, in ms. */
-const FLUSH_WAIT_MS = 2_000;
 
 /**
  * The RabbitMQ source of `tidepool serve --amqp URL --queue NAME`, as the flags give it: the
@@ -71,33 +68,10 @@ async function serveWith(
   origins: Record<string, string>,
   broker: ServeAmqpOptions | undefined,
 ): Promise<number> {
-  const destination = pino.destination({ fd: 2, sync: false });
   // The manager's logger redacts secrets (the token, env values, URL passwords): src/logging.ts.
-  const logger: Logger = poolOptions.logger ?? managerLogger(poolOptions.logLevel ?? DEFAULTS.logLevel, destination);
-  // stderr that cannot be written stops logging rather than holding the service.
-  destination.on('error', () => {
-    logger.level = 'silent';
-    destination.destroy();
-  });
-  // Written out before exit, waiting at most FLUSH_WAIT_MS. Never sonic-boom's flushSync: on a
-  // stderr whose reader is gone (EPIPE) it retries forever, and the service would never exit.
-  let failed = false;
-  destination.on('error', () => (failed = true));
-  const flush = () =>
-    new Promise<void>((resolve) => {
-      if (failed) return resolve();
-      const timer = setTimeout(resolve, FLUSH_WAIT_MS);
-      try {
-        destination.flush(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      } catch {
-        // stderr is gone or full: nothing more can be said
-        clearTimeout(timer);
-        resolve();
-      }
-    });
+  const stderr = stderrLogger(poolOptions.logLevel ?? DEFAULTS.logLevel);
+  const logger: Logger = poolOptions.logger ?? stderr.logger;
+  const { flush } = stderr;
   if (inspector && !inspector.connected) {
     logger.warn('the inspector (--inspect) did not answer; its events are kept (the latest 200) until it does');
   }

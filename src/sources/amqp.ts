@@ -14,7 +14,7 @@ import {
   DEFAULT_QUEUE_TYPE,
   declareTier,
   declareTopology,
-  redactUrl,
+  brokerUrl,
   tierFor,
   topologyNames,
 } from './amqp/topology.js';
@@ -110,7 +110,7 @@ export async function connectBroker(url: string, name: string): Promise<ChannelM
     return await amqp.connect(url, { clientProperties: { connection_name: name } });
   } catch (err) {
     const why = (err as Error).message || (err as NodeJS.ErrnoException).code || 'unknown error';
-    throw new TidepoolError('TIDEPOOL_ERR_BROKER', `cannot connect to RabbitMQ at ${redactUrl(url)}: ${why}`, { cause: err });
+    throw new TidepoolError('TIDEPOOL_ERR_BROKER', `cannot connect to RabbitMQ at ${brokerUrl(url)}: ${why}`, { cause: err });
   }
 }
 
@@ -186,7 +186,7 @@ export class AmqpSource implements Source {
 
   /** The broker URL without its password, as logs show it. */
   get url(): string {
-    return redactUrl(this.#url);
+    return brokerUrl(this.#url);
   }
 
   /** Whether the source is connected now (false while it reconnects). */

@@ -3,6 +3,7 @@
  * consumes it and by `tidepool enqueue`: the work queue, its dead-letter exchange and queue,
  * and the delay tiers that retries wait in. See docs/rabbitmq.md.
  */
+import { redactUrl } from '../../logging.js';
 import type { Channel, Options } from 'amqplib';
 
 /** `quorum` (replicated, `x-delivery-limit`, at-least-once dead-lettering) or `classic`. */
@@ -112,14 +113,4 @@ export async function declareTier(channel: Channel, queue: string, delay: number
 }
 
 /** A broker URL as it may be shown: without its password (`amqp://user@host:5672/vhost`). */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password === '') return url;
-    parsed.password = '';
-    return parsed.toString();
-  } catch {
-    // Not a URL we can parse: show its scheme at most, never what could hold a secret.
-    return url.includes('@') ? `${url.slice(0, url.indexOf(':') + 1)}//…` : url;
-  }
-}
+export const brokerUrl = (url: string): string => redactUrl(url, '');
