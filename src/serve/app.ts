@@ -1,6 +1,6 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify from 'fastify';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, onRequestHookHandler } from 'fastify';
 import { parseTask } from '../sources/parse.js';
 import type { Service, Settled } from './service.js';
 
@@ -53,6 +53,21 @@ const digest = (text: string) => createHash('sha256').update(text).digest();
 export function bearerMatches(header: string | undefined, tokenDigest: Buffer): boolean {
   const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header ?? '');
   return timingSafeEqual(digest(match?.[1] ?? ''), tokenDigest) && match !== null;
+}
+
+/**
+ * An `onRequest` hook that lets through only requests with `Authorization: Bearer <token>`
+ * (checked before any body is read), else answers 401 with `WWW-Authenticate`, saying that
+ * `what` needs the token and what the request had.
+ */
+export function bearerGuard(token: string, what: string): onRequestHookHandler {
+  const tokenDigest = digest(token);
+  return (request, reply, done) => {
+    if (bearerMatches(request.headers.authorization, tokenDigest)) return done();
+    void reply.header('WWW-Authenticate', 'Bearer realm="tidepool"');
+    const said = request.headers.authorization === undefined ? 'no Authorization header' : 'a wrong token';
+    sendError(reply, 401, `${what} needs Authorization: Bearer <token>; the request had ${said}`);
+  };
 }
 
 /** One task of a body, checked: its id, and its JSON as it arrived. */
@@ -129,7 +144,6 @@ export function buildApp(service: Service): FastifyInstance {
     // Errors found before routing (a URL that is not valid percent-encoding) get the same shape.
     frameworkErrors: (err, _request, reply) => sendError(reply, err.statusCode ?? 400, err.message),
   });
-  const tokenDigest = options.httpToken === null ? null : digest(options.httpToken);
 
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(['application/json', ...JSON_LINES], { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
@@ -168,14 +182,7 @@ export function buildApp(service: Service): FastifyInstance {
 
   // The task routes: behind the token, checked before any body is read.
   void app.register(async (tasks) => {
-    if (tokenDigest !== null) {
-      tasks.addHook('onRequest', (request, reply, done) => {
-        if (bearerMatches(request.headers.authorization, tokenDigest)) return done();
-        void reply.header('WWW-Authenticate', 'Bearer realm="tidepool"');
-        const said = request.headers.authorization === undefined ? 'no Authorization header' : 'a wrong token';
-        sendError(reply, 401, `this route needs Authorization: Bearer <token>; the request had ${said}`);
-      });
-    }
+    if (options.httpToken !== null) tasks.addHook('onRequest', bearerGuard(options.httpToken, 'this route'));
 
     tasks.post('/tasks', async (request, reply) => {
       if (!service.takesTasks) {

@@ -1,11 +1,10 @@
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { describeMachine } from '../../machines/describe.js';
 import { poolMachine } from '../../machines/pool.js';
 import { workerMachine } from '../../machines/worker.js';
-import { bearerMatches } from './app.js';
+import { bearerGuard } from './app.js';
 import { diagramSvg } from './diagram.js';
 import type { LiveMessage, LiveView } from './live.js';
 
@@ -35,7 +34,6 @@ export interface DashboardOptions {
  */
 export function registerDashboard(app: FastifyInstance, live: LiveView, options: DashboardOptions): void {
   const delays = options.delays ?? {};
-  const tokenDigest = options.token === null ? null : createHash('sha256').update(options.token).digest();
   const page = asset('page.html')
     .replace('<!--pool-chart-->', diagramSvg(describeMachine(poolMachine, delays.pool)))
     .replace('<!--worker-chart-->', diagramSvg(describeMachine(workerMachine, delays.worker), 'TB'));
@@ -54,12 +52,7 @@ export function registerDashboard(app: FastifyInstance, live: LiveView, options:
     done();
   });
   void app.register(async (data) => {
-    if (tokenDigest !== null) {
-      data.addHook('onRequest', (request, reply, done) => {
-        if (bearerMatches(request.headers.authorization, tokenDigest)) return done();
-        void reply.code(401).header('WWW-Authenticate', 'Bearer realm="tidepool"').send({ error: 'unauthorized', message: 'the dashboard\'s data needs Authorization: Bearer <token>' });
-      });
-    }
+    if (options.token !== null) data.addHook('onRequest', bearerGuard(options.token, "the dashboard's data"));
     data.get('/dashboard/snapshot', async () => live.snapshot());
     data.get('/dashboard/events', (request, reply) => {
     reply.hijack();
