@@ -98,7 +98,6 @@ export class LiveView {
   readonly #outcomes: Record<string, number> = {};
   readonly #listeners = new Set<Listener>();
   #pool: Pool | null = null;
-  #poolState = 'starting';
   #spawned = 0;
   #reapedCount = 0;
   // Changes since the last update.
@@ -116,7 +115,7 @@ export class LiveView {
       const machine = (ref.logic as { id?: string } | undefined)?.id;
       const snapshot = event.snapshot as { value?: unknown; status?: string };
       if (machine === 'pool') {
-        this.#poolState = snapshot.status === 'done' ? 'stopped' : stateText(snapshot.value);
+        // Its state is read from the pool when the update goes out (`pool.state`).
         this.#touch();
       } else if (machine === 'worker') {
         const worker = this.#workers.get(ref.id);
@@ -217,7 +216,7 @@ export class LiveView {
   #poolView(): PoolView {
     const pool = this.#pool;
     return {
-      state: this.#poolState,
+      state: pool?.state ?? 'starting',
       pausedBy: pool?.pausedBy ?? null,
       queued: pool?.queued ?? 0,
       inFlight: pool?.inFlight ?? 0,
