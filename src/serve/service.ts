@@ -65,6 +65,8 @@ export class Service {
   #drainWake: (() => void) | null = null;
   readonly #loop: IntervalHistogram;
   #loopDelayMs = 0;
+  /** When the loop-delay window last turned (performance.now(), ms). */
+  #tick = performance.now();
   readonly #sampler: NodeJS.Timeout;
   /** Why the source's broker connection was lost (null while connected). */
   #lost: string | null = null;
@@ -127,13 +129,13 @@ export class Service {
     // window, and in the current one while it lasts.
     this.#loop = monitorEventLoopDelay({ resolution: 20 });
     this.#loop.enable();
-    // The sampler's own lateness counts too: it is a delay of the same loop, measured by the
-    // timer that ends the window, whatever order the monitor's timer fires in after a block.
-    let tick = performance.now();
+    // The sampler's own lateness counts too (a delay of the same loop, measured by the timer
+    // that ends the window), and so does its lateness so far when a probe is answered before
+    // the timers have run after a block.
     this.#sampler = setInterval(() => {
       const now = performance.now();
-      this.#loopDelayMs = Math.max(this.#loop.max / 1e6, now - tick - 1000);
-      tick = now;
+      this.#loopDelayMs = Math.max(this.#loop.max / 1e6, now - this.#tick - 1000);
+      this.#tick = now;
       this.#loop.reset();
     }, 1000).unref();
   }
@@ -192,7 +194,8 @@ export class Service {
 
   /** The process is alive and its event loop responsive. */
   health(): Health {
-    const loopDelayMs = Math.round(Math.max(this.#loopDelayMs, this.#loop.max / 1e6));
+    const overdue = performance.now() - this.#tick - 1000;
+    const loopDelayMs = Math.round(Math.max(this.#loopDelayMs, this.#loop.max / 1e6, overdue));
     return { healthy: loopDelayMs <= this.options.maxLoopDelay, loopDelayMs, maxLoopDelayMs: this.options.maxLoopDelay };
   }
 
