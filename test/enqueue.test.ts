@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -120,6 +120,12 @@ describe('tidepool enqueue', () => {
     expect(badUrl.code).toBe(2);
     expect(badUrl.stderr).toContain('AMQP_URL must be an amqp:// or amqps:// URL');
     expect(badUrl.stderr).not.toContain(':pw@');
+    // A name serve would refuse is refused here too, before anything is declared or published.
+    const long = `enqueue-long-${'y'.repeat(200)}`;
+    const tooLong = await tidepool(['enqueue', '--amqp', AMQP_URL, '--queue', long], '{"id":"a"}\n');
+    expect(tooLong.code).toBe(2);
+    expect(tooLong.stderr).toContain('--queue must be at most 200 bytes');
+    expect(spawnSync('rabbitmqctl', ['-q', 'list_queues', 'name'], { encoding: 'utf8' }).stdout).not.toContain(long);
   });
 
   it('on a terminal: a progress line on its own line, never sharing one with an outcome', async () => {

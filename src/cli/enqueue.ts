@@ -4,7 +4,7 @@ import type { ConfirmChannel, ChannelModel, ConsumeMessage, Options } from 'amqp
 import { TidepoolError, UsageError } from '../errors.js';
 import { parseTask } from '../sources/parse.js';
 import { connectBroker } from '../sources/amqp.js';
-import { DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE, declareTopology, brokerUrl } from '../sources/amqp/topology.js';
+import { DEFAULT_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE, MAX_QUEUE_NAME, brokerUrl, declareTopology, queueNameFits } from '../sources/amqp/topology.js';
 import type { QueueType } from '../sources/amqp/topology.js';
 import type { TaskResult } from '../pool.js';
 import { EXIT_CODES, openInput } from './input.js';
@@ -65,6 +65,9 @@ export function enqueueOptions(args: string[], env: NodeJS.ProcessEnv): { option
   if (!/^amqps?:\/\//.test(url)) throw new UsageError(`${origin} must be an amqp:// or amqps:// URL, got ${JSON.stringify(brokerUrl(url))}`);
   const queue = values.queue ?? env.TIDEPOOL_QUEUE;
   if (queue === undefined || queue === '') throw new UsageError('--queue NAME (or TIDEPOOL_QUEUE) is required');
+  if (!queueNameFits(queue)) {
+    throw new UsageError(`${values.queue === undefined ? 'TIDEPOOL_QUEUE' : '--queue'} must be at most ${MAX_QUEUE_NAME} bytes (the broker allows 255; tidepool adds suffixes)`);
+  }
   const queueType = values['queue-type'] ?? DEFAULT_QUEUE_TYPE;
   if (queueType !== 'quorum' && queueType !== 'classic') throw new UsageError(`--queue-type must be quorum or classic, got ${JSON.stringify(queueType)}`);
   let deliveryLimit = DEFAULT_DELIVERY_LIMIT;

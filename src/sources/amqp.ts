@@ -15,6 +15,8 @@ import {
   declareTier,
   declareTopology,
   brokerUrl,
+  MAX_QUEUE_NAME,
+  queueNameFits,
   tierFor,
   topologyNames,
 } from './amqp/topology.js';
@@ -65,7 +67,7 @@ const optionsSchema = v.strictObject({
   queue: v.pipe(
     v.string('must be a queue name'),
     v.minLength(1, 'must be a queue name'),
-    v.check((q: string) => Buffer.byteLength(q) <= 200, 'must be at most 200 bytes (the broker allows 255; tidepool adds suffixes)'),
+    v.check(queueNameFits, `must be at most ${MAX_QUEUE_NAME} bytes (the broker allows 255; tidepool adds suffixes)`),
     v.check((q: string) => !q.startsWith('amq.'), 'must not start with "amq." (reserved by the broker)'),
   ),
   queueType: v.optional(v.picklist(['quorum', 'classic'], 'must be "quorum" or "classic"')),

@@ -112,5 +112,14 @@ export async function declareTier(channel: Channel, queue: string, delay: number
   return name;
 }
 
+/**
+ * The longest work queue name, in bytes: the broker allows 255, and tidepool adds suffixes
+ * (`.dead`, the delay tiers' names). One rule for every host and `tidepool enqueue`.
+ */
+export const MAX_QUEUE_NAME = 200;
+
+/** Whether `queue` can name a tidepool work queue (at most MAX_QUEUE_NAME bytes). */
+export const queueNameFits = (queue: string): boolean => Buffer.byteLength(queue) <= MAX_QUEUE_NAME;
+
 /** A broker URL as it may be shown: without its password (`amqp://user@host:5672/vhost`). */
 export const brokerUrl = (url: string): string => redactUrl(url, '');
