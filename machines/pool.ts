@@ -193,10 +193,9 @@ const lateParams = ({ event }: { event: PoolEvent }): ReleaseParams => ({
 });
 
 /** The phase a report moves its worker to. */
-const PHASE_AFTER: Record<WorkerToPoolEvent['type'], WorkerPhase | null> = {
+const PHASE_AFTER: Record<Exclude<WorkerToPoolEvent['type'], 'worker.outcome'>, WorkerPhase | null> = {
   'worker.ready': 'ready',
   'worker.running': 'running',
-  'worker.outcome': 'leaving',
   'worker.leaving': 'leaving',
   'worker.declined': null,
 };
@@ -367,8 +366,9 @@ export const poolMachine = setup({
      */
     track: enqueueActions(({ context, event, enqueue }) => {
       const report = event as WorkerToPoolEvent;
-      const to = PHASE_AFTER[report.type];
-      if (to === null || report.type === 'worker.declined') return;
+      if (report.type === 'worker.declined') return;
+      const to = report.type === 'worker.outcome' ? report.to : PHASE_AFTER[report.type];
+      if (to === null) return;
       const { workerId, from } = report;
       const phases = { ...context.phases };
       phases[from]--;
@@ -648,7 +648,8 @@ export const poolMachine = setup({
         'worker.ready': { actions: ['track', 'dispatch', 'retireIdle'] },
         'worker.running': { actions: ['track', 'dispatch'] },
         'worker.declined': { actions: ['takeBack', 'dispatch'] },
-        'worker.outcome': { actions: ['track', 'workerReported', 'dispatch'] },
+        // A reused worker's outcome makes it idle (`to: ready`): retired too, unless dispatched.
+        'worker.outcome': { actions: ['track', 'workerReported', 'dispatch', 'retireIdle'] },
         stop: 'stopping',
       },
     },

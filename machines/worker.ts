@@ -76,10 +76,12 @@ export type WorkerToPoolEvent =
    */
   | { type: 'worker.running'; workerId: string; from: WorkerPhase; deliveryId: string; pid: number | null }
   /**
-   * → `leaving`: the attempt ended. `deliveryId` is null for a spare that failed to start or
-   * died while idle: no task, but a crash all the same. A reused worker reports `ready` next.
+   * → `to`: the attempt ended. `to` is `ready` for a reused worker that resolved and takes
+   * another task (one report, not an outcome and then `worker.ready`: this is the reused
+   * worker's path per task), else `leaving`. `deliveryId` is null for a spare that failed to
+   * start or died while idle: no task, but a crash all the same.
    */
-  | { type: 'worker.outcome'; workerId: string; from: WorkerPhase; deliveryId: string | null; outcome: Outcome }
+  | { type: 'worker.outcome'; workerId: string; from: WorkerPhase; to: 'ready' | 'leaving'; deliveryId: string | null; outcome: Outcome }
   /** → `leaving`: terminating without an outcome to report (retired, killed, idle too long). */
   | { type: 'worker.leaving'; workerId: string; from: WorkerPhase }
   /** A `task.assign` it could not take (it was already busy or leaving): the delivery goes back. */
@@ -148,6 +150,9 @@ export function exitOutcome(exit: ProcessExit): FailedOutcome {
   return failure('crash', withDetail(`worker died during the task (${describeExit(exit)})`, exit), extra);
 }
 
+/** A worker that resolved takes another task: its process is alive and has tasks left to serve. */
+const isReusable = (context: WorkerContext): boolean => context.exit === null && context.served < context.maxTasks;
+
 export const workerMachine = setup({
   types: {
     context: {} as WorkerContext,
@@ -170,7 +175,7 @@ export const workerMachine = setup({
     hasTask: ({ context }) => context.deliveryId !== null,
     exited: ({ context }) => context.exit !== null,
     expectsExit: ({ context }) => context.expectExit,
-    reusable: ({ context }) => context.exit === null && context.served < context.maxTasks,
+    reusable: ({ context }) => isReusable(context),
     hasServed: ({ context }) => context.served > 0,
     cleanExitUnused: ({ context, event }) =>
       context.served === 0 && event.type === 'proc.exit' && event.code === 0 && event.signal === null && !event.memory,
@@ -188,17 +193,20 @@ export const workerMachine = setup({
       // while idle), so that the crash breaker sees them: else such spares would be
       // respawned without end.
       if (context.deliveryId === null && params.outcome.status !== 'failed') return;
+      // The `resolved` state's choice, made here so that the pool hears it with the outcome.
+      const to = params.outcome.status === 'resolved' && isReusable(context) ? 'ready' : 'leaving';
       enqueue.emit({
         type: 'worker.outcome',
         workerId: context.workerId,
         from: context.reported,
+        to,
         deliveryId: context.deliveryId,
         outcome: params.outcome,
       } satisfies WorkerToPoolEvent);
       enqueue.assign({
         deliveryId: null,
         last: params.outcome.status === 'resolved' ? 'resolved' : params.outcome.kind,
-        reported: 'leaving',
+        reported: to,
       });
     }),
     runTask: sendTo('process', ({ context }): ProcessCommand => ({
@@ -206,10 +214,6 @@ export const workerMachine = setup({
       deliveryId: context.deliveryId!,
       last: context.served + 1 >= context.maxTasks,
     })),
-    markRunning: assign({
-      served: ({ context }) => context.served + 1,
-      expectExit: ({ context }) => context.served + 1 >= context.maxTasks,
-    }),
     recordExit: assign({
       exit: ({ event }) => {
         const { code, signal, memory, detail } = event as Extract<WorkerEvent, { type: 'proc.exit' }>;
@@ -228,11 +232,14 @@ export const workerMachine = setup({
     markCancelled: assign({ cancelled: true, expectExit: false }),
     /** Hard stop: the delivery is released by the pool, not settled. */
     dropTask: assign({ deliveryId: null, expectExit: false }),
+    /** Idle: the pool learns it is assignable, unless the outcome it reported said so already. */
     announceReady: enqueueActions(({ context, enqueue }) => {
+      if (context.reported === 'ready') return;
       enqueue.emit({ type: 'worker.ready', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
       enqueue.assign({ reported: 'ready' });
     }),
-    announceRunning: enqueueActions(({ context, enqueue }) => {
+    /** The attempt begins: counted as served (its last when it reaches `maxTasks`), and told to the pool. */
+    startAttempt: enqueueActions(({ context, enqueue }) => {
       enqueue.emit({
         type: 'worker.running',
         workerId: context.workerId,
@@ -240,7 +247,8 @@ export const workerMachine = setup({
         deliveryId: context.deliveryId!,
         pid: context.pid,
       } satisfies WorkerToPoolEvent);
-      enqueue.assign({ reported: 'running' });
+      const served = context.served + 1;
+      enqueue.assign({ served, expectExit: served >= context.maxTasks, reported: 'running' });
     }),
     /** Entering `terminating`: unless an outcome said so already, the pool learns it is leaving. */
     announceLeaving: enqueueActions(({ context, enqueue }) => {
@@ -360,7 +368,7 @@ export const workerMachine = setup({
       },
     },
     running: {
-      entry: ['runTask', 'markRunning', 'announceRunning'],
+      entry: ['runTask', 'startAttempt'],
       after: {
         taskTimeout: {
           target: 'failed',

@@ -816,11 +816,18 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
 
   /** Keep a source call's promise until it settles, so drain and stop can wait for it. */
   #track(promise: Promise<void>, what: string, then?: () => void): void {
-    const tracked = promise.then(then, (err: unknown) => {
-      this.logger.error({ err }, `the source could not ${what} a delivery; it will be delivered again`);
-    });
+    // One reaction per settlement (this runs once per task): it ends the tracking itself.
+    const tracked: Promise<void> = promise.then(
+      () => {
+        this.#settling.delete(tracked);
+        then?.();
+      },
+      (err: unknown) => {
+        this.#settling.delete(tracked);
+        this.logger.error({ err }, `the source could not ${what} a delivery; it will be delivered again`);
+      },
+    );
     this.#settling.add(tracked);
-    void tracked.finally(() => this.#settling.delete(tracked));
   }
 
   #settle({ deliveryId, outcome }: SettleParams): void {

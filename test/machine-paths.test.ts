@@ -981,7 +981,6 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
   const ENTERS: Record<string, string | null> = {
     'worker.ready': 'ready',
     'worker.running': 'running',
-    'worker.outcome': 'leaving',
     'worker.leaving': 'leaving',
     'worker.declined': null,
   };
@@ -1015,7 +1014,8 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
         if (event.held !== null && outcomes.has(event.held)) out.push(`step ${i}: ended holding ${event.held}, whose outcome it reported`);
         continue;
       }
-      const to = ENTERS[event.type];
+      // An outcome names the phase it enters: `ready` for a reused worker that goes on.
+      const to = event.type === 'worker.outcome' ? (event as unknown as { to: string }).to : ENTERS[event.type];
       if (to === undefined) {
         out.push(`step ${i}: unknown event ${event.type} to the pool`);
         continue;
@@ -1102,6 +1102,11 @@ const UNREACHABLE: Record<string, string> = {
   'pool.running on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
   'pool.draining on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
   'pool.stopping on worker.declined[0]': 'needs a re-entrant delivery and a synchronous spawn failure',
+  // Kept so that no idle worker can hold a drain open: but entering `draining` retires every
+  // ready worker and every spare still starting, workers spawned from then on start with a
+  // task, and a reused worker says it is ready again in its outcome (`to: ready`), which
+  // draining retires. Nothing is left to report `worker.ready` on its own.
+  'pool.draining on worker.ready[0]': 'every worker that could report ready is retired on entry, or reports it with its outcome',
 };
 
 function expectCoverage(coverage: Coverage, name: string) {

@@ -1,4 +1,4 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -88,10 +88,11 @@ describe.each([1, 2])('one rule for loading and results, with maxTasksPerWorker 
     const pool = await startPool({ worker: { module: fixture('abort-reason.js') }, timeout: 60_000, killGrace: 2_000, maxTasksPerWorker });
     const file = join(tmpdir(), `tidepool-abort-${process.pid}-${maxTasksPerWorker}.txt`);
     rmSync(file, { force: true });
+    rmSync(`${file}.started`, { force: true });
     const running = pool.run({ id: 'a', params: { file } }).catch(() => null);
-    await until(() => pool.workers.running === 1, 'the task to run');
-    // Running is reported at the exec: give the handler time to be listening.
-    await new Promise((r) => setTimeout(r, 500));
+    // Running is reported at the exec: wait until the handler itself says it listens (a fixed
+    // sleep here failed on a loaded machine: the SIGTERM came before the handler ran).
+    await until(() => existsSync(`${file}.started`), 'the handler to listen for its abort');
     await pool.stop();
     await running;
     expect(readFileSync(file, 'utf8')).toMatch(/the pool is stopping the task/);

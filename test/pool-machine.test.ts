@@ -894,6 +894,7 @@ describe('pool machine: stop', () => {
       type: 'worker.outcome',
       workerId: 'worker.1',
       from: 'leaving',
+      to: 'leaving',
       deliveryId: 'd1',
       outcome: { status: 'resolved', result: 'late' },
     });

@@ -182,7 +182,7 @@ describe('worker machine: a single-use task', () => {
     w.proc.start(77);
     w.proc.result({ ok: 1 });
     expect(w.outcomes()).toEqual([
-      { type: 'worker.outcome', workerId: 'w1', from: 'running', deliveryId: 'd1', outcome: { status: 'resolved', result: { ok: 1 } } },
+      { type: 'worker.outcome', workerId: 'w1', from: 'running', to: 'leaving', deliveryId: 'd1', outcome: { status: 'resolved', result: { ok: 1 } } },
     ]);
     expect(w.state()).toEqual({ terminating: 'awaitingExit' });
     // It was told the task was its last: it exits by itself, no signal.
@@ -229,19 +229,32 @@ describe('worker machine: what the pool hears', () => {
     ]);
   });
 
-  it('a reused worker reports ready again after its outcome, and leaving when retired', () => {
+  it('a reused worker says with its outcome that it is ready again (one report per task), and leaving when retired', () => {
     const w = startWorker({ maxTasks: 3 });
     w.proc.start();
     w.send({ type: 'task.assign', deliveryId: 'd1' });
     w.proc.result(1);
     w.send({ type: 'worker.retire' });
-    expect(w.all().map((e) => [e.type, 'from' in e ? e.from : null])).toEqual([
-      ['worker.ready', 'spawning'],
-      ['worker.running', 'ready'],
-      ['worker.outcome', 'running'],
-      ['worker.ready', 'leaving'],
-      ['worker.leaving', 'ready'],
+    expect(w.all().map((e) => [e.type, 'from' in e ? e.from : null, 'to' in e ? e.to : null])).toEqual([
+      ['worker.ready', 'spawning', null],
+      ['worker.running', 'ready', null],
+      ['worker.outcome', 'running', 'ready'],
+      ['worker.leaving', 'ready', null],
     ]);
+  });
+
+  it('an outcome says `leaving` when the worker is not reused: a failure, or its last task', () => {
+    const failed = startWorker({ maxTasks: 3 });
+    failed.proc.start();
+    failed.send({ type: 'task.assign', deliveryId: 'd1' });
+    failed.proc.send({ type: 'proc.failed', error: { message: 'nope' }, retryable: true });
+    const last = startWorker({ maxTasks: 1, deliveryId: 'd1' });
+    last.proc.start();
+    last.proc.result(1);
+    for (const w of [failed, last]) {
+      expect(w.outcomes().map((e) => e.to)).toEqual(['leaving']);
+      expect(w.all().filter((e) => e.type === 'worker.ready' && e.from !== 'spawning')).toEqual([]);
+    }
   });
 
   it.each([
@@ -268,6 +281,7 @@ describe('worker machine: failures while running', () => {
         type: 'worker.outcome',
         workerId: 'w1',
         from: 'running',
+        to: 'leaving',
         deliveryId: 'd1',
         outcome: { status: 'failed', kind: 'error', message: 'boom', retryable, error },
       },
@@ -357,8 +371,9 @@ describe('worker machine: reuse (maxTasks > 1)', () => {
       ['d2', { status: 'resolved', result: 1 }],
       ['d3', { status: 'resolved', result: 2 }],
     ]);
-    // Ready once at start and after each task but the last.
-    expect(w.readies()).toHaveLength(3);
+    // Ready once at start; after each task but the last, the outcome says it.
+    expect(w.readies()).toHaveLength(1);
+    expect(w.outcomes().map((e) => e.to)).toEqual(['ready', 'ready', 'leaving']);
     expect(w.state()).toEqual({ terminating: 'awaitingExit' });
     expect(w.proc.commandTypes()).toEqual(['proc.run', 'proc.run', 'proc.run']);
     w.proc.exit({ code: 0 });

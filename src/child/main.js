@@ -207,7 +207,12 @@ async function run(message) {
       }
       return controller.signal;
     },
-    log: createLogger({ pid: process.pid, workerId: message.workerId, taskId: message.taskId }),
+    // Made when first read, like the signal: most handlers never log.
+    get log() {
+      const log = createLogger({ pid: process.pid, workerId: message.workerId, taskId: message.taskId });
+      Object.defineProperty(this, 'log', { value: log });
+      return log;
+    },
     progress,
   };
   /** @type {ChildMessage} */

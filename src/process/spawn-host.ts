@@ -206,11 +206,15 @@ export class SpawnHost {
     let buffered = '';
     let channel: (Channel & { to: SpawnHandlers }) | null = null;
     socket.on('data', (chunk: Buffer) => {
-      buffered += decoder.write(chunk);
+      // Most reads hold whole lines (a reply is one write): then nothing is buffered and each
+      // line is cut from the chunk once.
+      const text = decoder.write(chunk);
+      buffered = buffered === '' ? text : buffered + text;
+      let start = 0;
       let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
+      while ((nl = buffered.indexOf('\n', start)) >= 0) {
+        const line = buffered.slice(start, nl);
+        start = nl + 1;
         if (channel === null) {
           const handlers = this.#pending.get(line);
           if (!handlers?.channel || handlers.channel.socket) return void socket.destroy();
@@ -226,6 +230,7 @@ export class SpawnHost {
         }
         channel.to.message?.(message);
       }
+      buffered = start === buffered.length ? '' : buffered.slice(start);
     });
     socket.on('error', () => {});
     socket.once('close', () => {
