@@ -7,6 +7,7 @@ import { CANCEL_SIGNAL, MAX_OUTPUT, MSG, PROGRESS_PREFIX } from '../child/protoc
 import type { ChildMessage, RunMessage } from '../child/protocol.js';
 import type { WorkerSpec } from '../options.js';
 import type { Task } from '../sources/source.js';
+import { compileCacheDir, withCompileCache } from './compile-cache.js';
 import type { ProcessRegistry } from './registry.js';
 import type { HostExit, HostSpec, SpawnHost } from './spawn-host.js';
 
@@ -28,6 +29,8 @@ export interface DriverOptions {
   maxTasksPerWorker?: number;
   /** An attempt's deadline, in ms: a module worker is told it, to say why it is stopped. */
   timeout: number;
+  /** The pool's state directory: module workers' compile cache lives there (compile-cache.ts). */
+  stateDir?: string | undefined;
 }
 
 export interface DriverRuntime {
@@ -303,10 +306,13 @@ export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number })
   if (worker.kind === 'command') return { argv: worker.argv, env, cwd, uid, gid, ...cap };
   const heap = memoryLimit === null ? [] : [`--max-old-space-size=${memoryLimit}`];
   const argv = [process.execPath, ...heap, CHILD_ENTRY, worker.path];
+  // Workers of another user could not read a cache only this user may open.
+  const ownUser = uid === undefined || uid === process.getuid?.();
+  const moduleEnv = withCompileCache(env, ownUser ? compileCacheDir(options.stateDir) : null);
   if (options.maxTasksPerWorker > 1) {
-    return { argv, env: { ...env, NODE_CHANNEL_FD: '3' }, cwd, uid, gid, ...cap, channel: true };
+    return { argv, env: { ...moduleEnv, NODE_CHANNEL_FD: '3' }, cwd, uid, gid, ...cap, channel: true };
   }
-  return { argv, env, cwd, uid, gid, ...cap, answerFd: 3 };
+  return { argv, env: moduleEnv, cwd, uid, gid, ...cap, answerFd: 3 };
 }
 
 /** A task as a command reads it: one JSON line. */
