@@ -439,7 +439,10 @@ export const poolMachine = setup({
      * spawn workers just in time up to `maxWorkers`, then top up warm spares (draining sets
      * `spares` to 0). Constant work per delivery handed out, whatever the number of workers.
      */
-    dispatch: enqueueActions(({ context, enqueue }) => {
+    dispatch: enqueueActions(({ context, event, enqueue }) => {
+      // A delivery being received joins the end of the backlog here (one context update, not
+      // two: this runs once per task).
+      const arrived = event.type === 'delivery' ? event.deliveryId : null;
       const idle = context.ready.length + context.warming.length;
       const full = context.live >= context.maxWorkers || context.phases.spawning >= context.maxSpawning;
       // Half-open: one delivery, the probe, and no spares until it is judged.
@@ -448,13 +451,16 @@ export const poolMachine = setup({
       const spares = probing ? 0 : context.spares;
       // Nothing can start (the common case while a burst waits for its wave), or nothing is
       // wanted: leave the context as it is, copying nothing.
-      if (full && idle === 0) return;
-      if ((context.backlog.length === 0 || limit === 0) && (full || idle >= spares)) return;
+      const waiting = context.backlog.length + (arrived === null ? 0 : 1);
+      if ((full && idle === 0) || ((waiting === 0 || limit === 0) && (full || idle >= spares))) {
+        if (arrived !== null) enqueue.assign({ backlog: [...context.backlog, arrived] });
+        return;
+      }
       const ready = [...context.ready];
       const warming = [...context.warming];
       // Read in place: the backlog is as long as the prefetch (thousands), so it is copied
       // once, without what was handed out, and only when something was.
-      const { backlog } = context;
+      const backlog = arrived === null ? context.backlog : [...context.backlog, arrived];
       const assigned = [...context.assigned];
       let { seq, live } = context;
       let spawning = context.phases.spawning;
@@ -591,7 +597,8 @@ export const poolMachine = setup({
     running: {
       entry: 'dispatch',
       on: {
-        delivery: { actions: ['enqueueDelivery', 'dispatch'] },
+        // One update for both: the delivery joins the backlog as dispatch hands it out.
+        delivery: { actions: 'dispatch' },
         'worker.ready': { actions: ['track', 'dispatch'] },
         // A worker out of `spawning` frees a place in the wave of starts.
         'worker.running': { actions: ['track', 'dispatch'] },
@@ -641,7 +648,8 @@ export const poolMachine = setup({
       entry: ['noSpares', 'closeBreaker', 'closeIntake', 'dispatch', 'retireIdle'],
       always: { guard: 'finished', target: 'stopped' },
       on: {
-        delivery: { actions: ['enqueueDelivery', 'dispatch'] },
+        // One update for both: the delivery joins the backlog as dispatch hands it out.
+        delivery: { actions: 'dispatch' },
         'worker.done': { actions: ['emitReaped', 'reclaim', 'reap', 'dispatch'] },
         'worker.error': { actions: ['emitReaped', 'reclaim', 'reap', 'countCrash', 'dispatch'] },
         // No worker idles here (each is retired when ready), so none leaves on an idle timeout.
