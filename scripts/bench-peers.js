@@ -25,9 +25,10 @@
 // each repetition runs every side back to back, in an order that rotates, so a slow spell of
 // the machine hits them all. `tasksPerSec` are medians over BENCH_REPEAT (5) repetitions; the
 // time of a repetition runs from the first task given to the last outcome. `ratio` is tidepool
-// / reference, and each peer's `ratioToTidepool` peer / tidepool, both medians of the
-// per-repetition ratios. A peer that cannot run (no Redis, a package missing, a failure) is
-// reported as such in its `status`, with no figure.
+// / reference, and each peer's `ratioToTidepool` peer / tidepool (`tidepoolRatio` the other
+// way round, the other scripts' convention), all medians of the per-repetition ratios. A peer
+// that cannot run (no Redis, a package missing, a failure) is reported as such in its
+// `status`, with no figure.
 //
 // Every process a side starts gets the marker in its environment (the bare children and
 // BullMQ's children explicitly, tidepool's workers through `env`, the spawn host by
@@ -439,7 +440,18 @@ function figures(side, base, tasks, digits) {
 function describe(id, side, base, tasks, digits) {
   if (side.status !== 'ok') return { id, name: side.name ?? null, status: side.status };
   const f = figures(side, base, tasks, digits);
-  return { id, name: side.name, ...(side.info ? side.info : {}), status: 'ok', tasksPerSec: f.tasksPerSec, samples: f.samples, ratioToTidepool: base?.status === 'ok' ? f.ratio : null };
+  const back = base?.status === 'ok' ? figures(base, side, tasks, digits).ratio : null;
+  return {
+    id,
+    name: side.name,
+    ...(side.info ? side.info : {}),
+    status: 'ok',
+    tasksPerSec: f.tasksPerSec,
+    samples: f.samples,
+    // peer / tidepool, and tidepool / peer (the convention of the other scripts' `ratio`).
+    ratioToTidepool: base?.status === 'ok' ? f.ratio : null,
+    tidepoolRatio: back,
+  };
 }
 
 const OWN = new Set();
