@@ -111,13 +111,21 @@ const SIDES = {
     async setup(c) {
       const kids = Array.from({ length: c }, () => fork(IPC_ECHO, [], { ...bareOptions(), stdio: 'ignore', execArgv: [] }));
       let failure = null;
+      // A child that dies mid-run fails the run at once (it would never answer).
+      let abort = () => {};
+      const fail = (err) => {
+        failure ??= err;
+        abort(failure);
+      };
       for (const kid of kids) {
-        kid.once('exit', (code, signal) => (failure ??= new BenchError(`a bare IPC child exited with ${signal ?? `code ${code}`}`)));
-        kid.once('error', (err) => (failure ??= err));
+        kid.once('exit', (code, signal) => fail(new BenchError(`a bare IPC child exited with ${signal ?? `code ${code}`}`)));
+        kid.once('error', fail);
       }
       return {
         run: (n) =>
           new Promise((resolve, reject) => {
+            if (failure) return reject(failure);
+            abort = reject;
             let sent = 0;
             let done = 0;
             const next = (kid) => {
@@ -190,6 +198,7 @@ const SIDES = {
               else if (completed >= target) resolve();
             };
           });
+          wake(); // a failure before this run fails it at once
           for (let i = 0; i < n; i += 1000) {
             const chunk = Math.min(1000, n - i);
             await queue.addBulk(Array.from({ length: chunk }, () => ({ name: 'noop', data: { n: added++ } })));
