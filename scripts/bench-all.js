@@ -309,6 +309,8 @@ const git = (...args) => {
   }
 };
 
+const local = (text) => text.split(ROOT).join('');
+
 /** The command that reruns one script alone, with the settings bench-all gave it. */
 const commandOf = (entry, env) =>
   `${Object.entries(env)
@@ -367,7 +369,8 @@ function runScript(entry, env) {
       process.off('SIGTERM', stop);
       const lines = [];
       const other = [];
-      for (const text of out.split('\n')) {
+      // Paths of this checkout are written relative to it: the page says nothing of the machine's layout.
+      for (const text of local(out).split('\n')) {
         if (text.trim() === '') continue;
         try {
           lines.push(JSON.parse(text));
@@ -381,7 +384,7 @@ function runScript(entry, env) {
         : code === 0
           ? 'ok'
           : `failed: exit ${signal ?? code}`;
-      resolve({ status, exit: signal ?? code, seconds, lines, nonJsonLines: other.length, stderrTail: errTail.split('\n').slice(-25).join('\n') });
+      resolve({ status, exit: signal ?? code, seconds, lines, nonJsonLines: other.length, stderrTail: local(errTail).split('\n').slice(-25).join('\n') });
     });
   });
 }
@@ -482,6 +485,8 @@ const NOTES = [
   ['History (session 1, the slow day)', 'history-session-1-the-slow-day'],
   ['The service (`tidepool serve`)', 'the-service-tidepool-serve'],
   ['Inspection', 'inspection-scriptsbench-inspectjs'],
+  ['Peers: how bench-peers.js measures, and why BullMQ and piscina have no single-use figure', 'peers-scriptsbench-peersjs'],
+  ['Regenerating this page: what bench-all.js runs, with which settings', 'regenerating-benchmarksmd-scriptsbench-alljs'],
 ];
 
 function peerTable(record) {
@@ -588,7 +593,9 @@ ${peerTable(byId.peers)}`);
 
   parts.push(`## Notes
 
-Moved to [benchmark-notes.md](benchmark-notes.md), unchanged, with every run recorded so far:
+How each script measures and every run recorded by hand so far are in
+[benchmark-notes.md](benchmark-notes.md) (what this page held before it was generated,
+unchanged):
 
 ${NOTES.map(([title, a]) => `- [${title}](benchmark-notes.md#${a})`).join('\n')}`);
   return `${parts.join('\n\n')}\n`;
