@@ -207,6 +207,36 @@ const SCRIPTS = [
       ),
     ],
   },
+  {
+    id: 'reuse',
+    file: 'scripts/bench-reuse.js',
+    notes: 'reused-workers-scriptsbench-reusejs',
+    title: 'Reused workers against bare IPC ping-pong, and where the manager\'s time goes per task',
+    env: { BENCH_REPEAT: '3' },
+    quick: { BENCH_REPEAT: '1', BENCH_REUSE_TASKS: '1000' },
+    timeoutS: 600,
+    rows: (line) => {
+      const us = (x) => `${num(x)} µs`;
+      if (line.scenario !== 'reused-profile') {
+        return [
+          row(
+            `${line.scenario}, ${num(line.tasks ?? '?')} tasks, concurrency ${line.concurrency ?? '?'}`,
+            `${cell(line, 'tidepool.tasksPerSec', perSec)}${line.tidepool?.cpuUsPerTask === undefined ? '' : `; manager ${us(line.tidepool.cpuUsPerTask)} CPU/task`}`,
+            `bare IPC: ${cell(line, 'reference.tasksPerSec', perSec)}; ${cell(line, 'reference.cpuUsPerTask', us)} CPU/task`,
+            cell(line, 'ratio'),
+            '≥ 0.5',
+            typeof line.ratio === 'number' ? line.ratio >= 0.5 : undefined,
+          ),
+        ];
+      }
+      return [
+        row('manager CPU per task: machines alone (fake worker)', `${cell(line, 'machines.cpuUsPerTask', us)}, of which machine events ${cell(line, 'machines.machineEventsUsPerTask', us)}, GC ${cell(line, 'machines.gcUsPerTask', us)}`, '—', '—', 'none', undefined),
+        row('manager CPU per task: the channel alone (no machines)', cell(line, 'channel.cpuUsPerTask', us), '—', '—', 'none', undefined),
+        row('logging at the default level (info ÷ silent, tasks/s)', `${cell(line, 'logging.info.tasksPerSec', perSec)}`, `silent: ${cell(line, 'logging.silent.tasksPerSec', perSec)}`, cell(line, 'logging.ratio'), 'not measurable', undefined),
+        row('young generation --max-semi-space-size=32 ÷ default', cell(line, 'youngGeneration.semiSpace32MiB.tasksPerSec', perSec), `default: ${cell(line, 'youngGeneration.default.tasksPerSec', perSec)}`, cell(line, 'youngGeneration.ratio'), 'none', undefined),
+      ];
+    },
+  },
   // Scripts added on other branches: run when present, with their own defaults, inside a budget.
   { id: 'latency', file: 'scripts/bench-latency.js', title: 'Latency', env: {}, quick: {}, timeoutS: 180 },
   { id: 'soak', file: 'scripts/bench-soak.js', title: 'Soak', env: {}, quick: {}, timeoutS: 180 },
