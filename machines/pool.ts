@@ -277,7 +277,7 @@ export const poolMachine = setup({
      * and ends with `worker.done` (or `worker.error`). Workers are not XState children: each
      * spawned or stopped child would copy the whole `snapshot.children` record, and each
      * stopped actor scans every timer of its system, so a pool of thousands would pay per
-     * task for every live worker (measured: docs/benchmarks.md).
+     * task for every live worker (measured: docs/benchmark-notes.md).
      */
     spawnWorker: (_: unknown, _params: unknown) => {},
     /** Send a command to a live worker (one that has ended ignores it). */

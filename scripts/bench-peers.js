@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // tidepool against its peers on the same no-op work at the same concurrency, measured in the
-// same run (see docs/benchmarks.md, "Peers"). Two scenarios:
+// same run (see docs/benchmark-notes.md, "Peers"). Two scenarios:
 //
 //   peers-reused      BENCH_PEERS_TASKS (20000) no-op tasks at BENCH_PEERS_CONCURRENCY (4):
 //     tidepool   the library: createPool({ worker: { module: test/fixtures/noop.js },
@@ -35,7 +35,7 @@
 // inheritance); after both scenarios the script searches /proc for any process that carries it.
 // The children of the references and of BullMQ are `detached` (a session of their own), as
 // tidepool's workers are: with autogroup scheduling that changes their share of the CPU on a
-// shared machine (see "Scenarios" in docs/benchmarks.md).
+// shared machine (see "Scenarios" in docs/benchmark-notes.md).
 //
 // stdout: one JSON object per scenario, then {"scenario":"peers-leftovers",...}.
 // stderr: progress. Exit 1 when tidepool or a reference fails, or a process outlives the run.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Reused module workers against bare IPC ping-pong, and where the manager's time goes per task
-// (issue: performance, item 1). See docs/benchmarks.md, "Reused workers".
+// (issue: performance, item 1). See docs/benchmark-notes.md, "Reused workers".
 //
 // Scenarios, each paired with its reference in the same run (back-to-back, order alternating,
 // ratio = median of the per-pair ratios):

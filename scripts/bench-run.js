@@ -4,7 +4,7 @@
 // children answering IPC. Each repetition is a back-to-back pair (order alternating:
 // reference then tidepool, then tidepool then reference, ...) so drift on a noisy machine hits
 // both sides; rates are medians of BENCH_REPEAT runs, `ratio` is the median of the per-pair
-// ratios tidepool / reference. See docs/benchmarks.md.
+// ratios tidepool / reference. See docs/benchmark-notes.md.
 //
 // stdout: one JSON object per scenario. stderr: progress. Exit 1 when tidepool's output is
 // not one "resolved" line per task, a reference run fails, or a worker outlives its run.
@@ -48,7 +48,7 @@ const MARK = `${process.pid}-${Date.now()}`;
  * both sides' workers run in the same environment (tidepool's allowlist finds nothing else to
  * pass on). BENCH_CLI_ENV=caller gives it this script's environment instead, minus TIDEPOOL_*
  * settings, as a shell would: the workers then also get HOME, LANG, ... and the CLI itself
- * NODE_EXTRA_CA_CERTS if set (see docs/benchmarks.md for what that costs).
+ * NODE_EXTRA_CA_CERTS if set (see docs/benchmark-notes.md for what that costs).
  */
 const CLI_ENV =
   process.env.BENCH_CLI_ENV === 'caller'

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // How the manager's cost per task grows with the number of live workers, and whether a real
-// run with thousands of live processes finishes clean. See docs/benchmarks.md ("Scale and
+// run with thousands of live processes finishes clean. See docs/benchmark-notes.md ("Scale and
 // memory"). Scenarios (BENCH_SCALE_SCENARIOS, comma list; default fake,live,cli,queue):
 //
 //   fake   The library with fake processes (`PoolInternals.processActor`: an XState

@@ -2,7 +2,7 @@
  * Queues for the manager's bursts (a thousand `run()` calls in one tick, a pipe read holding
  * hundreds of the spawn host's frames): past a budget, the rest waits for a later turn of the
  * event loop (`setImmediate`), so timers and I/O are served in between and the event-loop
- * delay stays bounded. Measured in docs/benchmarks.md ("Event-loop delay under bursts").
+ * delay stays bounded. Measured in docs/benchmark-notes.md ("Event-loop delay under bursts").
  */
 
 /**

@@ -13,7 +13,7 @@
 # cannot be reused until its parent reaps it, so no signal can reach a stranger. The host is a
 # subreaper too: what a keeper that was killed leaves behind comes here and is killed at once.
 #
-# Scale (docs/benchmarks.md, "Scale and memory"). The host does as little per worker as it
+# Scale (docs/benchmark-notes.md, "Scale and memory"). The host does as little per worker as it
 # can, because it is one process serving thousands: per worker it holds one socket to the
 # keeper, and forks. The keeper does the rest: the worker's pipes, its input, its output (the
 # answer, the stderr tail), the exec status, and it sends the host one report at the end. The

@@ -39,7 +39,7 @@ const RECONNECT_DELAY = 2_000;
  * `@xstate.snapshot`, the messages `@statelyai/inspect`'s `createInspector` makes (a test
  * compares them with its own, field for field). Made here rather than by it: it defers every
  * event on a timer and serialises each snapshot twice, which cost reused workers half their
- * rate (docs/benchmarks.md, "Inspection"); and its WebSocket inspector retries a failed socket
+ * rate (docs/benchmark-notes.md, "Inspection"); and its WebSocket inspector retries a failed socket
  * on a timer it never clears, so a finished run would not exit. Waits up to
  * `INSPECTOR_CONNECT_WAIT` ms for the socket so a short run is seen from its first event;
  * reconnects while the pool runs, announcing the live actors again. Throws UsageError

@@ -11,7 +11,7 @@ import { unsafeDirectory } from '../options.js';
  * before it uses it, so a handler (or anything it imports) that changed since the last task is
  * compiled afresh and its entry rewritten: the cache can make a worker start sooner, never run
  * old code. Node 20 has no such cache for ES modules (nor this variable): there, nothing is
- * set. What it saves is measured in docs/benchmarks.md ("Handler start-up").
+ * set. What it saves is measured in docs/benchmark-notes.md ("Handler start-up").
  */
 export const COMPILE_CACHE_ENV = 'NODE_COMPILE_CACHE';
 

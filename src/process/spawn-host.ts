@@ -24,7 +24,7 @@ const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.ur
  * exit together, one pipe read holds hundreds of frames, and they are handled a slice a turn
  * of the event loop, ~3 ms each here, rather than in one long tick. Small, because on a
  * shared machine a tick's CPU time stretches by the number of processes waiting for a core
- * (docs/benchmarks.md, "Event-loop delay under bursts").
+ * (docs/benchmark-notes.md, "Event-loop delay under bursts").
  */
 export const FRAME_SLICE = 8;
 
