@@ -18,8 +18,8 @@
 //                            whole tree (empty: none),
 //                            channel: the path of a Unix socket the manager listens on (empty:
 //                            none); the host connects to it for each worker, writes `<id>\n`,
-//                            and gives the connection to the worker as fd 3 (a Node IPC channel
-//                            when the environment says NODE_CHANNEL_FD=3); its stdout goes to
+//                            and gives the connection to the worker as fd 3 (its channel: JSON
+//                            lines, named by TIDEPOOL_CHANNEL_FD=3); its stdout goes to
 //                            the host's stderr and there is no answer
 //   S <id> <len>\n<stdin>    spawn worker <id>; write <stdin> to it, then close its stdin
 //   S <id> -\n               spawn worker <id> with its stdin left open (a warm spare)

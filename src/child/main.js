@@ -3,8 +3,9 @@
 // here is paid again on every task (no pino, no xstate, no validation library).
 //
 // Two ways in, one handler contract:
-// - forked by the manager, with an IPC channel (reused workers): `ready`, then `run` messages
-//   and their replies, until a `run` says it is the last;
+// - with a channel to the manager (reused workers; a socket on the fd TIDEPOOL_CHANNEL_FD
+//   names, JSON lines): `ready`, then `run` messages and their replies, until a `run` says it
+//   is the last;
 // - started by the spawn host, without one (single-use workers): the `run` message is the whole
 //   of stdin, and the one reply goes to fd 3 as a JSON line. No `ready`: the host reports the
 //   start.
@@ -39,7 +40,52 @@ const handlerPath = process.argv[2];
 let running = null;
 let terminating = false;
 
-const piped = process.send === undefined;
+/**
+ * A reused worker's channel to the manager: a socket on the fd TIDEPOOL_CHANNEL_FD names,
+ * JSON lines both ways (what Node's own IPC channel would carry, without its per-message work:
+ * each reply is serialised once). Null for a single-use worker, which is piped.
+ */
+const channel = await openChannel(process.env.TIDEPOOL_CHANNEL_FD);
+// Not for the handler's own children.
+delete process.env.TIDEPOOL_CHANNEL_FD;
+const piped = channel === null;
+
+/**
+ * @param {string | undefined} fd
+ * @returns {Promise<{ write(text: string, then: (err?: Error | null) => void): void, open: boolean, onMessage(listener: (message: unknown) => void): void, onClose(listener: () => void): void } | null>}
+ */
+async function openChannel(fd) {
+  if (fd === undefined) return null;
+  const { Socket } = await import('node:net');
+  const socket = new Socket({ fd: Number(fd), readable: true, writable: true });
+  socket.setEncoding('utf8');
+  socket.on('error', () => {});
+  /** @type {(message: unknown) => void} */
+  let deliver = () => {};
+  let buffered = '';
+  socket.on('data', (/** @type {string} */ text) => {
+    buffered += text;
+    let start = 0;
+    let nl;
+    while ((nl = buffered.indexOf('\n', start)) >= 0) {
+      const line = buffered.slice(start, nl);
+      start = nl + 1;
+      deliver(JSON.parse(line));
+    }
+    buffered = buffered.slice(start);
+  });
+  const ch = {
+    open: true,
+    /** @param {string} text @param {(err?: Error | null) => void} then */
+    write: (text, then) => void socket.write(`${text}\n`, then),
+    /** @param {(message: unknown) => void} listener */
+    onMessage: (listener) => void (deliver = listener),
+    /** @param {() => void} listener */
+    onClose: (listener) => void socket.once('close', listener),
+  };
+  socket.once('close', () => (ch.open = false));
+  return ch;
+}
 /** Where a single-use worker's reply goes. */
 const ANSWER_FD = 3;
 
@@ -58,8 +104,8 @@ function send(message, then) {
       writeSync(ANSWER_FD, `${text}\n`);
       return then?.();
     }
-    if (!process.connected) return process.exit(EXIT.OK);
-    process.send?.(message, undefined, undefined, (err) => {
+    if (!channel?.open) return process.exit(EXIT.OK);
+    channel.write(text, (err) => {
       if (err) process.exit(EXIT.OK);
       else then?.();
     });
@@ -76,8 +122,8 @@ function send(message, then) {
 // The manager is gone: leave, whatever the handler is doing, and take the process group
 // (grandchildren the handler started) along; nobody else is left to kill it. (A piped worker
 // has no channel: the spawn host kills its group when the manager goes.)
-if (!piped) {
-  process.on('disconnect', () => {
+if (channel) {
+  channel.onClose(() => {
     killGroup(process.pid, 'SIGKILL');
     // Not a group leader (started by hand, not by the pool): just leave.
     process.exit(EXIT.OK);
@@ -165,7 +211,7 @@ function progress(value) {
     throw new RangeError(`ctx.progress: the value is ${bytes} bytes of JSON, more than the ${MAX_PROGRESS} a progress value may carry`);
   }
   if (piped) process.stderr.write(`${PROGRESS_PREFIX}${json}\n`);
-  else if (process.connected) process.send?.({ k: MSG.PROGRESS, value: JSON.parse(json) });
+  else if (channel?.open) channel.write(JSON.stringify({ k: MSG.PROGRESS, value: JSON.parse(json) }), () => {});
 }
 
 /** @type {(task: unknown, ctx: object) => unknown} */
@@ -242,6 +288,6 @@ if (piped) {
   });
   void run(message);
 } else {
-  process.on('message', run);
+  channel?.onMessage((message) => void run(/** @type {RunMessage} */ (message)));
   send({ k: MSG.READY });
 }

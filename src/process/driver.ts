@@ -127,7 +127,7 @@ function hostedProcess(rt: DriverRuntime, kind: HostedKind) {
 /**
  * The process slot for module workers that serve several tasks. The spawn host starts them
  * too (so they die with the manager even while a handler blocks their event loop, and what
- * they start is held like any worker's tree), and hands each a Node IPC channel connected to
+ * they start is held like any worker's tree), and hands each a channel connected to
  * the manager: `ready`, then `run` messages and their replies, as with `fork`.
  */
 function channelProcess(rt: DriverRuntime, modulePath: string) {
@@ -298,7 +298,7 @@ const heapExhausted = (signal: string | null, stderr: string): boolean =>
 
 /**
  * What the spawn host starts: commands, module workers that serve one task each (task on
- * stdin, reply on fd 3), and module workers that serve several (a Node IPC channel on fd 3).
+ * stdin, reply on fd 3), and module workers that serve several (a channel on fd 3: a socket, JSON lines).
  */
 export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number }): HostSpec {
   const { worker, env, cwd, uid, gid, memoryLimit } = options;
@@ -310,7 +310,7 @@ export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number })
   const ownUser = uid === undefined || uid === process.getuid?.();
   const moduleEnv = withCompileCache(env, ownUser ? compileCacheDir(options.stateDir) : null);
   if (options.maxTasksPerWorker > 1) {
-    return { argv, env: { ...moduleEnv, NODE_CHANNEL_FD: '3' }, cwd, uid, gid, ...cap, channel: true };
+    return { argv, env: { ...moduleEnv, TIDEPOOL_CHANNEL_FD: '3' }, cwd, uid, gid, ...cap, channel: true };
   }
   return { argv, env: moduleEnv, cwd, uid, gid, ...cap, answerFd: 3 };
 }
