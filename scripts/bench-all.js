@@ -240,7 +240,29 @@ const SCRIPTS = [
   // Scripts added on other branches: run when present, with their own defaults, inside a budget.
   { id: 'latency', file: 'scripts/bench-latency.js', title: 'Latency', env: {}, quick: {}, timeoutS: 180 },
   { id: 'soak', file: 'scripts/bench-soak.js', title: 'Soak', env: {}, quick: {}, timeoutS: 180 },
-  { id: 'start', file: 'scripts/bench-start.js', title: 'Start-up', env: {}, quick: {}, timeoutS: 180 },
+  {
+    id: 'start',
+    file: 'scripts/bench-start.js',
+    notes: 'handler-start-up',
+    title: 'Handlers that load a dependency tree: single-use workers against a bare fork loop of the same handler',
+    env: { BENCH_TASKS: '60', BENCH_REPEAT: '3' },
+    quick: { BENCH_TASKS: '8', BENCH_REPEAT: '1' },
+    timeoutS: 300,
+    rows: (line) => {
+      const rows = [
+        row(
+          `${line.scenario}, Node ${line.node ?? '?'}, ${num(line.tasks ?? '?')} tasks, concurrency ${line.concurrency ?? '?'}${line.compileCache ? ', compile cache' : ', no compile cache (Node < 22.1)'}`,
+          cell(line, 'tidepool.tasksPerSec', perSec),
+          `bare fork of the same handler: ${cell(line, 'bare.tasksPerSec', perSec)}; ${cell(line, 'bare.cpuMsPerTask', ms)} CPU/child`,
+          cell(line, 'ratio'),
+          '≥ 1.5',
+          typeof line.ratio === 'number' ? line.ratio >= 1.5 : undefined,
+        ),
+      ];
+      if (line.tidepoolNoCache) rows.push(row('handler start-up without the compile cache', cell(line, 'tidepoolNoCache.tasksPerSec', perSec), cell(line, 'bare.tasksPerSec', perSec), cell(line, 'tidepoolNoCache.ratio'), 'none', undefined));
+      return rows;
+    },
+  },
   {
     id: 'inspect',
     file: 'scripts/bench-inspect.js',
