@@ -51,3 +51,17 @@ describe('a single-use module worker waiting for its task (a warm spare)', () =>
     expect(JSON.parse(reply)).toEqual({ k: MSG.RESULT, value: 'stopped' });
   });
 });
+
+describe('a single-use module worker whose handler does not print', () => {
+  // Node makes process.stdout on first access, at ~3 ms for a pipe (it loads net): a worker
+  // that made it at start paid that on every task.
+  it('never makes process.stdout (net and tty are not loaded)', async () => {
+    const child = spawn(process.execPath, [ENTRY, fixture('stdio-made.js')], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+    let reply = '';
+    child.stdio[3]!.on('data', (chunk: Buffer) => (reply += chunk.toString('utf8')));
+    const closed = new Promise<number | null>((resolve) => child.once('close', resolve));
+    child.stdin!.end(JSON.stringify({ k: MSG.RUN, task: { id: 't' }, attempt: 1, taskId: 't', workerId: 'w', last: true, deadline: Date.now() + 60_000 }));
+    expect(await closed).toBe(0);
+    expect(JSON.parse(reply)).toEqual({ k: MSG.RESULT, value: [] });
+  });
+});

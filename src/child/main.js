@@ -29,8 +29,29 @@ import {
 // Node writes to a full pipe asynchronously, and process.exit() drops what is still queued:
 // a handler's last log lines would be lost. Blocking writes keep them (Node does the same for
 // its own stdout in some cases); `_handle.setBlocking` is undocumented, hence the guards.
-for (const stream of [process.stdout, process.stderr]) {
-  /** @type {{ _handle?: { setBlocking?: (on: boolean) => void } }} */ (/** @type {unknown} */ (stream))._handle?.setBlocking?.(true);
+// Made blocking when first used, not here: Node makes `process.stdout` on first access, and
+// for a pipe that costs ~3.3 ms here (it loads net and stream), paid by every single-use
+// worker whose handler never prints (docs/benchmarks.md, "Latency").
+for (const name of /** @type {const} */ (['stdout', 'stderr'])) {
+  /** @param {unknown} stream */
+  const blocking = (stream) => {
+    /** @type {{ _handle?: { setBlocking?: (on: boolean) => void } }} */ (stream)._handle?.setBlocking?.(true);
+    return stream;
+  };
+  const made = Object.getOwnPropertyDescriptor(process, name);
+  if (!made?.get || !made.configurable) {
+    blocking(process[name]);
+    continue;
+  }
+  const get = made.get;
+  Object.defineProperty(process, name, {
+    ...made,
+    get() {
+      // Once: the stream is Node's own from then on.
+      Object.defineProperty(process, name, made);
+      return blocking(get.call(process));
+    },
+  });
 }
 
 const handlerPath = process.argv[2];
