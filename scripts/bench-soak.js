@@ -17,7 +17,8 @@
 //                         same readings (GC forced, tasks in flight) at every tenth of the run;
 //   v8MiB                 at the same two readings: V8's committed heap (heapTotal), its young
 //                         generation (newSpace) and memory held outside the heap (external);
-//   fds                   /proc/self/fd: before start, at warm-up, at the end, after drain;
+//   fds                   /proc/self/fd: before start, at warm-up, at the end, after drain, and
+//                         200 ms after the last worker and the spawn host are gone;
 //   eldMs                 event-loop delay (perf_hooks.monitorEventLoopDelay, resolution 10 ms,
 //                         enabled 20 ms before the first run() call, so the first burst counts)
 //                         over the run: p50/p99/max of what exceeds the 10 ms resolution;
@@ -162,6 +163,9 @@ async function scenario(name, { tasks, worker, maxTasksPerWorker }) {
     await sleep(100);
     left = leftovers();
   }
+  // Once the spawn host has exited too (drain resolves before its pipes close).
+  await sleep(200);
+  const fdsAfterExit = fds();
   const excess = (q) => round(Math.max(0, eld.percentile(q) / 1e6 - 10));
   const growth = atEnd.rss - atWarmup.rss;
   return {
@@ -175,7 +179,7 @@ async function scenario(name, { tasks, worker, maxTasksPerWorker }) {
       rssMiB: { atWarmup: round(atWarmup.rss / MiB), atEnd: round(atEnd.rss / MiB), growth: round(growth / MiB), curve },
       heapUsedMiB: { atWarmup: round(atWarmup.heapUsed / MiB), atEnd: round(atEnd.heapUsed / MiB), growth: round((atEnd.heapUsed - atWarmup.heapUsed) / MiB) },
       v8MiB: { atWarmup: atWarmup.v8, atEnd: atEnd.v8 },
-      fds: { beforeStart: fdsBefore, atWarmup: atWarmup.fds, atEnd: atEnd.fds, afterDrain: fdsAfterDrain },
+      fds: { beforeStart: fdsBefore, atWarmup: atWarmup.fds, atEnd: atEnd.fds, afterDrain: fdsAfterDrain, afterExit: fdsAfterExit },
       eldMs: { p50: excess(50), p99: excess(99), max: round(Math.max(0, eld.max / 1e6 - 10)) },
       workers: { spawned, reaped },
       leftover: left,
