@@ -30,8 +30,29 @@ import {
 // Node writes to a full pipe asynchronously, and process.exit() drops what is still queued:
 // a handler's last log lines would be lost. Blocking writes keep them (Node does the same for
 // its own stdout in some cases); `_handle.setBlocking` is undocumented, hence the guards.
-for (const stream of [process.stdout, process.stderr]) {
-  /** @type {{ _handle?: { setBlocking?: (on: boolean) => void } }} */ (/** @type {unknown} */ (stream))._handle?.setBlocking?.(true);
+// Made blocking when first used, not here: Node makes `process.stdout` on first access, and
+// for a pipe that costs ~3.3 ms here (it loads net and stream), paid by every single-use
+// worker whose handler never prints (docs/benchmarks.md, "Latency").
+for (const name of /** @type {const} */ (['stdout', 'stderr'])) {
+  /** @param {unknown} stream */
+  const blocking = (stream) => {
+    /** @type {{ _handle?: { setBlocking?: (on: boolean) => void } }} */ (stream)._handle?.setBlocking?.(true);
+    return stream;
+  };
+  const made = Object.getOwnPropertyDescriptor(process, name);
+  if (!made?.get || !made.configurable) {
+    blocking(process[name]);
+    continue;
+  }
+  const get = made.get;
+  Object.defineProperty(process, name, {
+    ...made,
+    get() {
+      // Once: the stream is Node's own from then on.
+      Object.defineProperty(process, name, made);
+      return blocking(get.call(process));
+    },
+  });
 }
 
 const handlerPath = process.argv[2];
@@ -166,10 +187,10 @@ const threshold = LEVELS[process.env.TIDEPOOL_LOG_LEVEL ?? 'info'] ?? Infinity;
 
 /**
  * A minimal pino-compatible logger on stderr: one JSON line per call, at or above the
- * manager's level.
- * @param {Record<string, unknown>} bindings
+ * manager's level. In parentheses, as `run` below: V8 compiles such a function when the
+ * module is compiled, not at its first call, i.e. not after the task came.
  */
-function createLogger(bindings) {
+const createLogger = (function createLogger(/** @type {Record<string, unknown>} */ bindings) {
   /** @param {number} level */
   const at = (level) => (/** @type {unknown} */ objOrMsg, /** @type {string | undefined} */ msg) => {
     if (level < threshold) return;
@@ -178,7 +199,7 @@ function createLogger(bindings) {
     process.stderr.write(`${JSON.stringify(line)}\n`);
   };
   return { debug: at(20), info: at(30), warn: at(40), error: at(50) };
-}
+});
 
 // A single-use worker loads its handler after it was started: past the spawn timeout, the
 // load is a failure to start (kind spawn), as it is for a reused worker that never says ready.
@@ -225,8 +246,12 @@ try {
   await new Promise(() => {});
 }
 
-/** @param {RunMessage} message */
-async function run(message) {
+/**
+ * Run one task. Compiled eagerly (the parentheses: V8's hint for a function about to be
+ * called), before a warm spare blocks on its stdin: compiling it lazily at its first call cost
+ * ~0.1 ms between the task's arrival and the handler's first line here.
+ */
+const run = (async function run(/** @type {RunMessage} */ message) {
   if (message.k !== MSG.RUN) return;
   // The AbortController is made when the handler first reads ctx.signal (aborted already if
   // the deadline has passed): most handlers never do, and each one costs a worker ~0.2 ms.
@@ -271,14 +296,14 @@ async function run(message) {
   running = null;
   const leave = message.last || terminating || piped;
   send(reply, leave ? () => process.exit(terminating ? EXIT.TERMINATED : EXIT.OK) : undefined);
-}
+});
 
 if (piped) {
-  // The handler is loaded first, so a warm spare waits for its task ready to run it. The read
-  // blocks (an asynchronous one costs ~1.5 ms more per worker here); until it returns, SIGTERM
-  // keeps its default action, which is what a spare retired while it waits needs.
-  const message = JSON.parse(readFileSync(0, 'utf8'));
-  process.on('SIGTERM', onTerminate);
+  // The handler is loaded first, so a warm spare waits for its task ready to run it. What can
+  // be done before the task comes is done before the read, off the task's latency (a warm
+  // spare's run() to the handler's first line, docs/benchmarks.md "Latency"): the first
+  // signal listener (~0.09 ms: Node's signal machinery) and the first `beforeExit` one
+  // (~0.07 ms) here. CANCEL_SIGNAL only comes with a task, just before the SIGTERM.
   process.on(CANCEL_SIGNAL, onCancel);
   // Nothing else holds the event loop open (no IPC channel): a handler waiting on a promise
   // alone must not let the process exit under it. A timer is made only then (the first one
@@ -286,6 +311,11 @@ if (piped) {
   process.once('beforeExit', () => {
     if (running) setInterval(() => {}, 2 ** 30);
   });
+  // The read blocks (an asynchronous one costs ~1.5 ms more per worker here); until it
+  // returns, SIGTERM keeps its default action, which is what a spare retired while it waits
+  // needs (a listener would run only once the read returned).
+  const message = JSON.parse(readFileSync(0, 'utf8'));
+  process.on('SIGTERM', onTerminate);
   void run(message);
 } else {
   channel?.onMessage((message) => void run(/** @type {RunMessage} */ (message)));
