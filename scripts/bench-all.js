@@ -238,8 +238,44 @@ const SCRIPTS = [
     },
   },
   // Scripts added on other branches: run when present, with their own defaults, inside a budget.
-  { id: 'latency', file: 'scripts/bench-latency.js', title: 'Latency', env: {}, quick: {}, timeoutS: 180 },
-  { id: 'soak', file: 'scripts/bench-soak.js', title: 'Soak', env: {}, quick: {}, timeoutS: 180 },
+  {
+    id: 'latency',
+    file: 'scripts/bench-latency.js',
+    notes: 'latency-scriptsbench-latencyjs',
+    title: 'Latency from run() to the handler\'s first line, cold and with a warm spare',
+    env: {},
+    quick: { BENCH_LATENCY_TASKS: '10' },
+    timeoutS: 300,
+    rows: (line) => [
+      row(
+        `${line.scenario}: p50 / p99, ${num(line.tasks ?? '?')} tasks`,
+        `${cell(line, 'tidepool.latencyMs.p50', ms)} / ${cell(line, 'tidepool.latencyMs.p99', ms)}`,
+        `${short(line.reference?.name)}: ${cell(line, 'reference.latencyMs.p50', ms)} / ${cell(line, 'reference.latencyMs.p99', ms)}`,
+        `${cell(line, 'ratio')} (p50 ÷ p50)`,
+        line.target ? `p50 ≤ ${line.target.p50Ms} ms` : 'none',
+        line.met,
+      ),
+    ],
+  },
+  {
+    id: 'soak',
+    file: 'scripts/bench-soak.js',
+    notes: 'soak-scriptsbench-soakjs',
+    title: 'Soak: 200,000 tasks on reused workers, 20,000 on single-use ones',
+    env: {},
+    quick: { BENCH_SOAK_MODULE_TASKS: '2000', BENCH_SOAK_COMMAND_TASKS: '200' },
+    timeoutS: 480,
+    rows: (line) => [
+      row(
+        `${line.scenario}, ${num(line.tasks ?? '?')} tasks: RSS after warm-up → end`,
+        `${cell(line, 'rssMiB.atWarmup', (x) => `${num(x)} MiB`)} → ${cell(line, 'rssMiB.atEnd', (x) => `${num(x)} MiB`)} (growth ${cell(line, 'rssMiB.growth', (x) => `${num(x)} MiB`)}); ${cell(line, 'tasksPerSec', perSec)}`,
+        `fds at warm-up → end: ${cell(line, 'fds.atWarmup')} → ${cell(line, 'fds.atEnd')}; loop delay p99 ${cell(line, 'eldMs.p99', ms)}; left in /proc: ${cell(line, 'leftover', (l) => (l.length ? l.join(', ') : 'none'))}`,
+        '—',
+        'RSS growth < 10 MB, no fd growth, nothing left',
+        line.met === undefined ? undefined : line.met && line.fds?.atEnd <= line.fds?.atWarmup && (line.leftover?.length ?? 0) === 0,
+      ),
+    ],
+  },
   {
     id: 'start',
     file: 'scripts/bench-start.js',
