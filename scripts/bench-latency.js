@@ -36,8 +36,9 @@
 //        (module-cold,module-spare,command-cold,command-spare), BENCH_SPAWN_HOST (perl, node
 //        or auto: TIDEPOOL_SPAWN_HOST for the pool).
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { intEnv, leftovers as sharedLeftovers } from './lib/bench.js';
 import { createPool } from '../dist/src/index.js';
 
 for (const name of ['HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV']) delete process.env[name];
@@ -46,7 +47,7 @@ if (process.env.BENCH_SPAWN_HOST) process.env.TIDEPOOL_SPAWN_HOST = process.env.
 const HANDLER = fileURLToPath(new URL('fixtures/first-line.js', import.meta.url));
 const BARE_MODULE = fileURLToPath(new URL('fixtures/bare-module.js', import.meta.url));
 const COMMAND = ['perl', fileURLToPath(new URL('fixtures/first-line.pl', import.meta.url))];
-const N = Number(process.env.BENCH_LATENCY_TASKS ?? 200);
+const N = intEnv('BENCH_LATENCY_TASKS', 200);
 const WARMUP = Number(process.env.BENCH_LATENCY_WARMUP ?? 5);
 const GAP_MS = Number(process.env.BENCH_LATENCY_GAP_MS ?? 20);
 const SCENARIOS = (process.env.BENCH_LATENCY_SCENARIOS ?? 'module-cold,module-spare,command-cold,command-spare').split(',');
@@ -216,24 +217,8 @@ async function scenario(name) {
 }
 
 /** Live processes carrying the marker, and children of this process. */
-function leftovers() {
-  const found = [];
-  const needle = `\0${MARK_NAME}=${MARK}\0`;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (state === 'Z') continue;
-      if (`\0${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle) || Number(ppid) === process.pid) {
-        found.push(`${entry} (${readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').slice(0, 120)})`);
-      }
-    } catch {
-      // gone, or not ours
-    }
-  }
-  return found;
-}
+/** What outlived the run: processes with the marker, and children of this script. */
+const leftovers = () => sharedLeftovers(MARK_NAME, MARK, { children: true });
 
 for (const name of SCENARIOS) {
   log(`${name}: ${N} tasks per side (+${WARMUP} warm-up), gap ${GAP_MS} ms`);

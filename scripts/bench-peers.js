@@ -51,6 +51,7 @@ import { createConnection } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BenchError, intEnv, median } from './lib/bench.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
@@ -59,20 +60,7 @@ const IPC_ECHO = join(ROOT, 'scripts/fixtures/ipc-echo.js');
 const MARK_NAME = 'TIDEPOOL_BENCH_PEERS';
 const REDIS_URL = process.env.BENCH_REDIS_URL || 'redis://127.0.0.1:6379';
 
-class BenchError extends Error {}
 
-function intEnv(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new BenchError(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return Number(raw);
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const round = (x, digits) => Number(x.toFixed(digits));
 const log = (text) => process.stderr.write(`bench-peers: ${text}\n`);
 

@@ -29,10 +29,11 @@
 // Env: BENCH_REUSE_TASKS (20000), BENCH_REUSE_CONCURRENCY (4), BENCH_REPEAT (3),
 //      BENCH_REUSE_SCENARIOS (library,cli), BENCH_REUSE_PROFILE (1; 0 leaves it out).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { assertNoLeftovers as noLeftovers, intEnv, median } from './lib/bench.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
@@ -43,12 +44,6 @@ const MARK = `${process.pid}-${Date.now()}`;
 /** Callers feeding the library, each awaiting its task before the next. */
 const CALLERS = 64;
 
-function intEnv(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new Error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return Number(raw);
-}
 
 // ---------------------------------------------------------------------------------------
 // The measured sides, each run in a child process: `node bench-reuse.js --side NAME N C`.
@@ -310,30 +305,8 @@ function runCli(file, n, concurrency) {
   });
 }
 
-function leftovers() {
-  const found = [];
-  const needle = `${MARK_NAME}=${MARK}\0`;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (`${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle)) found.push(entry);
-    } catch {
-      // Gone, or not ours to read.
-    }
-  }
-  return found;
-}
-
-async function assertNoLeftovers() {
-  for (let i = 0; i < 50 && leftovers().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
-  const left = leftovers();
-  if (left.length > 0) throw new Error(`processes outlived their run: ${left.join(', ')}`);
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+/** Every process this run started carries the marker: none may outlive its side. */
+const assertNoLeftovers = () => noLeftovers(MARK_NAME, MARK);
 
 /** Alternating pairs of `a` (tidepool) and `b` (reference); the median of per-pair ratios of tasks/s. */
 async function pairs(repeat, a, b, label) {

@@ -37,6 +37,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { fileURLToPath } from 'node:url';
+import { intEnv, leftovers as sharedLeftovers } from './lib/bench.js';
 
 if (typeof globalThis.gc !== 'function') {
   // Each RSS reading follows a forced GC, so that it is retained memory.
@@ -87,24 +88,8 @@ function reading() {
 }
 
 /** Live processes carrying the marker, and children of this process. */
-function leftovers() {
-  const found = [];
-  const needle = `\0${MARK_NAME}=${MARK}\0`;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (state === 'Z') continue;
-      if (`\0${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(needle) || Number(ppid) === process.pid) {
-        found.push(`${entry} (${readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').slice(0, 120)})`);
-      }
-    } catch {
-      // gone, or not ours
-    }
-  }
-  return found;
-}
+/** What outlived the run: processes with the marker, and children of this script. */
+const leftovers = () => sharedLeftovers(MARK_NAME, MARK, { children: true });
 
 async function scenario(name, { tasks, worker, maxTasksPerWorker }) {
   const fdsBefore = fds();

@@ -30,6 +30,7 @@ import * as nodeModule from 'node:module';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BenchError, intEnv, median } from './lib/bench.js';
 import { generateHeavyHandler } from './fixtures/heavy-handler/generate.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -42,14 +43,6 @@ const MARK = `${process.pid}-${Date.now()}`;
 const HAS_CACHE = typeof nodeModule.enableCompileCache === 'function';
 const TICK_MS = 10; // USER_HZ is 100 on Linux
 
-class BenchError extends Error {}
-
-function intEnv(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new BenchError(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return Number(raw);
-}
 
 /** Fields of /proc/PID/stat after the command name. */
 function statFields(pid) {
@@ -139,11 +132,6 @@ async function assertNoLeftovers() {
   if (pids.length > 0) throw new BenchError(`tidepool left workers behind: ${pids.join(', ')}`);
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const round = (x, d) => Number(x.toFixed(d));
 
 async function main() {
