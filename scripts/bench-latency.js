@@ -38,9 +38,10 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { intEnv, leftovers as sharedLeftovers } from './lib/bench.js';
+import { intEnv, leftovers as sharedLeftovers, reportBenchErrors } from './lib/bench.js';
 import { createPool } from '../dist/src/index.js';
 
+reportBenchErrors('bench-latency');
 for (const name of ['HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV']) delete process.env[name];
 if (process.env.BENCH_SPAWN_HOST) process.env.TIDEPOOL_SPAWN_HOST = process.env.BENCH_SPAWN_HOST;
 
@@ -48,8 +49,8 @@ const HANDLER = fileURLToPath(new URL('fixtures/first-line.js', import.meta.url)
 const BARE_MODULE = fileURLToPath(new URL('fixtures/bare-module.js', import.meta.url));
 const COMMAND = ['perl', fileURLToPath(new URL('fixtures/first-line.pl', import.meta.url))];
 const N = intEnv('BENCH_LATENCY_TASKS', 200);
-const WARMUP = Number(process.env.BENCH_LATENCY_WARMUP ?? 5);
-const GAP_MS = Number(process.env.BENCH_LATENCY_GAP_MS ?? 20);
+const WARMUP = intEnv('BENCH_LATENCY_WARMUP', 5, { min: 0 });
+const GAP_MS = intEnv('BENCH_LATENCY_GAP_MS', 20, { min: 0 });
 const SCENARIOS = (process.env.BENCH_LATENCY_SCENARIOS ?? 'module-cold,module-spare,command-cold,command-spare').split(',');
 const TARGET_MS = 2;
 const MARK_NAME = 'TIDEPOOL_BENCH_LATENCY';

@@ -37,7 +37,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { fileURLToPath } from 'node:url';
-import { intEnv, leftovers as sharedLeftovers } from './lib/bench.js';
+import { BenchError, intEnv, leftovers as sharedLeftovers, reportBenchErrors } from './lib/bench.js';
 
 if (typeof globalThis.gc !== 'function') {
   // Each RSS reading follows a forced GC, so that it is retained memory.
@@ -49,11 +49,14 @@ const { createPool } = await import('../dist/src/index.js');
 
 for (const name of ['HOME', 'LANG', 'TZ', 'TMPDIR', 'NODE_ENV']) delete process.env[name];
 
+reportBenchErrors('bench-soak');
 const NOOP = fileURLToPath(new URL('../test/fixtures/noop.js', import.meta.url));
-const env = (name, fallback) => Number(process.env[name] ?? fallback);
+const env = intEnv;
 const CONCURRENCY = env('BENCH_SOAK_CONCURRENCY', 4);
 const IN_FLIGHT = env('BENCH_SOAK_IN_FLIGHT', 64);
-const WARMUP = env('BENCH_SOAK_WARMUP', 0.1);
+/** The share of the tasks done before the warm-up reading (0 < x < 1). */
+const WARMUP = Number(process.env.BENCH_SOAK_WARMUP || 0.1);
+if (!(WARMUP > 0 && WARMUP < 1)) throw new BenchError(`BENCH_SOAK_WARMUP must be a fraction between 0 and 1, got ${JSON.stringify(process.env.BENCH_SOAK_WARMUP)}`);
 const GROWTH_TARGET_MB = 10;
 const COMMAND = (process.env.BENCH_SOAK_COMMAND ?? '/bin/cat').split(' ');
 const SCENARIOS = {

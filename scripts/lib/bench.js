@@ -6,16 +6,31 @@ import { readdirSync, readFileSync } from 'node:fs';
 export class BenchError extends Error {}
 
 /**
- * A positive integer from the environment, or `fallback` when unset or empty. Throws a
- * BenchError naming the variable and what it got otherwise.
+ * An integer of at least `min` (1 unless said) from the environment, or `fallback` when unset
+ * or empty. Throws a BenchError naming the variable and what it got otherwise.
  * @param {string} name
  * @param {number} fallback
+ * @param {{ min?: number }} [options]
  */
-export function intEnv(name, fallback) {
+export function intEnv(name, fallback, { min = 1 } = {}) {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new BenchError(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < min) {
+    throw new BenchError(`${name} must be ${min === 1 ? 'a positive integer' : `an integer of at least ${min}`}, got ${JSON.stringify(raw)}`);
+  }
   return Number(raw);
+}
+
+/**
+ * A BenchError that escapes (a bad setting read at the top of a script) ends the script with
+ * its message alone and exit status 2; anything else with its stack and status 1.
+ * @param {string} script the name the message starts with
+ */
+export function reportBenchErrors(script) {
+  process.on('uncaughtException', (err) => {
+    process.stderr.write(`${script}: ${err instanceof BenchError ? err.message : (err?.stack ?? err)}\n`);
+    process.exit(err instanceof BenchError ? 2 : 1);
+  });
 }
 
 /** @param {number[]} xs */
