@@ -63,6 +63,24 @@ for (const edition of ['perl', 'node'] as const) {
       expect(stderr.text()).not.toContain(PROGRESS_PREFIX);
     });
 
+    it('progress a reused worker reports after its handler returned is dropped, never told as its next task\'s', async () => {
+      const pool = await startPool({ worker: { module: fixture('progress-late.js') }, concurrency: 1, maxTasksPerWorker: 5 }, { spawnHost: edition });
+      const events: ProgressEvent[] = [];
+      pool.on('progress', (event) => events.push(event));
+      const fired = file('fired');
+      const release = file('release');
+      expect(await pool.run({ id: 'a', params: { kind: 'late', delay: 100, fired } })).toMatchObject({ status: 'resolved', result: 'returned' });
+      // The same worker (concurrency 1) runs b while a's timer fires.
+      const b = pool.run({ id: 'b', params: { kind: 'wait', release } });
+      await until(() => existsSync(fired), "a's late progress call");
+      // The call was made before `fired` was written: had it been sent, it would be here by now
+      // (the worker answers b only after it, on the same channel).
+      writeFileSync(release, '');
+      expect(await b).toMatchObject({ status: 'resolved', result: 'done' });
+      expect(events).toEqual([]);
+      expect(pool.progressOf('b')).toBeUndefined();
+    });
+
     it('a command reports progress on stderr: its lines reach the event and are not forwarded; other lines are', async () => {
       const release = file('release');
       const stderr = collect();

@@ -259,14 +259,14 @@ const run = (async function run(/** @type {RunMessage} */ message) {
   let controller = null;
   /** @type {Error | null} */
   let aborted = null;
-  running = {
+  const attempt = (running = {
     deadline: message.deadline ?? Infinity,
     abort(reason) {
       // The first reason stands (a cancel, then the SIGTERM that follows it).
       aborted ??= reason;
       controller?.abort(reason);
     },
-  };
+  });
   const ctx = {
     attempt: message.attempt,
     workerId: message.workerId,
@@ -284,7 +284,12 @@ const run = (async function run(/** @type {RunMessage} */ message) {
       Object.defineProperty(this, 'log', { value: log });
       return log;
     },
-    progress,
+    // Once the handler has returned, its attempt is over: a late value (a timer the handler
+    // left) is dropped, never told as the progress of the worker's next task.
+    /** @param {unknown} value */
+    progress: (value) => {
+      if (running === attempt) progress(value);
+    },
   };
   /** @type {ChildMessage} */
   let reply;
