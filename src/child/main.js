@@ -11,6 +11,7 @@
 //   start.
 import { readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import { LineReader } from './lines.js';
 import {
   CANCEL_SIGNAL,
   EXIT,
@@ -83,17 +84,9 @@ async function openChannel(fd) {
   socket.on('error', () => {});
   /** @type {(message: unknown) => void} */
   let deliver = () => {};
-  let buffered = '';
+  const lines = new LineReader();
   socket.on('data', (/** @type {string} */ text) => {
-    buffered += text;
-    let start = 0;
-    let nl;
-    while ((nl = buffered.indexOf('\n', start)) >= 0) {
-      const line = buffered.slice(start, nl);
-      start = nl + 1;
-      deliver(JSON.parse(line));
-    }
-    buffered = buffered.slice(start);
+    for (const line of lines.read(text)) deliver(JSON.parse(line));
   });
   const ch = {
     open: true,

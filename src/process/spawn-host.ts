@@ -13,6 +13,7 @@ import type { Frame, SpawnSpec } from '../child/host-protocol.js';
 import { FLUSH_LIMIT_MS, MAX_OUTPUT, MAX_PROGRESS, PROGRESS_PREFIX, STDERR_TAIL } from '../child/protocol.js';
 import type { ErrorInfo } from '../child/protocol.js';
 import { Fifo } from '../slices.js';
+import { LineReader } from '../child/lines.js';
 import type { Ledger } from './ledger.js';
 
 const PERL_HOST = fileURLToPath(new URL('../child/spawn-host.pl', import.meta.url));
@@ -203,18 +204,10 @@ export class SpawnHost {
   #accept(socket: Socket): void {
     socket.unref();
     const decoder = new StringDecoder('utf8');
-    let buffered = '';
     let channel: (Channel & { to: SpawnHandlers }) | null = null;
+    const lines = new LineReader();
     socket.on('data', (chunk: Buffer) => {
-      // Most reads hold whole lines (a reply is one write): then nothing is buffered and each
-      // line is cut from the chunk once.
-      const text = decoder.write(chunk);
-      buffered = buffered === '' ? text : buffered + text;
-      let start = 0;
-      let nl: number;
-      while ((nl = buffered.indexOf('\n', start)) >= 0) {
-        const line = buffered.slice(start, nl);
-        start = nl + 1;
+      for (const line of lines.read(decoder.write(chunk))) {
         if (channel === null) {
           const handlers = this.#pending.get(line);
           if (!handlers?.channel || handlers.channel.socket) return void socket.destroy();
@@ -230,7 +223,6 @@ export class SpawnHost {
         }
         channel.to.message?.(message);
       }
-      buffered = start === buffered.length ? '' : buffered.slice(start);
     });
     socket.on('error', () => {});
     socket.once('close', () => {
