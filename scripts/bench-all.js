@@ -28,6 +28,7 @@ import { createConnection } from 'node:net';
 import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BenchError } from './lib/bench.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
@@ -440,7 +441,9 @@ function runScript(entry, env) {
         } catch {}
       }, 15_000).unref();
     }, entry.timeoutS * 1000);
-    const stop = () => {
+    // Ctrl-C (or a SIGTERM) stops the whole run: this script's group, then nothing is written.
+    const stop = (signal) => {
+      interrupted ??= signal;
       try {
         process.kill(-child.pid, 'SIGTERM');
       } catch {}
@@ -493,10 +496,22 @@ function machine() {
 
 const loads = () => loadavg().map((x) => Number(x.toFixed(2)));
 
+/** The signal that interrupted the run, if one did: the page is then left as it was. */
+let interrupted = null;
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => (interrupted ??= signal));
+
+/** BENCH_ALL_QUICK: 1/true/yes or 0/false/no (unset: 0); anything else is refused. */
+function quickSetting() {
+  const raw = (process.env.BENCH_ALL_QUICK ?? '').trim().toLowerCase();
+  if (['', '0', 'false', 'no'].includes(raw)) return false;
+  if (['1', 'true', 'yes'].includes(raw)) return true;
+  throw new BenchError(`BENCH_ALL_QUICK must be 1 (smoke settings) or 0, got ${JSON.stringify(process.env.BENCH_ALL_QUICK)}`);
+}
+
 async function runAll() {
-  const quick = process.env.BENCH_ALL_QUICK === '1';
+  const quick = quickSetting();
   const only = (process.env.BENCH_ALL_ONLY || '').split(',').map((s) => s.trim()).filter(Boolean);
-  for (const id of only) if (!SCRIPTS.some((e) => e.id === id)) throw new Error(`BENCH_ALL_ONLY: unknown ${JSON.stringify(id)} (known: ${SCRIPTS.map((e) => e.id).join(', ')})`);
+  for (const id of only) if (!SCRIPTS.some((e) => e.id === id)) throw new BenchError(`BENCH_ALL_ONLY: unknown ${JSON.stringify(id)} (known: ${SCRIPTS.map((e) => e.id).join(', ')})`);
   const run = {
     generatedBy: 'scripts/bench-all.js',
     quick,
@@ -512,6 +527,7 @@ async function runAll() {
     execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
   }
   for (const entry of SCRIPTS) {
+    if (interrupted) throw new BenchError(`interrupted by ${interrupted}: nothing written`);
     const env = quick ? entry.quick ?? {} : entry.env ?? {};
     const record = { id: entry.id, file: entry.file, command: commandOf(entry, env), env };
     run.scripts.push(record);
@@ -536,6 +552,7 @@ async function runAll() {
     record.loadAfter = loads();
     log(`${entry.id}: ${record.status} in ${record.seconds} s, ${record.lines.length} JSON lines`);
   }
+  if (interrupted) throw new BenchError(`interrupted by ${interrupted}: nothing written`);
   run.loadAfter = loads();
   run.finishedAt = new Date().toISOString();
   run.seconds = Number(((performance.now() - began) / 1000).toFixed(0));
@@ -715,6 +732,6 @@ async function main() {
 }
 
 main().catch((err) => {
-  log(`FAILED: ${err?.stack ?? err}`);
-  process.exitCode = 1;
+  log(`FAILED: ${err instanceof BenchError ? err.message : (err?.stack ?? err)}`);
+  process.exitCode = interrupted ? 130 : err instanceof BenchError ? 2 : 1;
 });

@@ -141,6 +141,14 @@ async function main() {
   const modules = intEnv('BENCH_MODULES', 30);
   process.stderr.write(`bench-start: node ${process.version}, ${availableParallelism()} CPUs, ${tasks} tasks at ${concurrency}, repeat ${repeat}, ${modules} modules, compile cache ${HAS_CACHE ? 'available' : 'not in this Node'}\n`);
   const dir = mkdtempSync(join(tmpdir(), 'tidepool-bench-start-'));
+  // Interrupted, it still removes its fixture and state (the children it runs get the signal
+  // too, or end with their pool).
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.once(signal, () => {
+      rmSync(dir, { recursive: true, force: true });
+      process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
+    });
+  }
   try {
     const handler = generateHeavyHandler(join(dir, 'handler'), { modules });
     const stateDir = join(dir, 'state');
