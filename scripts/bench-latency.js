@@ -38,7 +38,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { intEnv, leftovers as sharedLeftovers, reportBenchErrors } from './lib/bench.js';
+import { BenchError, intEnv, leftovers as sharedLeftovers, reportBenchErrors } from './lib/bench.js';
 import { createPool } from '../dist/src/index.js';
 
 reportBenchErrors('bench-latency');
@@ -51,7 +51,11 @@ const COMMAND = ['perl', fileURLToPath(new URL('fixtures/first-line.pl', import.
 const N = intEnv('BENCH_LATENCY_TASKS', 200);
 const WARMUP = intEnv('BENCH_LATENCY_WARMUP', 5, { min: 0 });
 const GAP_MS = intEnv('BENCH_LATENCY_GAP_MS', 20, { min: 0 });
-const SCENARIOS = (process.env.BENCH_LATENCY_SCENARIOS ?? 'module-cold,module-spare,command-cold,command-spare').split(',');
+const KNOWN = ['module-cold', 'module-spare', 'command-cold', 'command-spare'];
+const SCENARIOS = (process.env.BENCH_LATENCY_SCENARIOS || KNOWN.join(',')).split(',').map((s) => s.trim());
+for (const name of SCENARIOS) {
+  if (!KNOWN.includes(name)) throw new BenchError(`BENCH_LATENCY_SCENARIOS: unknown ${JSON.stringify(name)} (known: ${KNOWN.join(', ')})`);
+}
 const TARGET_MS = 2;
 const MARK_NAME = 'TIDEPOOL_BENCH_LATENCY';
 const MARK = `${process.pid}-${Date.now()}`;

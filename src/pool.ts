@@ -274,7 +274,7 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     const stderr = options.stderr;
     this.#ledger = this.options.stateDir === undefined ? null : new Ledger(this.options.stateDir, this.logger);
     this.#host = new SpawnHost(
-      hostSpec(this.options),
+      hostSpec(this.options, (message) => this.logger.warn(message)),
       this.logger,
       internals.spawnHost,
       stderr ? (chunk) => stderr.write(chunk) : null,

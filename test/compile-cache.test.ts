@@ -1,8 +1,8 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { compileCacheSupported } from '../src/process/compile-cache.js';
+import { compileCacheDir, compileCacheSupported } from '../src/process/compile-cache.js';
 import { generateHeavyHandler } from '../scripts/fixtures/heavy-handler/generate.js';
 import { trackPools } from './helpers/pools.js';
 import { until } from './helpers/procs.js';
@@ -102,6 +102,19 @@ describe.skipIf(!compileCacheSupported())('the compile cache (Node 22.1+)', () =
     const cache = join(stateDir, 'compile-cache');
     expect(statSync(cache).mode & 0o777).toBe(0o700);
     expect(readdirSync(cache)).not.toEqual([]);
+  });
+
+  it('a cache directory another user could write is not used, and the pool says why', () => {
+    const { stateDir } = setup();
+    const cache = join(stateDir, 'compile-cache');
+    mkdirSync(cache, { mode: 0o700 });
+    chmodSync(cache, 0o777);
+    const said: string[] = [];
+    expect(compileCacheDir(stateDir, (why) => said.push(why))).toBeNull();
+    expect(said).toEqual([expect.stringMatching(new RegExp(`^module workers run without the compile cache: ${cache}: `))]);
+    chmodSync(cache, 0o700);
+    expect(compileCacheDir(stateDir, (why) => said.push(why))).toBe(cache);
+    expect(said).toHaveLength(1);
   });
 
   it('an env that names NODE_DISABLE_COMPILE_CACHE turns it off', async () => {

@@ -169,9 +169,9 @@ describe('module workers', () => {
     expect(error.message).toContain('cannot load: missing configuration');
   });
 
-  it('fails without retry when the result cannot be sent as JSON', async () => {
-    const pool = await startPool({ worker: { module: fixture('bigint.js') }, attempts: 3 });
-    const result = await pool.run({});
+  it.each(['bigint', 'function', 'symbol'])('fails without retry when the result cannot be sent as JSON (a %s: JSON would drop a function or symbol and resolve null)', async (kind) => {
+    const pool = await startPool({ worker: { module: fixture('unsendable.js') }, attempts: 3 });
+    const result = await pool.run({ params: { kind } });
     expect(failed(result).message).toMatch(/cannot be sent as JSON/);
     expect(result.attempts).toBe(1);
   });

@@ -109,8 +109,12 @@ const ANSWER_FD = 3;
  */
 function send(message, then) {
   try {
+    // JSON would drop these silently (the task would resolve as null): they fail instead.
+    if (message.k === MSG.RESULT && (typeof message.value === 'function' || typeof message.value === 'symbol')) {
+      throw new TypeError(`a ${typeof message.value} is not JSON`);
+    }
     const text = JSON.stringify(message);
-    // One cap on a reply whatever the channel (fd 3 or IPC): a result past it fails for good.
+    // One cap on a reply whatever the channel (fd 3 or the socket): a result past it fails for good.
     if (message.k === MSG.RESULT && text.length > MAX_OUTPUT) {
       throw new RangeError(`it is ${text.length} bytes of JSON, more than the ${MAX_OUTPUT} a reply may carry`);
     }

@@ -25,21 +25,29 @@ export const compileCacheSupported = (): boolean => typeof (nodeModule as { enab
  * The cache's directory: `compile-cache` in the pool's state directory, else in
  * `<tmp>/tidepool-<uid>` (the CLI's default state directory); created mode 0700. Null when the
  * Node has no compile cache, or the directory cannot be made or is not safe (it must belong to
- * this user and be writable by no one else: code cache in it is run by the workers).
+ * this user and be writable by no one else: code cache in it is run by the workers);
+ * `refused` then hears why.
  */
-export function compileCacheDir(stateDir: string | undefined): string | null {
+export function compileCacheDir(stateDir: string | undefined, refused: (why: string) => void = () => {}): string | null {
   if (!compileCacheSupported()) return null;
   const base = stateDir ?? join(tmpdir(), `tidepool-${process.getuid?.() ?? 0}`);
   const dir = join(base, 'compile-cache');
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     for (const d of stateDir === undefined ? [base, dir] : [dir]) {
-      if (!lstatSync(d).isDirectory() || unsafeDirectory(d) !== null) return null;
+      if (!lstatSync(d).isDirectory()) return refuse(refused, `${d} is not a directory`);
+      const unsafe = unsafeDirectory(d);
+      if (unsafe !== null) return refuse(refused, `${d}: ${unsafe}`);
     }
     return dir;
-  } catch {
-    return null;
+  } catch (err) {
+    return refuse(refused, `${dir}: ${(err as Error).message}`);
   }
+}
+
+function refuse(refused: (why: string) => void, why: string): null {
+  refused(`module workers run without the compile cache: ${why}`);
+  return null;
 }
 
 /** The workers' environment with the cache turned on, unless the user's `env` says otherwise. */

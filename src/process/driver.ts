@@ -300,7 +300,7 @@ const heapExhausted = (signal: string | null, stderr: string): boolean =>
  * What the spawn host starts: commands, module workers that serve one task each (task on
  * stdin, reply on fd 3), and module workers that serve several (a channel on fd 3: a socket, JSON lines).
  */
-export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number }): HostSpec {
+export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number }, warn: (message: string) => void = () => {}): HostSpec {
   const { worker, env, cwd, uid, gid, memoryLimit } = options;
   const cap = memoryLimit === null ? {} : { memoryLimit: memoryLimit * 1024 * 1024 };
   if (worker.kind === 'command') return { argv: worker.argv, env, cwd, uid, gid, ...cap };
@@ -308,7 +308,7 @@ export function hostSpec(options: DriverOptions & { maxTasksPerWorker: number })
   const argv = [process.execPath, ...heap, CHILD_ENTRY, worker.path];
   // Workers of another user could not read a cache only this user may open.
   const ownUser = uid === undefined || uid === process.getuid?.();
-  const moduleEnv = withCompileCache(env, ownUser ? compileCacheDir(options.stateDir) : null);
+  const moduleEnv = withCompileCache(env, ownUser ? compileCacheDir(options.stateDir, warn) : null);
   if (options.maxTasksPerWorker > 1) {
     return { argv, env: { ...moduleEnv, TIDEPOOL_CHANNEL_FD: '3' }, cwd, uid, gid, ...cap, channel: true };
   }
