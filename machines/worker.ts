@@ -32,6 +32,11 @@ export type ProcessEvent =
   | { type: 'proc.ready'; pid?: number }
   | { type: 'proc.result'; result: unknown }
   | { type: 'proc.failed'; error: ErrorInfo; retryable: boolean }
+  /**
+   * The task of `proc.run` for `deliveryId` never reached the process: it was gone when the
+   * task was written (a reused worker killed while idle). Not an attempt: the delivery goes back.
+   */
+  | { type: 'proc.unsent'; deliveryId: string }
   | { type: 'proc.spawnError'; error: ErrorInfo }
   | ({ type: 'proc.exit'; answer?: ProcessAnswer } & ProcessExit);
 
@@ -84,7 +89,10 @@ export type WorkerToPoolEvent =
   | { type: 'worker.outcome'; workerId: string; from: WorkerPhase; to: 'ready' | 'leaving'; deliveryId: string | null; outcome: Outcome }
   /** → `leaving`: terminating without an outcome to report (retired, killed, idle too long). */
   | { type: 'worker.leaving'; workerId: string; from: WorkerPhase }
-  /** A `task.assign` it could not take (it was already busy or leaving): the delivery goes back. */
+  /**
+   * A `task.assign` it could not take (it was already busy or leaving), or a task its process
+   * was gone before it could read (`proc.unsent`): the delivery goes back, not an attempt.
+   */
   | { type: 'worker.declined'; workerId: string; deliveryId: string };
 
 export interface WorkerInput {
@@ -185,6 +193,8 @@ export const workerMachine = setup({
     cancelsTask: ({ context, event }) =>
       event.type === 'task.cancel' && context.deliveryId !== null && event.deliveryId === context.deliveryId,
     wasCancelled: ({ context }) => context.cancelled && context.deliveryId !== null,
+    /** The task it runs now is the one that could not be sent. */
+    unsentTask: ({ context, event }) => event.type === 'proc.unsent' && context.deliveryId !== null && event.deliveryId === context.deliveryId,
   },
   actions: {
     /** Report the attempt's outcome to the pool and detach the delivery. */
@@ -255,6 +265,14 @@ export const workerMachine = setup({
       if (context.reported === 'leaving') return;
       enqueue.emit({ type: 'worker.leaving', workerId: context.workerId, from: context.reported } satisfies WorkerToPoolEvent);
       enqueue.assign({ reported: 'leaving' });
+    }),
+    /**
+     * Its task never reached the process (`proc.unsent`): the delivery goes back to the pool
+     * as declined (not an attempt, so not served), and the worker ends.
+     */
+    giveBack: enqueueActions(({ context, enqueue }) => {
+      enqueue.emit({ type: 'worker.declined', workerId: context.workerId, deliveryId: context.deliveryId! } satisfies WorkerToPoolEvent);
+      enqueue.assign({ deliveryId: null, served: context.served - 1, expectExit: false });
     }),
     /** A `task.assign` that found it busy or leaving goes straight back to the pool. */
     decline: emit(({ context, event }): WorkerToPoolEvent => ({
@@ -422,6 +440,7 @@ export const workerMachine = setup({
           },
         ],
         'worker.kill': { target: 'terminating', actions: 'dropTask' },
+        'proc.unsent': { guard: 'unsentTask', target: 'terminating', actions: 'giveBack' },
         // Never reused: a cancelled attempt leaves its process in an unknown state.
         'task.cancel': { guard: 'cancelsTask', target: 'terminating', actions: 'markCancelled' },
       },

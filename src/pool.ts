@@ -787,6 +787,9 @@ export class Pool<S extends Source = Source> extends EventEmitter<PoolEvents> {
     } else if ((event.type === 'worker.done' || event.type === 'worker.error') && event.held !== null) {
       // It ended without reporting on its attempt: the delivery goes back to the backlog.
       this.#running.delete(event.held);
+    } else if (event.type === 'worker.declined' && this.#running.get(event.deliveryId)?.workerId === event.workerId) {
+      // Its task never reached its process (gone before it could read it): not running after all.
+      this.#running.delete(event.deliveryId);
     }
     this.#actor?.send(event);
   }

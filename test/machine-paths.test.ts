@@ -251,6 +251,8 @@ function workerModel(): Model<WorkerState, WorkerStimulus> {
       if (c.pid === null && c.exit === null) {
         proc.unshift({ type: 'proc.spawned', pid: PID }, { type: 'proc.ready', pid: PID });
       }
+      // The driver could not write the task it was told to run: the process was gone.
+      if (c.deliveryId !== null) proc.push({ type: 'proc.unsent', deliveryId: c.deliveryId });
       // The pool retires only idle workers. It assigns to workers it believes idle, which may
       // have taken a task or be leaving by the time the assignment arrives: they decline it.
       const commands: WorkerCommand[] = [{ type: 'worker.kill' }];
@@ -990,6 +992,8 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
   let signalled = false;
   let killedWhileRunning = false;
   const ran: string[] = [];
+  /** Deliveries it declined after it was told to run them (its process never read them). */
+  const givenBack = new Set<string>();
   const outcomes = new Map<string, number>();
   let seenCommands = 0;
   for (let i = 0; i < states.length; i++) {
@@ -1020,7 +1024,11 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
         out.push(`step ${i}: unknown event ${event.type} to the pool`);
         continue;
       }
-      if (to === null) continue;
+      if (to === null) {
+        const declined = (event as unknown as { deliveryId: string }).deliveryId;
+        if (ran.includes(declined)) givenBack.add(declined);
+        continue;
+      }
       if ((event as { from?: string }).from !== phase) out.push(`step ${i}: ${event.type} from ${(event as { from?: string }).from}, last reported ${phase}`);
       phase = to;
       if (event.type === 'worker.outcome') {
@@ -1037,7 +1045,14 @@ function workerPathViolations(path: Path<WorkerState, WorkerStimulus>, states: W
     }
   }
   if (done === 1 && !killedWhileRunning) {
-    for (const id of ran) if ((outcomes.get(id) ?? 0) !== 1) out.push(`ended with ${outcomes.get(id) ?? 0} outcomes for ${id}, which it ran`);
+    for (const id of ran) {
+      // A task its process never read goes back declined: no outcome, and none expected.
+      if (givenBack.has(id)) {
+        if (outcomes.has(id)) out.push(`an outcome for ${id}, which it gave back`);
+        continue;
+      }
+      if ((outcomes.get(id) ?? 0) !== 1) out.push(`ended with ${outcomes.get(id) ?? 0} outcomes for ${id}, which it ran`);
+    }
   }
   return out;
 }

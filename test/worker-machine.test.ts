@@ -270,6 +270,34 @@ describe('worker machine: what the pool hears', () => {
   });
 });
 
+describe('worker machine: a task its process never read (proc.unsent)', () => {
+  it('is given back declined, not an attempt: no outcome, not counted as served, and the worker ends', () => {
+    const w = startWorker({ maxTasks: 3 });
+    w.proc.start(41);
+    w.send({ type: 'task.assign', deliveryId: 'd1' });
+    w.proc.send({ type: 'proc.unsent', deliveryId: 'd1' });
+    expect(w.all().map((e) => [e.type, 'from' in e ? e.from : null])).toEqual([
+      ['worker.ready', 'spawning'],
+      ['worker.running', 'ready'],
+      ['worker.declined', null],
+      ['worker.leaving', 'running'],
+    ]);
+    expect(w.all().find((e) => e.type === 'worker.declined')).toEqual({ type: 'worker.declined', workerId: 'w1', deliveryId: 'd1' });
+    expect(w.state()).toEqual({ terminating: 'signalled' });
+    w.proc.exit({ code: null, signal: 'SIGKILL' });
+    expect(w.outcomes()).toEqual([]);
+    expect(w.report()).toMatchObject({ served: 0, pid: 41 });
+  });
+
+  it('about another delivery (a late one) is ignored', () => {
+    const w = startWorker({ maxTasks: 3 });
+    w.proc.start();
+    w.send({ type: 'task.assign', deliveryId: 'd2' });
+    w.proc.send({ type: 'proc.unsent', deliveryId: 'd1' });
+    expect(w.state()).toBe('running');
+  });
+});
+
 describe('worker machine: failures while running', () => {
   it.each([true, false])('proc.failed reports an error outcome carrying retryable=%s', (retryable) => {
     const w = startWorker({ deliveryId: 'd1' });

@@ -189,12 +189,16 @@ function channelProcess(rt: DriverRuntime, modulePath: string) {
     receive((command) => {
       if (command.type !== 'proc.run') return stop(command, signal, true);
       current = command.deliveryId;
-      const held = rt.taskFor(command.deliveryId);
+      const { deliveryId } = command;
+      const held = rt.taskFor(deliveryId);
       if (!held || exited) return;
-      // The channel is gone (the worker is dying): its exit will fail the attempt.
-      if (!host.post(id, runMessage(held, input.workerId, command.last, rt.options.timeout))) {
-        rt.logger.debug({ workerId: input.workerId }, 'task not sent');
-      }
+      // The worker died before it could read its task (killed while idle, say, before the
+      // manager heard of it): the task never ran, and goes back rather than fail an attempt.
+      // The kernel says so (EPIPE) once it has released the dead worker's end of the channel,
+      // which it does a moment after the death: a task written within that moment is lost with
+      // the process, and its attempt fails as a crash, as it would have before this check.
+      const unsent = () => sendBack({ type: 'proc.unsent', deliveryId });
+      if (!host.post(id, runMessage(held, input.workerId, command.last, rt.options.timeout), unsent)) unsent();
     });
     return () => signal('SIGKILL');
   });

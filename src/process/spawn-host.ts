@@ -29,6 +29,9 @@ const NODE_HOST = fileURLToPath(new URL('../child/spawn-host.js', import.meta.ur
  */
 export const FRAME_SLICE = 8;
 
+/** A write to a worker's channel failed because the worker's end was closed first. */
+const CLOSED_PEER = new Set(['EPIPE', 'ECONNRESET', 'ERR_STREAM_WRITE_AFTER_END', 'ERR_STREAM_DESTROYED']);
+
 /** Which spawn host starts workers: `auto` is Perl when a `perl` is on PATH, else Node. */
 export type HostEdition = 'auto' | 'perl' | 'node';
 
@@ -181,11 +184,18 @@ export class SpawnHost {
     if (this.#pending.has(id)) this.#send(frame(`${HOST.SIGNAL} ${id} ${signal}${leader ? ' leader' : ''}`));
   }
 
-  /** Send a message to a worker over its channel; false when it has none (yet, or any more). */
-  post(id: string, message: unknown): boolean {
+  /**
+   * Send a message to a worker over its channel; false when it has none (yet, or any more).
+   * `refused` is called if the worker's end was already closed when the message was written
+   * (EPIPE, ECONNRESET): the worker is gone and never read it.
+   */
+  post(id: string, message: unknown, refused?: () => void): boolean {
     const socket = this.#pending.get(id)?.channel?.socket;
-    if (!socket || socket.destroyed) return false;
-    socket.write(`${JSON.stringify(message)}\n`);
+    // Ended: the worker closed its end (it is gone), and what is written now is never read.
+    if (!socket || socket.destroyed || !socket.writable) return false;
+    socket.write(`${JSON.stringify(message)}\n`, (err) => {
+      if (err && CLOSED_PEER.has((err as NodeJS.ErrnoException).code ?? '')) refused?.();
+    });
     return true;
   }
 
