@@ -158,18 +158,43 @@ const onTerminate = () => {
   // A cancel's CANCEL_SIGNAL is sent just before the SIGTERM, but two signals can land on two
   // threads of this process and be dispatched in either order, in one turn of the event loop
   // or two: the reason is decided a turn later, once both have been seen.
-  setImmediate(() =>
-    setImmediate(() => {
-      if (!running) return;
-      const reason = cancelled
-        ? 'the task was cancelled; the worker is terminating'
-        : Date.now() >= running.deadline
-          ? 'the task deadline passed; the worker is terminating'
-          : 'the pool is stopping the task (shutdown); the worker is terminating';
-      running.abort(new Error(reason));
-    }),
-  );
+  // On a loaded machine the thread a signal went to can wait for a core longer than that: a
+  // CANCEL_SIGNAL still pending for the process (sent first, so pending or seen by now) is
+  // waited for too, a turn at a time.
+  let turns = 0;
+  const decide = () => {
+    if (!running) return;
+    if (!cancelled && turns++ < 1_000 && cancelPending()) return void setImmediate(decide);
+    const reason = cancelled
+      ? 'the task was cancelled; the worker is terminating'
+      : Date.now() >= running.deadline
+        ? 'the task deadline passed; the worker is terminating'
+        : 'the pool is stopping the task (shutdown); the worker is terminating';
+    running.abort(new Error(reason));
+  };
+  setImmediate(() => setImmediate(decide));
 };
+
+/** SIGUSR2 (CANCEL_SIGNAL) is signal 12: bit 11 of the pending masks in /proc/self/status. */
+const CANCEL_BIT = 1n << 11n;
+
+/**
+ * Whether CANCEL_SIGNAL has been sent to this process and not yet taken by a thread (pending
+ * for the process, or for the main thread), from /proc/self/status; false where that cannot be
+ * read.
+ */
+function cancelPending() {
+  try {
+    const status = readFileSync('/proc/self/status', 'latin1');
+    for (const field of ['ShdPnd', 'SigPnd']) {
+      const hex = new RegExp(`^${field}:\\s*([0-9a-f]+)$`, 'm').exec(status)?.[1];
+      if (hex !== undefined && (BigInt(`0x${hex}`) & CANCEL_BIT) !== 0n) return true;
+    }
+  } catch {
+    // No /proc: the two turns above are all there is.
+  }
+  return false;
+}
 const onCancel = () => {
   cancelled = true;
   onTerminate();
