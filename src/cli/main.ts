@@ -47,7 +47,7 @@ const FLAGS = {
   'state-dir': {
     option: 'stateDir',
     arg: 'DIR',
-    help: 'where the ledger of live workers is kept ("none": no ledger)',
+    help: 'where the ledger of live workers is kept, and on Node 22.1+ the module workers\' compile cache ("none": no ledger)',
     fallback: '$XDG_RUNTIME_DIR/tidepool, else <tmp>/tidepool-<uid>',
   },
   config: { arg: 'FILE', help: 'options from a JSON file or a .js/.mjs module exporting an object; flags and variables win' },
