@@ -1,5 +1,3 @@
-import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { TidepoolError } from '../errors.js';
 import { redactUrl } from '../logging.js';
@@ -11,6 +9,8 @@ import type { ResolvedServeOptions } from './options.js';
 
 /** While a drain waits, its progress is logged at least this often (ms). */
 const DRAIN_LOG_MS = 5_000;
+/** How often the event loop's delay is sampled (ms): the finest delay `/healthz` can see. */
+const HEARTBEAT_MS = 20;
 
 /** How `/readyz` sees the service. */
 export interface Readiness {
@@ -63,11 +63,12 @@ export class Service {
   #spawnFailure: string | null = null;
   #draining = false;
   #drainWake: (() => void) | null = null;
-  readonly #loop: IntervalHistogram;
-  #loopDelayMs = 0;
-  /** When the loop-delay window last turned (performance.now(), ms). */
-  #tick = performance.now();
-  readonly #sampler: NodeJS.Timeout;
+  /** The loop's delay: the latest beat (performance.now(), ms), and the most late a beat came in this window and the last. */
+  #beat = performance.now();
+  #lateNow = 0;
+  #lateBefore = 0;
+  #beats = 0;
+  readonly #heartbeat: NodeJS.Timeout;
   /** Why the source's broker connection was lost (null while connected). */
   #lost: string | null = null;
 
@@ -125,19 +126,21 @@ export class Service {
       if (this.#draining) this.#drainWake?.();
     });
     pool.on('breaker:tripped', () => metrics.breakerTripped());
-    // The loop's delay, sampled over windows of a second: a blocked loop shows in the next
-    // window, and in the current one while it lasts.
-    this.#loop = monitorEventLoopDelay({ resolution: 20 });
-    this.#loop.enable();
-    // The sampler's own lateness counts too (a delay of the same loop, measured by the timer
-    // that ends the window), and so does its lateness so far when a probe is answered before
-    // the timers have run after a block.
-    this.#sampler = setInterval(() => {
+    // The loop's delay: a beat every HEARTBEAT_MS notes how late it came, kept as the most over
+    // the current window of a second and the one before. A blocked loop shows whichever runs
+    // first once it is free: the beat (its lateness), or a probe (the beat overdue so far);
+    // Node's own delay histogram records only in a later phase of the loop than the one that
+    // answers a request, so a probe right after a block could still read it clean.
+    this.#heartbeat = setInterval(() => {
       const now = performance.now();
-      this.#loopDelayMs = Math.max(this.#loop.max / 1e6, now - this.#tick - 1000);
-      this.#tick = now;
-      this.#loop.reset();
-    }, 1000).unref();
+      this.#lateNow = Math.max(this.#lateNow, now - this.#beat - HEARTBEAT_MS);
+      this.#beat = now;
+      if (++this.#beats * HEARTBEAT_MS >= 1000) {
+        this.#lateBefore = this.#lateNow;
+        this.#lateNow = 0;
+        this.#beats = 0;
+      }
+    }, HEARTBEAT_MS).unref();
   }
 
   /**
@@ -194,8 +197,8 @@ export class Service {
 
   /** The process is alive and its event loop responsive. */
   health(): Health {
-    const overdue = performance.now() - this.#tick - 1000;
-    const loopDelayMs = Math.round(Math.max(this.#loopDelayMs, this.#loop.max / 1e6, overdue));
+    const overdue = performance.now() - this.#beat - HEARTBEAT_MS;
+    const loopDelayMs = Math.max(0, Math.round(Math.max(this.#lateNow, this.#lateBefore, overdue)));
     return { healthy: loopDelayMs <= this.options.maxLoopDelay, loopDelayMs, maxLoopDelayMs: this.options.maxLoopDelay };
   }
 
@@ -294,7 +297,6 @@ export class Service {
 
   /** Release the service's own timers (the pool is stopped by `drain()` or by its owner). */
   close(): void {
-    clearInterval(this.#sampler);
-    this.#loop.disable();
+    clearInterval(this.#heartbeat);
   }
 }
