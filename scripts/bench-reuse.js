@@ -262,47 +262,34 @@ const SIDES = {
 // ---------------------------------------------------------------------------------------
 // The driver.
 
-/** Run `node [execArgv] bench-reuse.js --side NAME N C` and parse its JSON. */
-function runSide(name, n, concurrency, execArgv = []) {
+/** Run `node ...args` to its end: its exit code, stdout and stderr, and the elapsed ms. */
+function runNode(args, env) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...execArgv, SELF, '--side', name, String(n), String(concurrency)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_OPTIONS: '' },
-    });
+    const started = performance.now();
+    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (c) => (out += c));
     child.stderr.on('data', (c) => (err += c));
     child.once('error', reject);
-    child.once('close', (code) => {
-      if (code !== 0) return reject(new Error(`side ${name} exited ${code}: ${err.trim().split('\n').slice(-5).join(' | ')}`));
-      resolve(JSON.parse(out.trim().split('\n').at(-1)));
-    });
+    child.once('close', (code) => resolve({ code, out, err, ms: performance.now() - started }));
   });
 }
 
+/** Run `node [execArgv] bench-reuse.js --side NAME N C` and parse its JSON. */
+async function runSide(name, n, concurrency, execArgv = []) {
+  const { code, out, err } = await runNode([...execArgv, SELF, '--side', name, String(n), String(concurrency)], { ...process.env, NODE_OPTIONS: '' });
+  if (code !== 0) throw new Error(`side ${name} exited ${code}: ${err.trim().split('\n').slice(-5).join(' | ')}`);
+  return JSON.parse(out.trim().split('\n').at(-1));
+}
+
 /** `tidepool run FILE ...` to its end: elapsed ms. Checks one resolved line per task. */
-function runCli(file, n, concurrency) {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(
-      process.execPath,
-      [join(ROOT, 'bin/tidepool'), 'run', file, '--worker', NOOP, '--concurrency', String(concurrency), '--max-tasks-per-worker', '1000000', '--env', `${MARK_NAME}=${MARK}`],
-      { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (err += c));
-    child.once('error', reject);
-    child.once('close', (code) => {
-      const ms = performance.now() - started;
-      const lines = out.split('\n').filter(Boolean);
-      const resolved = lines.filter((line) => JSON.parse(line).status === 'resolved').length;
-      if (code !== 0 || resolved !== n) return reject(new Error(`tidepool run: exit ${code}, ${resolved}/${n} resolved: ${err.slice(-300)}`));
-      resolve(ms);
-    });
-  });
+async function runCli(file, n, concurrency) {
+  const argv = [join(ROOT, 'bin/tidepool'), 'run', file, '--worker', NOOP, '--concurrency', String(concurrency), '--max-tasks-per-worker', '1000000', '--env', `${MARK_NAME}=${MARK}`];
+  const { code, out, err, ms } = await runNode(argv, { PATH: process.env.PATH ?? '/usr/bin:/bin' });
+  const resolved = out.split('\n').filter(Boolean).filter((line) => JSON.parse(line).status === 'resolved').length;
+  if (code !== 0 || resolved !== n) throw new Error(`tidepool run: exit ${code}, ${resolved}/${n} resolved: ${err.slice(-300)}`);
+  return ms;
 }
 
 /** Every process this run started carries the marker: none may outlive its side. */

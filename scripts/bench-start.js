@@ -25,12 +25,12 @@
 //        measure that Node: the CLI and the workers use the same one)
 // Env: BENCH_TASKS (100), BENCH_CONCURRENCY (2), BENCH_REPEAT (4), BENCH_MODULES (30).
 import { fork, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as nodeModule from 'node:module';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BenchError, intEnv, median } from './lib/bench.js';
+import { assertNoLeftovers as noLeftovers, BenchError, intEnv, median } from './lib/bench.js';
 import { generateHeavyHandler } from './fixtures/heavy-handler/generate.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -113,24 +113,7 @@ function runTidepool(file, args, expected) {
 }
 
 /** Workers of this run still alive (they carry the mark in their environment). */
-function leftovers() {
-  const found = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (statFields(entry)[0] === 'Z') continue;
-      if (`${readFileSync(`/proc/${entry}/environ`, 'latin1')}\0`.includes(`${MARK_NAME}=${MARK}\0`)) found.push(entry);
-    } catch {
-      // Gone, or not ours.
-    }
-  }
-  return found;
-}
-async function assertNoLeftovers() {
-  for (let i = 0; i < 20 && leftovers().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
-  const pids = leftovers();
-  if (pids.length > 0) throw new BenchError(`tidepool left workers behind: ${pids.join(', ')}`);
-}
+const assertNoLeftovers = () => noLeftovers(MARK_NAME, MARK, { ms: 1_000, what: 'tidepool left workers behind' });
 
 const round = (x, d) => Number(x.toFixed(d));
 

@@ -33,7 +33,7 @@ import {
 // its own stdout in some cases); `_handle.setBlocking` is undocumented, hence the guards.
 // Made blocking when first used, not here: Node makes `process.stdout` on first access, and
 // for a pipe that costs ~3.3 ms here (it loads net and stream), paid by every single-use
-// worker whose handler never prints (docs/benchmarks.md, "Latency").
+// worker whose handler never prints (docs/benchmark-notes.md, "Latency").
 for (const name of /** @type {const} */ (['stdout', 'stderr'])) {
   /** @param {unknown} stream */
   const blocking = (stream) => {
@@ -328,7 +328,7 @@ const run = (async function run(/** @type {RunMessage} */ message) {
 if (piped) {
   // The handler is loaded first, so a warm spare waits for its task ready to run it. What can
   // be done before the task comes is done before the read, off the task's latency (a warm
-  // spare's run() to the handler's first line, docs/benchmarks.md "Latency"): the first
+  // spare's run() to the handler's first line, docs/benchmark-notes.md "Latency"): the first
   // signal listener (~0.09 ms: Node's signal machinery) and the first `beforeExit` one
   // (~0.07 ms) here. CANCEL_SIGNAL only comes with a task, just before the SIGTERM.
   process.on(CANCEL_SIGNAL, onCancel);
